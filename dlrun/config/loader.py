@@ -1,0 +1,131 @@
+"""Safe YAML loading that remembers where every key and item was, for errors that name the line.
+
+Mappings load as `LocDict` and sequences as `LocList`: plain dict/list subclasses that also carry
+the (line, column) of the node and of each key/item. Only YAML's safe tags are accepted.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlrun.errors import ConfigError
+
+Position = tuple[int, int]  # 1-based line, column
+
+
+class Located:
+    """Mixin: the node's own position and its children's positions."""
+
+    pos: Position | None = None
+    child_pos: dict[Any, Position]
+
+    def pos_of(self, key: Any) -> Position | None:
+        return self.child_pos.get(key, self.pos)
+
+
+class LocDict(dict, Located):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.child_pos = {}
+
+
+class LocList(list, Located):
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.child_pos = {}
+
+
+def _pos(node: yaml.Node) -> Position:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose mappings and sequences keep positions and refuse duplicate keys."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
+    loader.flatten_mapping(node)
+    out = LocDict()
+    out.pos = _pos(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            raise ConfigError(f"a mapping key must be a plain value, not {type(key).__name__}",
+                              line=_pos(key_node)[0], column=_pos(key_node)[1])
+        if key in out:
+            raise ConfigError(f"the key {key!r} appears twice in the same mapping",
+                              line=_pos(key_node)[0], column=_pos(key_node)[1],
+                              hint="delete one of them")
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.child_pos[key] = _pos(key_node)
+    return out
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocList:
+    out = LocList()
+    out.pos = _pos(node)
+    for i, child in enumerate(node.value):
+        out.append(loader.construct_object(child, deep=True))
+        out.child_pos[i] = _pos(child)
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def load_yaml_text(text: str, file: str = "<string>") -> Any:
+    """Parse YAML text safely; syntax errors become ConfigError with the line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+    except ConfigError as exc:
+        exc.file = file
+        raise
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or "invalid YAML"
+        if exc.context:
+            problem = f"{problem} ({exc.context})"
+        raise ConfigError(f"YAML syntax error: {problem}", file=file,
+                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None,
+                          hint="check indentation, colons and matching brackets/quotes on this line or "
+                               "the one before") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"YAML error: {exc}", file=file) from None
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}", hint="check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a config file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file", hint="is this really a YAML config?") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return load_yaml_text(text, str(path))
+
+
+def to_plain(value: Any) -> Any:
+    """LocDict/LocList trees back to plain dicts and lists (for dumping)."""
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    return value
+
+
+def from_plain(value: Any) -> Any:
+    """Plain dicts and lists (e.g. a config stored in a checkpoint) as position-less Loc* trees."""
+    if isinstance(value, dict):
+        out = LocDict()
+        out.update({k: from_plain(v) for k, v in value.items()})
+        return out
+    if isinstance(value, list):
+        return LocList([from_plain(v) for v in value])
+    return value

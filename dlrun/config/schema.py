@@ -1,0 +1,216 @@
+"""The config language: sections, their keys, types, ranges and defaults.
+
+`parse_config` checks a loaded YAML tree against the schema and fills defaults, giving a `Config`
+with the resolved values and the positions of the original keys. Parts owned by other modules
+(layers, losses, optimizers, callbacks) are checked by those modules' registries, through
+`Config.error`, so every error names the file, line and key path.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from dlrun.config.loader import LocDict, LocList, Located, Position, load_yaml_file, to_plain
+from dlrun.errors import ConfigError
+from dlrun.registry import did_you_mean
+
+REQUIRED = object()
+DATASETS = ("fashion_mnist", "cifar10", "synthetic")
+SYNTHETIC_KEYS = ("samples", "features", "classes", "task", "noise")
+
+
+@dataclass
+class Key:
+    """One config key: accepted types, default, an optional check returning an error or None."""
+
+    types: tuple[type, ...]
+    default: Any = REQUIRED
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+    nullable: bool = False
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a mapping"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be zero or more"
+
+
+def _fraction(v: Any) -> str | None:
+    return None if 0 <= v < 1 else "must be in [0, 1)"
+
+
+def _shape(v: Any) -> str | None:
+    ok = isinstance(v, list) and v and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
+    return None if ok else "must be a list of positive integers, e.g. [28, 28, 1]"
+
+
+def _choices(*options: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if v in options:
+            return None
+        hint = did_you_mean(v, options) if isinstance(v, str) else ""
+        return f"must be one of {', '.join(options)}. {hint}".rstrip()
+
+    return check
+
+
+NUMBER = (int, float)
+SPEC = (str, dict)
+
+SCHEMA: dict[str, Any] = {
+    "name": Key((str,), None, nullable=True, doc="run name; default: the config file's stem"),
+    "seed": Key((int,), 42, _non_negative, "seed for initialisation, dropout, shuffling and splits"),
+    "device": Key((str,), "auto", _choices("auto", "cpu", "gpu"), "auto | cpu | gpu (CuPy)"),
+    "data": {
+        "dataset": Key((str,), REQUIRED, _choices(*DATASETS), "which dataset"),
+        "validation_split": Key(NUMBER, 0.0, _fraction, "fraction of the training set held out (seeded, shuffled)"),
+        "limit": Key((int,), None, _positive, "use only the first N training samples", nullable=True),
+        "path": Key((str,), None, None, "folder holding the dataset files", nullable=True),
+        "samples": Key((int,), 1000, _positive, "synthetic: number of samples"),
+        "features": Key((int,), 100, _positive, "synthetic: number of features"),
+        "classes": Key((int,), 2, _positive, "synthetic: number of classes (classification)"),
+        "task": Key((str,), "classification", _choices("classification", "regression"), "synthetic: task"),
+        "noise": Key(NUMBER, 0.1, _non_negative, "synthetic: label/target noise"),
+    },
+    "model": {
+        "input_shape": Key((list,), None, _shape, "input shape without the batch axis", nullable=True),
+        "layers": Key((list,), REQUIRED, None, "the layer entries"),
+        "inputs": Key((dict,), None, None, "graph models: named inputs and their shapes", nullable=True),
+        "outputs": Key((str,), None, None, "graph models: the output layer's name", nullable=True),
+    },
+    "loss": Key(SPEC, REQUIRED, None, "a Keras loss name or {type: ..., from_logits: ...}"),
+    "optimizer": Key(SPEC, "rmsprop", None, "a Keras optimizer name or {type: ..., learning_rate: ...}"),
+    "metrics": Key((list,), [], None, "metric names, e.g. [accuracy]"),
+    "training": {
+        "epochs": Key((int,), 1, _positive, "number of epochs"),
+        "batch_size": Key((int,), 32, _positive, "mini-batch size"),
+        "shuffle": Key((bool,), True, None, "shuffle the training set every epoch"),
+    },
+    "callbacks": Key((list,), [], None, "callback entries (EarlyStopping, ModelCheckpoint, ...)"),
+}
+
+
+@dataclass
+class Config:
+    """A validated config: `resolved` holds plain values with defaults; `raw` keeps positions."""
+
+    raw: LocDict
+    resolved: dict[str, Any]
+    file: str | None = None
+    _errors_at: dict[str, Position] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.resolved["name"]
+
+    def position(self, node: Any, key: Any = None) -> Position | None:
+        if isinstance(node, Located):
+            return node.pos_of(key) if key is not None else node.pos
+        return None
+
+    def error(self, message: str, node: Any = None, key: Any = None, path: str | None = None,
+              hint: str | None = None) -> ConfigError:
+        """A ConfigError pointing at `node[key]` (or the node) in the config file."""
+        pos = self.position(node, key)
+        return ConfigError(message, file=self.file, line=pos[0] if pos else None,
+                           column=pos[1] if pos else None, path=path, hint=hint)
+
+
+def _check_key(cfg: Config, spec: Key, value: Any, parent: Any, key: str, path: str) -> Any:
+    if value is None:
+        if spec.nullable or spec.default is None:
+            return None
+        raise cfg.error(f"needs a value ({_type_name(spec.types)})", parent, key, path)
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok and float in spec.types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise cfg.error(f"must be {_type_name(spec.types)}, got {value!r}", parent, key, path)
+    if spec.check is not None:
+        problem = spec.check(value)
+        if problem:
+            raise cfg.error(f"{problem}; got {value!r}", parent, key, path)
+    return value
+
+
+def _check_section(cfg: Config, schema: dict[str, Any], node: Any, path: str) -> dict[str, Any]:
+    if node is None:
+        node = LocDict()
+    if not isinstance(node, dict):
+        raise cfg.error(f"must be a mapping of keys ({', '.join(schema)}), got {to_plain(node)!r}",
+                        node, None, path or "<top level>")
+    for key in node:
+        if key not in schema:
+            hint = did_you_mean(str(key), schema)
+            where = f"{path}.{key}" if path else str(key)
+            raise cfg.error(f"unknown key {key!r}", node, key, where,
+                            hint=hint or f"valid keys here: {', '.join(schema)}")
+    out: dict[str, Any] = {}
+    for key, spec in schema.items():
+        where = f"{path}.{key}" if path else key
+        if isinstance(spec, dict):
+            out[key] = _check_section(cfg, spec, node.get(key), where)
+            continue
+        if key not in node:
+            if spec.default is REQUIRED:
+                raise cfg.error(f"the key {where!r} is required ({spec.doc})", node, None, path or None)
+            out[key] = copy.deepcopy(spec.default)
+            continue
+        out[key] = to_plain(_check_key(cfg, spec, node[key], node, key, where))
+    return out
+
+
+def parse_config(tree: Any, file: str | None = None) -> Config:
+    """Validate a loaded YAML tree and fill defaults; raises ConfigError pointing at the mistake."""
+    if not isinstance(tree, LocDict):
+        if tree is None:
+            raise ConfigError("the config file is empty", file=file,
+                              hint="start from one of the files in configs/")
+        raise ConfigError(f"the config must be a mapping of sections, got {type(tree).__name__}", file=file)
+    cfg = Config(tree, {}, file)
+    resolved = _check_section(cfg, SCHEMA, tree, "")
+    if resolved["name"] is None:
+        resolved["name"] = Path(file).stem if file else "run"
+    data = resolved["data"]
+    if data["dataset"] != "synthetic":
+        for key in SYNTHETIC_KEYS:
+            if key in tree.get("data", {}):
+                raise cfg.error(f"{key!r} only applies to the synthetic dataset", tree["data"], key, f"data.{key}")
+            del data[key]
+    else:
+        for key in ("path",):
+            if data[key] is not None:
+                raise cfg.error(f"{key!r} does not apply to the synthetic dataset", tree["data"], key, f"data.{key}")
+    cfg.resolved = resolved
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(load_yaml_file(path), str(path))
+
+
+def section_node(cfg: Config, *keys: Any) -> Any:
+    """The raw (positioned) node at `keys`, or None when absent."""
+    node: Any = cfg.raw
+    for k in keys:
+        if isinstance(node, dict) and k in node:
+            node = node[k]
+        elif isinstance(node, list) and isinstance(k, int) and k < len(node):
+            node = node[k]
+        else:
+            return None
+    return node
+
+
+__all__ = ["Config", "SCHEMA", "Key", "parse_config", "load_config", "section_node", "LocList"]

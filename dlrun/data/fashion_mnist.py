@@ -1,0 +1,101 @@
+"""Fashion-MNIST from the official IDX `.gz` files.
+
+The decompressed content is verified by SHA-256: Debian's `dataset-fashion-mnist` package
+recompressed the files (their .gz bytes differ from the official ones, the content does not).
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from dlrun.data.sources import ProgressFn, RemoteFile, cache_dir, candidate_dirs, download, not_found_message
+from dlrun.errors import DataError
+
+NAME = "fashion_mnist"
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+               "Ankle boot"]
+SYSTEM_DIRS = ["/usr/share/datasets/fashion-mnist"]
+MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+
+# file -> (MD5 of the official .gz, SHA-256 of the decompressed IDX content)
+FILES = {
+    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                                   "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe",
+                                   "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79",
+                                  "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310",
+                                  "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+
+
+def parse_idx(raw: bytes, source: str) -> np.ndarray:
+    """An IDX file (unsigned bytes) as a NumPy array, header checked against the payload size."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{source} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{source} is truncated (header)")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise DataError(f"{source} has {len(raw)} bytes, its header announces {expected}",
+                        hint="the file is truncated or corrupt; delete it and fetch it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _read_verified(path: Path, sha256: str | None) -> bytes:
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path} cannot be decompressed ({exc})",
+                        hint="the file is corrupt; delete it and fetch it again") from None
+    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"{path} does not contain the official Fashion-MNIST data (SHA-256 mismatch)",
+                        hint="delete it and fetch the files again")
+    return raw
+
+
+def find(user_path: str | None) -> tuple[Path | None, list[Path]]:
+    """The first folder holding all four files, and every folder searched."""
+    searched = candidate_dirs(NAME, user_path, SYSTEM_DIRS)
+    for d in searched:
+        if all((d / f).is_file() for f in FILES):
+            return d, searched
+    return None, searched
+
+
+def fetch(progress: ProgressFn | None = None) -> Path:
+    """Download all files into the user cache (verified), returning the folder."""
+    dest = cache_dir(NAME)
+    for fname, (md5, _) in FILES.items():
+        if not (dest / fname).is_file():
+            download(RemoteFile(fname, MIRROR + fname, md5=md5), dest, progress)
+    return dest
+
+
+def load(user_path: str | None = None, progress: ProgressFn | None = None,
+         allow_download: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) as uint8 arrays, images shaped (N, 28, 28, 1)."""
+    folder, searched = find(user_path)
+    if folder is None:
+        error = "downloads disabled"
+        if allow_download:
+            try:
+                folder = fetch(progress)
+            except DataError as exc:
+                error = exc.message
+        if folder is None:
+            raise not_found_message(NAME, searched, list(FILES), error)
+    arrays = []
+    for fname, (_, sha) in FILES.items():
+        arrays.append(parse_idx(_read_verified(folder / fname, sha), str(folder / fname)))
+    x_train, y_train, x_test, y_test = arrays
+    return x_train[..., None], y_train, x_test[..., None], y_test

@@ -1,0 +1,106 @@
+"""Where dataset files are looked for, and how they are downloaded and verified.
+
+Search order: `data.path`, `$DLRUN_DATA/<name>`, the user cache (`$XDG_CACHE_HOME/dlrun/<name>`,
+default `~/.cache/dlrun/<name>`), system folders (Debian's `/usr/share/datasets/...`), and last a
+download into the user cache. Downloads stream into a temporary file, are checksum-verified and only
+then renamed into place: an interrupted or corrupt download never looks like data.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from dlrun.errors import DataError
+
+#: (bytes done, total bytes or None) -> None; the CLI passes a rich progress bar.
+ProgressFn = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str
+    url: str
+    md5: str | None = None       # the publisher's checksum of the file as downloaded
+    sha256: str | None = None
+
+
+def cache_dir(name: str) -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dlrun" / name
+
+
+def candidate_dirs(name: str, user_path: str | None, system_dirs: Iterable[str]) -> list[Path]:
+    """Every folder that may hold the dataset, in search order."""
+    dirs: list[Path] = []
+    if user_path:
+        dirs.append(Path(user_path).expanduser())
+    env = os.environ.get("DLRUN_DATA")
+    if env:
+        dirs.append(Path(env).expanduser() / name)
+    dirs.append(cache_dir(name))
+    dirs.extend(Path(d) for d in system_dirs)
+    return dirs
+
+
+def file_digest(path: Path, algo: str) -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = None, timeout: float = 30) -> Path:
+    """Stream `remote` into `dest_dir`, verify its checksums, then move it into place.
+
+    On any failure the temporary file is removed and DataError raised: nothing half-downloaded remains.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / remote.name
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.name}.", suffix=".part", dir=dest_dir)
+    tmp = Path(tmp_name)
+    md5, sha = hashlib.md5(), hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            with urllib.request.urlopen(remote.url, timeout=timeout) as resp:  # noqa: S310 - https URLs we define
+                total = resp.headers.get("Content-Length")
+                total_n = int(total) if total and total.isdigit() else None
+                done = 0
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    sha.update(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total_n)
+            if total_n is not None and done != total_n:
+                raise DataError(f"download of {remote.url} stopped after {done} of {total_n} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        for algo, want, got in (("MD5", remote.md5, md5.hexdigest()), ("SHA-256", remote.sha256, sha.hexdigest())):
+            if want and got != want:
+                raise DataError(f"{remote.name} downloaded from {remote.url} has {algo} {got}, expected {want}",
+                                hint="the download is corrupt or was tampered with; it was deleted. Try again")
+        os.replace(tmp, final)
+        return final
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(f"could not download {remote.url}: {reason}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def not_found_message(name: str, searched: list[Path], files: list[str], download_error: str | None) -> DataError:
+    places = "\n".join(f"    {p}" for p in searched)
+    text = f"the {name} dataset was not found. Looked in:\n{places}"
+    if download_error:
+        text += f"\n  and the download failed: {download_error}"
+    hint = (f"put the files {', '.join(files)} into one of those folders (or set data.path), "
+            f"or run again with internet access to download them")
+    return DataError(text, hint=hint)

@@ -1,0 +1,274 @@
+"""Keras 3 optimizers with Keras's exact update rules and defaults.
+
+Every optimizer updates one flat parameter buffer in place (the model keeps all trainable weights
+as views of it), so a step is a dozen whole-array operations however many layers there are.
+Hyper-parameters stay Python floats (no float64 creep); bias corrections are computed on the host.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dlrun.engine.activations import xp_of
+from dlrun.registry import Registry, build_from_spec
+
+OPTIMIZERS: Registry[type["Optimizer"]] = Registry("optimizer")
+
+
+def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number. "
+                         f"Received: {name}={value!r}")
+    return float(value)
+
+
+def _check_fraction(name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a number in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base: learning rate, weight decay and gradient clipping shared by all optimizers."""
+
+    keras_name = ""
+    _slots: tuple[str, ...] = ()
+
+    def __init__(self, learning_rate: float = 0.001, weight_decay: float | None = None,
+                 clipnorm: float | None = None, clipvalue: float | None = None,
+                 global_clipnorm: float | None = None) -> None:
+        self.learning_rate = _check_positive("learning_rate", learning_rate)
+        self.weight_decay = None if weight_decay is None else _check_positive("weight_decay", weight_decay, True)
+        self.clipnorm = None if clipnorm is None else _check_positive("clipnorm", clipnorm)
+        self.clipvalue = None if clipvalue is None else _check_positive("clipvalue", clipvalue)
+        self.global_clipnorm = None if global_clipnorm is None else _check_positive("global_clipnorm", global_clipnorm)
+        if sum(x is not None for x in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError("only one of clipnorm, clipvalue and global_clipnorm can be set")
+        self.iterations = 0
+        self.slots: dict[str, Any] = {}
+        self._segments: list[slice] = []
+
+    # -- state ---------------------------------------------------------------------------------------
+    def build(self, params: Any, segments: list[slice]) -> None:
+        """Allocate the slot buffers (moments, ...) like the flat parameter buffer."""
+        xp = xp_of(params)
+        self._segments = segments
+        self.slots = {name: xp.full_like(params, self._slot_init(name)) for name in self._slots}
+        self._tmp = xp.empty_like(params)
+
+    def _slot_init(self, name: str) -> float:
+        return 0.0
+
+    def state_arrays(self) -> dict[str, Any]:
+        return dict(self.slots)
+
+    def load_state(self, iterations: int, arrays: dict[str, Any], learning_rate: float | None = None) -> None:
+        self.iterations = int(iterations)
+        for name, value in arrays.items():
+            self.slots[name][...] = value
+        if learning_rate is not None:
+            self.learning_rate = float(learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        cfg = {"learning_rate": self.learning_rate}
+        for key in ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm"):
+            if getattr(self, key) is not None:
+                cfg[key] = getattr(self, key)
+        return cfg
+
+    # -- the step ------------------------------------------------------------------------------------
+    def apply(self, params: Any, grads: Any) -> None:
+        """One update of `params` in place from `grads` (which may be modified by clipping)."""
+        self._clip(grads)
+        self.iterations += 1
+        if self.weight_decay:
+            params *= 1 - self.learning_rate * self.weight_decay
+        self._update(params, grads, self.learning_rate)
+
+    def _update(self, w: Any, g: Any, lr: float) -> None:
+        raise NotImplementedError
+
+    def _clip(self, g: Any) -> None:
+        xp = xp_of(g)
+        if self.clipvalue is not None:
+            xp.clip(g, -self.clipvalue, self.clipvalue, out=g)
+        elif self.global_clipnorm is not None:
+            norm = xp.sqrt((g * g).sum())
+            g *= xp.minimum(1, self.global_clipnorm / xp.maximum(norm, 1e-30)).astype(g.dtype)
+        elif self.clipnorm is not None:
+            # Keras clips each variable's gradient by its own norm.
+            for seg in self._segments:
+                part = g[seg]
+                norm = xp.sqrt((part * part).sum())
+                part *= xp.minimum(1, self.clipnorm / xp.maximum(norm, 1e-30)).astype(g.dtype)
+
+
+@OPTIMIZERS.register("sgd")
+class SGD(Optimizer):
+    keras_name = "sgd"
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, **kw: Any) -> None:
+        super().__init__(learning_rate, **kw)
+        self.momentum = _check_fraction("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        self._slots = ("momentum",) if self.momentum else ()
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+    def _update(self, w, g, lr):
+        if not self.momentum:
+            g *= lr
+            w -= g
+            return
+        m = self.slots["momentum"]
+        m *= self.momentum
+        g *= lr
+        m -= g                            # m = momentum * m - lr * g
+        if self.nesterov:
+            w -= g
+            w += self.momentum * m        # w += momentum * m - lr * g
+        else:
+            w += m
+
+
+@OPTIMIZERS.register("rmsprop")
+class RMSprop(Optimizer):
+    keras_name = "rmsprop"
+
+    def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, centered: bool = False, **kw: Any) -> None:
+        super().__init__(learning_rate, **kw)
+        self.rho = _check_fraction("rho", rho)
+        self.momentum = _check_fraction("momentum", momentum)
+        self.epsilon = _check_positive("epsilon", epsilon)
+        self.centered = bool(centered)
+        self._slots = ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if centered else ())
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
+
+    def _update(self, w, g, lr):
+        xp = xp_of(w)
+        v, tmp = self.slots["velocity"], self._tmp
+        # v = rho * v + (1 - rho) * g^2, written as v += (g^2 - v) * (1 - rho) to stay in place.
+        xp.multiply(g, g, out=tmp)
+        tmp -= v
+        tmp *= 1 - self.rho
+        v += tmp
+        if self.centered:
+            a = self.slots["average_gradient"]
+            a *= self.rho
+            a += (1 - self.rho) * g
+            xp.multiply(a, a, out=tmp)
+            xp.subtract(v, tmp, out=tmp)
+            tmp += self.epsilon
+        else:
+            xp.add(v, self.epsilon, out=tmp)          # epsilon inside the root, as Keras
+        xp.sqrt(tmp, out=tmp)
+        xp.divide(g, tmp, out=tmp)
+        tmp *= lr
+        if self.momentum:
+            m = self.slots["momentum"]
+            m *= self.momentum
+            m += tmp
+            w -= m
+        else:
+            w -= tmp
+
+
+@OPTIMIZERS.register("adagrad")
+class Adagrad(Optimizer):
+    keras_name = "adagrad"
+
+    def __init__(self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1,
+                 epsilon: float = 1e-7, **kw: Any) -> None:
+        super().__init__(learning_rate, **kw)
+        self.initial_accumulator_value = _check_positive("initial_accumulator_value", initial_accumulator_value, True)
+        self.epsilon = _check_positive("epsilon", epsilon)
+        self._slots = ("accumulator",)
+
+    def _slot_init(self, name):
+        return self.initial_accumulator_value
+
+    def get_config(self):
+        return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
+                "epsilon": self.epsilon}
+
+    def _update(self, w, g, lr):
+        xp = xp_of(w)
+        acc, tmp = self.slots["accumulator"], self._tmp
+        xp.multiply(g, g, out=tmp)
+        acc += tmp
+        xp.add(acc, self.epsilon, out=tmp)
+        xp.sqrt(tmp, out=tmp)
+        xp.divide(g, tmp, out=tmp)
+        tmp *= lr
+        w -= tmp
+
+
+@OPTIMIZERS.register("adam")
+class Adam(Optimizer):
+    """Adam as Keras: epsilon is added to the *uncorrected* sqrt(v); the bias correction goes into
+    the step size (PyTorch adds epsilon after correcting v, so the two differ slightly)."""
+
+    keras_name = "adam"
+
+    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, amsgrad: bool = False, **kw: Any) -> None:
+        super().__init__(learning_rate, **kw)
+        self.beta_1 = _check_fraction("beta_1", beta_1)
+        self.beta_2 = _check_fraction("beta_2", beta_2)
+        self.epsilon = _check_positive("epsilon", epsilon)
+        self.amsgrad = bool(amsgrad)
+        self._slots = ("momentum", "velocity") + (("velocity_hat",) if amsgrad else ())
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+
+    def _update(self, w, g, lr):
+        xp = xp_of(w)
+        t = self.iterations
+        alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        m, v, tmp = self.slots["momentum"], self.slots["velocity"], self._tmp
+        xp.subtract(g, m, out=tmp)
+        tmp *= 1 - self.beta_1
+        m += tmp                                   # m = b1 m + (1 - b1) g
+        xp.multiply(g, g, out=tmp)
+        tmp -= v
+        tmp *= 1 - self.beta_2
+        v += tmp                                   # v = b2 v + (1 - b2) g^2
+        if self.amsgrad:
+            vhat = self.slots["velocity_hat"]
+            xp.maximum(vhat, v, out=vhat)
+            v = vhat
+        xp.sqrt(v, out=tmp)
+        tmp += self.epsilon
+        xp.divide(m, tmp, out=tmp)
+        tmp *= alpha
+        w -= tmp
+
+
+@OPTIMIZERS.register("adamw")
+class AdamW(Adam):
+    """Adam with decoupled weight decay (w -= lr * wd * w before the Adam step); Keras default 0.004."""
+
+    keras_name = "adamw"
+
+    def __init__(self, learning_rate: float = 0.001, weight_decay: float = 0.004, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False, **kw: Any) -> None:
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay=weight_decay, **kw)
+
+
+def get(identifier: Any) -> Optimizer:
+    """An Optimizer from a Keras name or `{type: ..., **args}`."""
+    if isinstance(identifier, Optimizer):
+        return identifier
+    return build_from_spec(OPTIMIZERS, identifier)
+
+
+def spec(opt: Optimizer) -> dict[str, Any]:
+    return {"type": opt.keras_name, **opt.get_config()}

@@ -1,0 +1,147 @@
+"""The Layer base: shapes in `build`, weights declared with `add_weight`, forward/backward on `xp` arrays.
+
+Shapes never include the batch dimension. Weights are declared during `build` and allocated by the
+Model afterwards (as views of one flat buffer), so a layer never allocates its own parameters.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlrun.engine import activations, initializers, regularizers
+from dlrun.registry import Registry
+
+LAYERS: Registry[type["Layer"]] = Registry("layer")
+
+Shape = tuple[int, ...]
+
+
+def snake_case(name: str) -> str:
+    """Keras's automatic layer names: Dense -> dense, MaxPooling2D -> max_pooling2d, ReLU -> re_lu."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"expected a positive integer. Received: {name}={value!r}")
+    return value
+
+
+def int_tuple(name: str, value: Any, n: int, allow_zero: bool = False) -> tuple[int, ...]:
+    """Normalise an int or a length-n sequence of ints to a tuple (Keras's standardize_tuple)."""
+    items = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
+    ok = isinstance(items, (list, tuple)) and len(items) == n and all(
+        isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0) for v in items)
+    if not ok:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"expected a {kind} integer or a list of {n} of them. Received: {name}={value!r}")
+    return tuple(items)
+
+
+def rate_in_unit_interval(name: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        raise ValueError(f"expected a number in [0, 1). Received: {name}={value!r}")
+    return float(value)
+
+
+@dataclass
+class WeightSpec:
+    """A weight a layer asked for; the Model turns it into an array view."""
+
+    name: str
+    shape: Shape
+    initializer: initializers.Initializer
+    trainable: bool = True
+    regularizer: regularizers.Regularizer | None = None
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = 1
+        for d in self.shape:
+            self.size *= d
+
+
+class ShapeError(ValueError):
+    """A layer cannot take the shape it is given; the message says what it expects and the fix."""
+
+
+class Layer:
+    """Base class. Subclasses set `n_inputs` (None: two or more, for merge layers)."""
+
+    n_inputs: int | None = 1
+    #: True for layers whose forward draws random numbers in training (Dropout).
+    stochastic = False
+
+    def __init__(self, name: str | None = None, trainable: bool = True) -> None:
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ValueError(f"name must be a non-empty string. Received: name={name!r}")
+        if not isinstance(trainable, bool):
+            raise ValueError(f"trainable must be true or false. Received: trainable={trainable!r}")
+        self.name = name or ""
+        self.trainable = trainable
+        self.weight_specs: list[WeightSpec] = []
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.state: dict[str, Any] = {}
+        self.needs_input_grad = True
+        self.skip_activation = False
+        self.rng: Any = None
+        self.input_shape: Any = None
+        self.output_shape: Shape = ()
+
+    @property
+    def type_name(self) -> str:
+        return type(self).__name__
+
+    # -- construction --------------------------------------------------------------------------------
+    def build(self, input_shape: Any) -> Shape:
+        """Declare weights for `input_shape`, return the output shape (without the batch dimension)."""
+        self.input_shape = input_shape
+        self.output_shape = self.compute_output_shape(input_shape)
+        return self.output_shape
+
+    def compute_output_shape(self, input_shape: Any) -> Shape:
+        return input_shape
+
+    def add_weight(self, name: str, shape: Shape, initializer: Any = "zeros", trainable: bool = True,
+                   regularizer: Any = None) -> None:
+        self.weight_specs.append(WeightSpec(name, tuple(shape), initializers.get(initializer),
+                                            trainable and self.trainable, regularizers.get(regularizer)))
+
+    def get_config(self) -> dict[str, Any]:
+        """The constructor arguments: `type(layer)(**layer.get_config())` rebuilds the layer."""
+        return {"name": self.name, "trainable": self.trainable}
+
+    # -- computation ---------------------------------------------------------------------------------
+    def forward(self, x: Any, training: bool) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dy: Any) -> Any:
+        """Gradient w.r.t. the input(s); writes parameter gradients into `self.grads` (overwriting)."""
+        raise NotImplementedError
+
+    # -- helpers for layers with an `activation` argument --------------------------------------------
+    def _set_activation(self, activation: Any) -> None:
+        self.activation = activations.get(activation)
+        self.activation_name = None if activation is None else self.activation.name
+
+    def _activate(self, z: Any) -> Any:
+        self._z = z
+        self._a = z if self.skip_activation else self.activation.forward(z)
+        return self._a
+
+    def _activate_backward(self, dy: Any) -> Any:
+        if self.skip_activation:
+            return dy
+        return self.activation.backward(self._z, self._a, dy)
+
+    @property
+    def output_activation(self) -> str | None:
+        """The activation applied last by this layer (for loss fusion), or None."""
+        return getattr(self, "activation_name", None)
+
+    def param_count(self) -> tuple[int, int]:
+        trainable = sum(w.size for w in self.weight_specs if w.trainable)
+        return trainable, sum(w.size for w in self.weight_specs) - trainable

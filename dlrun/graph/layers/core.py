@@ -1,0 +1,193 @@
+"""Core layers: Dense, Flatten, Reshape, Activation, Dropout."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dlrun.engine import activations, initializers, regularizers
+from dlrun.graph.layer import LAYERS, Layer, ShapeError, positive_int, rate_in_unit_interval
+
+
+@LAYERS.register("Dense")
+class Dense(Layer):
+    """`activation(x @ kernel + bias)` over the last axis.
+
+    Args:
+        units: positive integer, the output size.
+        activation: activation name. Defaults to None (linear).
+        use_bias: whether to add a bias. Defaults to True.
+        kernel_initializer: Defaults to "glorot_uniform".
+        bias_initializer: Defaults to "zeros".
+        kernel_regularizer, bias_regularizer: l1 / l2 / l1_l2 penalties. Default to None.
+
+    Input shape (..., input_dim); output shape (..., units).
+    """
+
+    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.units = positive_int("units", units)
+        self._set_activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 1:
+            raise ShapeError(f"Dense needs an input with a feature axis, got shape {input_shape}")
+        return (*input_shape[:-1], self.units)
+
+    def build(self, input_shape):
+        if len(input_shape) > 1:
+            raise ShapeError(f"Dense expects a flat input (batch, features) but got {len(input_shape) + 1}-D "
+                             f"input of shape (None, {', '.join(map(str, input_shape))}); "
+                             f"add a Flatten layer before it")
+        out = super().build(input_shape)
+        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer,
+                        regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.add_weight("bias", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer)
+        return out
+
+    def forward(self, x, training):
+        self._x = x
+        z = x @ self.params["kernel"]
+        if self.use_bias:
+            z += self.params["bias"]
+        return self._activate(z)
+
+    def backward(self, dy):
+        dz = self._activate_backward(dy)
+        xp = activations.xp_of(dz)
+        if "kernel" in self.grads:
+            xp.matmul(self._x.T, dz, out=self.grads["kernel"])
+            if self.use_bias:
+                dz.sum(axis=0, out=self.grads["bias"])
+        if not self.needs_input_grad:
+            return None
+        return dz @ self.params["kernel"].T
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "activation": self.activation_name,
+                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer.spec(),
+                "bias_initializer": self.bias_initializer.spec(),
+                "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.spec(),
+                "bias_regularizer": self.bias_regularizer and self.bias_regularizer.spec()}
+
+
+@LAYERS.register("Flatten")
+class Flatten(Layer):
+    """Flattens everything but the batch axis: (None, 28, 28, 1) -> (None, 784)."""
+
+    def compute_output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def forward(self, x, training):
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._shape)
+
+
+@LAYERS.register("Reshape")
+class Reshape(Layer):
+    """Reshapes to `target_shape` (without the batch axis; one entry may be -1)."""
+
+    def __init__(self, target_shape: list[int] | tuple[int, ...], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        ok = isinstance(target_shape, (list, tuple)) and target_shape and all(
+            isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in target_shape)
+        if not ok or list(target_shape).count(-1) > 1:
+            raise ValueError("target_shape must be a list of positive integers with at most one -1. "
+                             f"Received: target_shape={target_shape!r}")
+        self.target_shape = tuple(target_shape)
+
+    def compute_output_shape(self, input_shape):
+        total, known = math.prod(input_shape), math.prod(d for d in self.target_shape if d != -1)
+        if -1 in self.target_shape:
+            if total % known:
+                raise ShapeError(f"cannot reshape {total} values into {list(self.target_shape)}")
+            return tuple(total // known if d == -1 else d for d in self.target_shape)
+        if total != known:
+            raise ShapeError(f"cannot reshape input of shape {tuple(input_shape)} ({total} values) into "
+                             f"{tuple(self.target_shape)} ({known} values)")
+        return self.target_shape
+
+    def forward(self, x, training):
+        return x.reshape((x.shape[0], *self.output_shape))
+
+    def backward(self, dy):
+        return dy.reshape((dy.shape[0], *self.input_shape))
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+@LAYERS.register("Activation")
+class Activation(Layer):
+    """Applies an activation function by name."""
+
+    def __init__(self, activation: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._set_activation(activation)
+
+    def forward(self, x, training):
+        return self._activate(x)
+
+    def backward(self, dy):
+        return self._activate_backward(dy)
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation_name}
+
+
+@LAYERS.register("Dropout")
+class Dropout(Layer):
+    """Inverted dropout: at training, zero a `rate` fraction and scale the rest by 1 / (1 - rate);
+    identity at inference.
+
+    Args:
+        rate: fraction of the inputs to drop, in [0, 1).
+        noise_shape: optional shape (without batch axis; 1 broadcasts) of the mask. Defaults to None.
+
+    The mask comes from the run's seeded noise generator (so resume is exact), not a per-layer seed.
+    """
+
+    stochastic = True
+
+    def __init__(self, rate: float, noise_shape: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rate = rate_in_unit_interval("rate", rate)
+        if noise_shape is not None and not (isinstance(noise_shape, (list, tuple)) and all(
+                isinstance(d, int) and d > 0 for d in noise_shape)):
+            raise ValueError(f"noise_shape must be a list of positive integers. Received: noise_shape={noise_shape!r}")
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+
+    def compute_output_shape(self, input_shape):
+        if self.noise_shape is not None and len(self.noise_shape) != len(input_shape):
+            raise ShapeError(f"noise_shape {list(self.noise_shape)} must have one entry per input axis "
+                             f"(input shape {tuple(input_shape)})")
+        return input_shape
+
+    def _mask_shape(self, x: Any) -> tuple[int, ...]:
+        return x.shape if self.noise_shape is None else (x.shape[0], *self.noise_shape)
+
+    def forward(self, x, training):
+        if not training or self.rate == 0:
+            self._mask = None
+            return x
+        keep = 1.0 - self.rate
+        self._mask = (self.rng.uniform(self._mask_shape(x)) < keep) * (1.0 / keep)
+        self._mask = self._mask.astype(x.dtype, copy=False)
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate,
+                "noise_shape": None if self.noise_shape is None else list(self.noise_shape)}

@@ -1,0 +1,73 @@
+"""Keras-style model summaries: the same table, names, shapes, counts and size units as Keras 3."""
+from __future__ import annotations
+
+from typing import Any
+
+from dlrun.graph.model import Model
+
+_FLOAT_BYTES = 4
+
+
+def readable_size(n_bytes: float) -> str:
+    """Keras's readable_memory_size: 1024-based, two decimals."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n_bytes / 1024 < 1:
+            return f"{n_bytes:.2f} {unit}"
+        n_bytes /= 1024
+    return f"{n_bytes:.2f} PB"
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(["None", *map(str, shape)]) + ")"
+
+
+def summary_dict(model: Model) -> dict[str, Any]:
+    trainable, non_trainable = model.param_counts()
+    layers = [{"name": r.name, "type": r.type, "output_shape": [None, *r.output_shape], "params": r.params,
+               "trainable_params": r.trainable, "connected_to": r.connected_to} for r in model.summary_rows()]
+    return {"model": "functional" if model.functional else "sequential", "layers": layers,
+            "total_params": trainable + non_trainable, "trainable_params": trainable,
+            "non_trainable_params": non_trainable}
+
+
+def _table(headers: list[str], rows: list[list[str]], widths: list[int], right: set[int]) -> list[str]:
+    def line(left: str, fill: str, mid: str, end: str) -> str:
+        return left + mid.join(fill * (w + 2) for w in widths) + end
+
+    def cells(values: list[str], bar: str) -> str:
+        parts = [f" {v.rjust(w) if i in right else v.ljust(w)} " for i, (v, w) in enumerate(zip(values, widths))]
+        return bar + bar.join(parts) + bar
+
+    out = [line("┏", "━", "┳", "┓"), cells(headers, "┃"), line("┡", "━", "╇", "┩")]
+    for i, row in enumerate(rows):
+        # A row may span several lines (Connected to lists several inputs).
+        height = max(len(c.split("\n")) for c in row)
+        for k in range(height):
+            out.append(cells([(c.split("\n") + [""] * height)[k] for c in row], "│"))
+        if i < len(rows) - 1:
+            out.append(line("├", "─", "┼", "┤"))
+    out.append(line("└", "─", "┴", "┘"))
+    return out
+
+
+def summary_text(model: Model, title: str | None = None) -> str:
+    """The table Keras's `model.summary()` prints, as plain text."""
+    rows_data = model.summary_rows()
+    headers = ["Layer (type)", "Output Shape", "Param #"]
+    widths = [31, 22, 13]
+    rows = [[f"{r.name} ({r.type})", shape_text(r.output_shape), f"{r.params:,}"] for r in rows_data]
+    if model.functional:
+        headers.append("Connected to")
+        widths.append(17)
+        for row, r in zip(rows, rows_data):
+            row.append("\n".join(f"{c}[0][0]" for c in r.connected_to) or "-")
+    for i in range(len(headers)):
+        widths[i] = max([widths[i], len(headers[i])] + [len(line) for row in rows for line in row[i].split("\n")])
+    trainable, non_trainable = model.param_counts()
+    total = trainable + non_trainable
+    name = title or ("functional" if model.functional else "sequential")
+    lines = [f'Model: "{name}"', *_table(headers, rows, widths, {2}),
+             f" Total params: {total:,} ({readable_size(total * _FLOAT_BYTES)})",
+             f" Trainable params: {trainable:,} ({readable_size(trainable * _FLOAT_BYTES)})",
+             f" Non-trainable params: {non_trainable:,} ({readable_size(non_trainable * _FLOAT_BYTES)})"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,81 @@
+"""The run folder: `runs/<name>/<timestamp>/` with config.yaml, summary.txt, history.json,
+checkpoints/{best,last}.npz and metrics.json. Every file is written atomically."""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dlrun.runs import checkpoint as ckpt_mod
+from dlrun.runs.atomic import write_json, write_text
+from dlrun.training.callbacks import Callback
+
+
+def new_run_dir(runs_root: str | Path, name: str) -> Path:
+    """A fresh `runs_root/name/YYYYmmdd-HHMMSS[-N]` folder (created)."""
+    base = Path(runs_root) / name
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = base / (stamp if i == 0 else f"{stamp}-{i}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"cannot create a run folder under {base}")
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+
+
+
+
+class RunRecorder(Callback):
+    """Writes history.json and the last/best checkpoints after every epoch.
+
+    "Best" follows `monitor` (val_loss when there is a validation split, else loss), lower is better
+    unless the name says accuracy.
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], monitor: str) -> None:
+        self.run_dir, self.config, self.monitor = run_dir, config, monitor
+        self.mode_max = "acc" in monitor
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def save_checkpoint(self, path: Path) -> None:
+        weights, optimizer, meta = self.trainer.snapshot()
+        ckpt_mod.save(path, ckpt_mod.Checkpoint(self.config, weights, optimizer, meta))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        write_json(self.run_dir / "history.json", self.trainer.history)
+        self.save_checkpoint(self.checkpoints / "last.npz")
+        value = logs.get(self.monitor)
+        if value is None or not math.isfinite(value):
+            return
+        better = self.best is None or (value > self.best if self.mode_max else value < self.best)
+        if better:
+            self.best, self.best_epoch = value, epoch + 1
+            self.save_checkpoint(self.checkpoints / "best.npz")
+
+    def get_state(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state.get("best"), state.get("best_epoch")
+
+
+def write_config(run_dir: Path, config: dict[str, Any]) -> None:
+    write_text(run_dir / "config.yaml", dump_config(config))
+
+
+def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
+    write_json(run_dir / "metrics.json", metrics)

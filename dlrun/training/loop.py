@@ -1,0 +1,210 @@
+"""The training loop: shuffled mini-batches, a validation pass per epoch, Keras-shaped history.
+
+Per-batch values stay on the device; they are read once per epoch, or when the progress listener
+asks for a refresh (it decides how often), so the hot loop has no host round-trip.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from dlrun.data.dataset import Batches, Dataset, Split
+from dlrun.engine.losses import Loss
+from dlrun.engine.metrics import Metric
+from dlrun.engine.optimizers import Optimizer
+from dlrun.graph.model import Model
+from dlrun.training.callbacks import Callback
+
+EVAL_BATCH = 1024  # inference batches: no gradients kept, so bigger is faster and gives the same mean
+
+
+class ProgressListener(Protocol):
+    """How the loop reports to whoever displays it (the CLI); all methods optional in practice."""
+
+    def on_train_begin(self, trainer: "Trainer") -> None: ...
+
+    def on_epoch_begin(self, epoch: int, epochs: int, batches: int) -> None: ...
+
+    def on_batch_end(self, batch: int, batches: int, samples: int, running: Callable[[], dict[str, float]]) -> None: ...
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], seconds: float) -> None: ...
+
+    def on_train_end(self, history: dict[str, list[float]]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class SilentListener:
+    def on_train_begin(self, trainer): ...
+    def on_epoch_begin(self, epoch, epochs, batches): ...
+    def on_batch_end(self, batch, batches, samples, running): ...
+    def on_epoch_end(self, epoch, logs, seconds): ...
+    def on_train_end(self, history): ...
+    def message(self, text): ...
+
+
+@dataclass
+class Trainer:
+    """Owns one training run's moving parts; `fit` runs the remaining epochs."""
+
+    model: Model
+    loss: Loss
+    optimizer: Optimizer
+    metrics: list[Metric]
+    data: Dataset
+    batch_size: int = 32
+    epochs: int = 1
+    shuffle: bool = True
+    shuffle_rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    callbacks: list[Callback] = field(default_factory=list)
+    listener: Any = field(default_factory=SilentListener)
+
+    def __post_init__(self) -> None:
+        self.backend = self.model.backend
+        act = self.model.output_activation
+        # Fuse softmax/sigmoid with cross-entropy: the model then outputs logits while training.
+        self.fused = (not self.loss.from_logits and self.loss.fuses_with is not None
+                      and self.model.fuse_output_activation(self.loss.fuses_with))
+        self.train_loss = self.loss.with_logits() if self.fused else self.loss
+        self.output_activation = act
+        self.history: dict[str, list[float]] = {}
+        self.epoch = 0                # epochs completed
+        self.stop_training = False
+        self.optimizer.build(self.model.flat_params, self.model.segments)
+        self._targets = self._target_transform()
+        self.train_batches = Batches(self.data.train, self.batch_size, self.backend, self.data.scale, self._targets)
+
+    # -- data ----------------------------------------------------------------------------------------
+    def _target_transform(self) -> Callable[[Any], Any] | None:
+        xp, dtype = self.backend.xp, self.backend.dtype
+        if self.loss.keras_name == "categorical_crossentropy":
+            classes = self.model.output_node.output_shape[-1]
+            eye = xp.eye(classes, dtype=dtype)
+            return lambda y: eye[y.reshape(-1).astype(xp.int64)]
+        if self.loss.sparse_targets:
+            return None
+        return lambda y: y.astype(dtype, copy=False)
+
+    def batches(self, split: Split, batch_size: int = EVAL_BATCH) -> Batches:
+        return Batches(split, batch_size, self.backend, self.data.scale, self._targets)
+
+    # -- one step ------------------------------------------------------------------------------------
+    def _probabilities(self, out: Any) -> Any:
+        return self.output_activation.forward(out) if self.fused else out
+
+    def train_step(self, xb: Any, yb: Any, sums: Any) -> Any:
+        """Forward, backward, update; adds loss and metric sums (device scalars) into `sums`."""
+        out = self.model.forward(xb, training=True)
+        loss, dout = self.train_loss.value_and_grad(out, yb)
+        self.model.backward(dout)
+        loss = loss + self.model.regularization(add_grads=True)
+        self.optimizer.apply(self.model.flat_params, self.model.flat_grads)
+        n = xb.shape[0]
+        sums[0] += loss * n
+        if self.metrics:
+            probs = self._probabilities(out)
+            for i, m in enumerate(self.metrics, start=1):
+                sums[i] += m.batch_sum(probs, yb)
+        return loss
+
+    # -- loops ---------------------------------------------------------------------------------------
+    def _names(self) -> list[str]:
+        return ["loss", *[m.name for m in self.metrics]]
+
+    def fit(self) -> dict[str, list[float]]:
+        xp = self.backend.xp
+        for cb in self.callbacks:
+            cb.set_trainer(self)
+        self.listener.on_train_begin(self)
+        for cb in self.callbacks:
+            cb.on_train_begin()
+        names = self._names()
+        n_batches = len(self.train_batches)
+        while self.epoch < self.epochs and not self.stop_training:
+            epoch = self.epoch
+            for cb in self.callbacks:
+                cb.on_epoch_begin(epoch)
+            self.listener.on_epoch_begin(epoch, self.epochs, n_batches)
+            start = time.perf_counter()
+            sums = xp.zeros(len(names), dtype=xp.float64)
+            seen = 0
+            rng = self.shuffle_rng if self.shuffle else None
+            for b, (xb, yb) in enumerate(self.train_batches.epoch(rng)):
+                loss = self.train_step(xb, yb, sums)
+                seen += xb.shape[0]
+                for cb in self.callbacks:
+                    cb.on_batch_end(b, loss)
+                self.listener.on_batch_end(b, n_batches, seen, lambda s=sums, k=seen: self._means(s, k, names))
+                if self.stop_training:
+                    break
+            logs = self._means(sums, max(seen, 1), names)
+            if self.data.val is not None:
+                logs.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
+            logs["learning_rate"] = self.optimizer.learning_rate
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(value)
+            self.epoch = epoch + 1
+            seconds = time.perf_counter() - start
+            for cb in self.callbacks:
+                cb.on_epoch_end(epoch, logs)
+            self.listener.on_epoch_end(epoch, logs, seconds)
+        final = {k: v[-1] for k, v in self.history.items()}
+        for cb in self.callbacks:
+            cb.on_train_end(final)
+        self.listener.on_train_end(self.history)
+        return self.history
+
+    def _means(self, sums: Any, count: int, names: list[str]) -> dict[str, float]:
+        host = self.backend.to_host(sums)  # the sync point: once per epoch or per display refresh
+        return {name: float(v) / count for name, v in zip(names, host)}
+
+    def evaluate(self, split: Split) -> dict[str, float]:
+        """Loss (with regularization, as Keras reports it) and metrics over a split, inference mode."""
+        xp = self.backend.xp
+        names = self._names()
+        sums = xp.zeros(len(names), dtype=xp.float64)
+        for xb, yb in self.batches(split).epoch():
+            out = self.model.forward(xb, training=False)
+            sums[0] += self.train_loss.value(out, yb) * xb.shape[0]
+            if self.metrics:
+                probs = self._probabilities(out)
+                for i, m in enumerate(self.metrics, start=1):
+                    sums[i] += m.batch_sum(probs, yb)
+        logs = self._means(sums, len(split), names)
+        reg = self.model.regularization(add_grads=False)
+        if not isinstance(reg, float):
+            logs["loss"] += float(self.backend.to_host(reg))
+        return logs
+
+    # -- state for checkpoints -----------------------------------------------------------------------
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+        """(weights, optimizer slots, metadata) as host values: everything needed to resume exactly."""
+        optimizer = {k: self.backend.to_host(v).copy() for k, v in self.optimizer.state_arrays().items()}
+        meta = {
+            "epoch": self.epoch,
+            "history": self.history,
+            "optimizer": {"iterations": self.optimizer.iterations, "learning_rate": self.optimizer.learning_rate},
+            "rng": {"noise": self.model.noise.get_state(), "shuffle": self.shuffle_rng.bit_generator.state},
+            "callbacks": [cb.get_state() for cb in self.callbacks],
+        }
+        return self.model.get_weights(), optimizer, meta
+
+    def restore(self, weights: dict[str, np.ndarray], optimizer: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Put a snapshot back (the inverse of `snapshot`)."""
+        self.model.set_weights(weights)
+        opt = meta.get("optimizer", {})
+        self.optimizer.load_state(opt.get("iterations", 0),
+                                  {k: self.backend.asarray(v) if self.backend.is_gpu else v for k, v in optimizer.items()},
+                                  opt.get("learning_rate"))
+        self.epoch = int(meta.get("epoch", 0))
+        self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
+        rng = meta.get("rng", {})
+        if "noise" in rng:
+            self.model.noise.set_state(rng["noise"])
+        if "shuffle" in rng:
+            self.shuffle_rng.bit_generator.state = rng["shuffle"]
+        for cb, state in zip(self.callbacks, meta.get("callbacks", [])):
+            cb.set_state(state)
