@@ -1,0 +1,130 @@
+"""Config loading: safe YAML, schema checks with file/line, defaults, the resolved config."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from dlrun import api
+from dlrun.config import load_config, load_yaml_text, parse_config
+from dlrun.errors import ConfigError
+
+BASE = """\
+data:
+  dataset: synthetic
+model:
+  layers:
+    - Dense: {units: 4, activation: relu}
+    - Dense: {units: 2, activation: softmax}
+loss: sparse_categorical_crossentropy
+"""
+
+
+def write(tmp_path, text: str, name: str = "c.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def error_of(tmp_path, text: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        api.prepare(write(tmp_path, text))
+    return info.value
+
+
+def test_defaults_are_filled_and_name_defaults_to_file_stem(tmp_path):
+    cfg = load_config(write(tmp_path, BASE, "my_exp.yaml"))
+    r = cfg.resolved
+    assert r["name"] == "my_exp" and r["seed"] == 42 and r["device"] == "auto"
+    assert r["training"] == {"epochs": 1, "batch_size": 32, "shuffle": True}
+    assert r["optimizer"] == "rmsprop" and r["metrics"] == [] and r["callbacks"] == []
+
+
+def test_resolved_config_spells_out_layers_and_optimizer(tmp_path):
+    setup = api.prepare(write(tmp_path, BASE + "optimizer: Adam\n"))
+    r = setup.config.resolved
+    assert r["optimizer"]["type"] == "adam" and r["optimizer"]["epsilon"] == 1e-7
+    dense = r["model"]["layers"][0]["Dense"]
+    assert dense["name"] == "dense" and dense["kernel_initializer"] == "glorot_uniform"
+    assert r["model"]["layers"][1]["Dense"]["name"] == "dense_1"
+
+
+def test_unknown_top_level_key_names_line_and_suggests(tmp_path):
+    err = error_of(tmp_path, BASE + "trainin:\n  epochs: 3\n")
+    assert err.line == 8 and "trainin" in str(err) and "training" in str(err)
+    assert err.exit_code == 2
+
+
+def test_wrong_type_names_key_path_and_line(tmp_path):
+    err = error_of(tmp_path, BASE + "training:\n  epochs: three\n")
+    assert err.line == 9 and err.path == "training.epochs" and "integer" in err.message
+
+
+def test_out_of_range_layer_argument_points_at_the_argument(tmp_path):
+    text = BASE.replace("{units: 4, activation: relu}", "{units: 0, activation: relu}")
+    err = error_of(tmp_path, text)
+    assert err.line == 5 and "units=0" in err.message
+
+
+def test_unknown_layer_type_suggests_the_closest(tmp_path):
+    err = error_of(tmp_path, BASE.replace("- Dense: {units: 4", "- Dens: {units: 4"))
+    assert err.line == 5 and "Dense" in err.message
+
+
+def test_unknown_layer_argument_suggests(tmp_path):
+    err = error_of(tmp_path, BASE.replace("{units: 4, activation: relu}", "{unit: 4, activation: relu}"))
+    assert err.line == 5 and "'unit'" in err.message and "units" in err.message
+
+
+def test_unknown_optimizer_and_loss(tmp_path):
+    err = error_of(tmp_path, BASE + "optimizer: adamm\n")
+    assert err.line == 8 and "adam" in err.message
+    err = error_of(tmp_path, BASE.replace("sparse_categorical_crossentropy", "sparse_categorical_crossentropi"))
+    assert err.line == 7 and "sparse_categorical_crossentropy" in err.message
+
+
+def test_bad_optimizer_argument_value(tmp_path):
+    err = error_of(tmp_path, BASE + "optimizer: {type: adam, learning_rate: -0.1}\n")
+    assert "learning_rate=-0.1" in err.message and err.line == 8
+
+
+def test_dense_on_image_input_suggests_flatten(tmp_path):
+    text = BASE.replace("dataset: synthetic", "dataset: fashion_mnist")
+    err = error_of(tmp_path, text)
+    assert "Flatten" in err.message and err.line == 5
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    err = error_of(tmp_path, BASE + "training: {epochs: 3\n")
+    assert "YAML" in err.message and err.line is not None
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    err = error_of(tmp_path, BASE + "seed: 1\nseed: 2\n")
+    assert "twice" in err.message and err.line == 9
+
+
+def test_yaml_is_safe_loaded():
+    with pytest.raises(ConfigError):
+        load_yaml_text("x: !!python/object/apply:os.system ['echo pwned']\n")
+
+
+def test_missing_required_section(tmp_path):
+    err = error_of(tmp_path, "model:\n  layers: [Flatten]\nloss: mse\n")
+    assert "data" in err.message
+
+
+def test_layer_entry_forms(tmp_path):
+    cfg = parse_config(load_yaml_text(textwrap.dedent("""\
+        data: {dataset: fashion_mnist}
+        model:
+          layers:
+            - Flatten
+            - Dense: {name: hidden, units: 8}
+            - Dropout: {rate: 0.5}
+            - Dense:
+                units: 10
+        loss: mse
+        """)))
+    setup = api.prepare(cfg)
+    assert [n.name for n in setup.model.nodes] == ["flatten", "hidden", "dropout", "dense"]
