@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from dlrun.config.loader import from_plain
+from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config, load_config, parse_config
 from dlrun.data.dataset import Dataset, dataset_input_shape, load_dataset
 from dlrun.data.sources import ProgressFn
@@ -39,17 +40,19 @@ class Setup:
     device_note: str | None = None
 
 
-def as_config(source: str | Path | Config | dict[str, Any]) -> Config:
+def as_config(source: str | Path | Config | dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """A validated Config from a file path (with `--set` overrides), a plain dict, or a Config."""
     if isinstance(source, Config):
         return source
     if isinstance(source, dict):
-        return parse_config(from_plain(copy.deepcopy(source)), None)
-    return load_config(source)
+        return parse_config(apply_overrides(from_plain(copy.deepcopy(source)), overrides or []), None)
+    return load_config(source, overrides)
 
 
-def prepare(source: str | Path | Config | dict[str, Any], *, device: str | None = None) -> Setup:
+def prepare(source: str | Path | Config | dict[str, Any], *, device: str | None = None,
+            overrides: list[str] | None = None) -> Setup:
     """Parse and validate a config and build the model, loss, optimizer and metrics (no data)."""
-    cfg = as_config(source)
+    cfg = as_config(source, overrides)
     backend, note = get_backend(device or cfg.resolved["device"])
     model = build_model(cfg, dataset_input_shape(cfg.resolved["data"]), backend=backend)
     loss = make_loss(cfg)
@@ -86,10 +89,11 @@ class RunResult:
 
 
 def train(source: str | Path | Config | dict[str, Any], *, runs_dir: str | Path = "runs", listener: Any = None,
-          device: str | None = None, download_progress: ProgressFn | None = None) -> RunResult:
+          device: str | None = None, download_progress: ProgressFn | None = None,
+          overrides: list[str] | None = None) -> RunResult:
     """Train a config end to end and write its run folder; returns where and what it reached."""
     listener = listener or SilentListener()
-    setup = prepare(source, device=device)
+    setup = prepare(source, device=device, overrides=overrides)
     cfg = setup.config
     if setup.device_note:
         listener.message(setup.device_note)

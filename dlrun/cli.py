@@ -13,6 +13,7 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
                   help="Declarative deep-learning training: describe a model in YAML, train it, evaluate it.")
@@ -33,11 +34,28 @@ def _guard(fn: Callable[[], Any]) -> Any:
     except DlrunError as exc:
         if _state["debug"]:
             raise
-        _stderr().print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+        console = _stderr()
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+        snippet = _source_snippet(exc.file, exc.line, exc.column)
+        if snippet:
+            console.print(escape(snippet), markup=True, soft_wrap=True, style="dim")
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         _stderr().print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+
+
+def _source_snippet(file: str | None, line: int | None, column: int | None) -> str | None:
+    """The offending config line with a caret under the column, as compilers show it."""
+    if not file or not line:
+        return None
+    try:
+        text = Path(file).read_text(encoding="utf-8").splitlines()[line - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    gutter = f"  {line} | "
+    caret = " " * (len(gutter) + (column or 1) - 1) + "^"
+    return f"{gutter}{text.expandtabs(1)}\n{caret}"
 
 
 class ProgressMode(str, Enum):
@@ -80,6 +98,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="Override the config's device: auto, cpu or gpu.")] = None,
     progress: Annotated[ProgressMode, typer.Option(help="auto (rich in a terminal, plain otherwise), rich, plain, json.")] = ProgressMode.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (YAML), repeatable.")] = None,
 ) -> None:
     """Train a model described by a YAML config and write a run folder.
 
@@ -90,7 +109,7 @@ def train(
         from dlrun import api
 
         listener = _listener(progress, quiet)
-        result = api.train(config, runs_dir=runs_dir, listener=listener, device=device)
+        result = api.train(config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_)
         if progress == ProgressMode.json and not quiet:
             print(json.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
             return
@@ -158,6 +177,26 @@ def evaluate(
             print(json.dumps(scores))
         else:
             print("  ".join(f"{k}: {v:.4f}" for k, v in scores.items()))
+
+    _guard(body)
+
+
+@app.command()
+def validate(
+    config: Annotated[Path, typer.Argument(help="The YAML config to check.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY.PATH=VALUE.")] = None,
+) -> None:
+    """Check a config (schema, names, arguments, shapes) without data or training: for CI.
+
+    [bold]Example:[/] dlrun validate configs/fashion_mnist_cnn.yaml
+    """
+
+    def body() -> None:
+        from dlrun import api
+
+        setup = api.prepare(config, device="cpu", overrides=set_)
+        trainable, frozen = setup.model.param_counts()
+        print(f"ok: {config} ({len(setup.model.nodes)} layers, {trainable + frozen:,} parameters)")
 
     _guard(body)
 

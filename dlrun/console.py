@@ -32,8 +32,13 @@ def _is_lower_better(key: str) -> bool:
 class PlainProgress:
     """One line per epoch, no control characters: for logs, pipes and CI."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
-        self.out = out
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out
+
+    @property
+    def out(self) -> TextIO:
+        # Resolved at each write, not at import: tests and wrappers swap sys.stdout.
+        return self._out or sys.stdout
 
     def message(self, text: str) -> None:
         print(text, file=self.out, flush=True)

@@ -5,6 +5,7 @@ the (line, column) of the node and of each key/item. Only YAML's safe tags are a
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ class Located:
 
     pos: Position | None = None
     child_pos: dict[Any, Position]
+    #: key -> the `--set` argument that replaced its value (errors then point there, not at a line).
+    overridden: dict[Any, str]
 
     def pos_of(self, key: Any) -> Position | None:
         return self.child_pos.get(key, self.pos)
@@ -29,12 +32,14 @@ class LocDict(dict, Located):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.child_pos = {}
+        self.overridden = {}
 
 
 class LocList(list, Located):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.child_pos = {}
+        self.overridden = {}
 
 
 def _pos(node: yaml.Node) -> Position:
@@ -72,6 +77,13 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocList:
     return out
 
 
+# YAML 1.1 (PyYAML) reads `3e-4` as a string; users write learning rates that way, so accept the
+# YAML 1.2 float forms too. The resolver table is copied first so SafeLoader itself is untouched.
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from dlrun.config.loader import LocDict, LocList, Located, Position, load_yaml_file, to_plain
+from dlrun.config.overrides import apply_overrides
 from dlrun.errors import ConfigError
 from dlrun.registry import did_you_mean
 
@@ -121,7 +122,9 @@ class Config:
 
     def error(self, message: str, node: Any = None, key: Any = None, path: str | None = None,
               hint: str | None = None) -> ConfigError:
-        """A ConfigError pointing at `node[key]` (or the node) in the config file."""
+        """A ConfigError pointing at `node[key]` (or the node) in the config file, or at its `--set`."""
+        if isinstance(node, Located) and key in node.overridden:
+            return ConfigError(message, file=node.overridden[key], path=path, hint=hint)
         pos = self.position(node, key)
         return ConfigError(message, file=self.file, line=pos[0] if pos else None,
                            column=pos[1] if pos else None, path=path, hint=hint)
@@ -144,12 +147,13 @@ def _check_key(cfg: Config, spec: Key, value: Any, parent: Any, key: str, path: 
     return value
 
 
-def _check_section(cfg: Config, schema: dict[str, Any], node: Any, path: str) -> dict[str, Any]:
+def _check_section(cfg: Config, schema: dict[str, Any], node: Any, path: str,
+                   parent: Any = None, key: Any = None) -> dict[str, Any]:
     if node is None:
         node = LocDict()
     if not isinstance(node, dict):
         raise cfg.error(f"must be a mapping of keys ({', '.join(schema)}), got {to_plain(node)!r}",
-                        node, None, path or "<top level>")
+                        parent, key, path or "<top level>")
     for key in node:
         if key not in schema:
             hint = did_you_mean(str(key), schema)
@@ -160,7 +164,7 @@ def _check_section(cfg: Config, schema: dict[str, Any], node: Any, path: str) ->
     for key, spec in schema.items():
         where = f"{path}.{key}" if path else key
         if isinstance(spec, dict):
-            out[key] = _check_section(cfg, spec, node.get(key), where)
+            out[key] = _check_section(cfg, spec, node.get(key), where, node, key)
             continue
         if key not in node:
             if spec.default is REQUIRED:
@@ -196,8 +200,12 @@ def parse_config(tree: Any, file: str | None = None) -> Config:
     return cfg
 
 
-def load_config(path: str | Path) -> Config:
-    return parse_config(load_yaml_file(path), str(path))
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load, apply `--set` overrides, validate."""
+    tree = load_yaml_file(path)
+    if overrides:
+        tree = apply_overrides(tree if tree is not None else LocDict(), overrides)
+    return parse_config(tree, str(path))
 
 
 def section_node(cfg: Config, *keys: Any) -> Any:
