@@ -5,9 +5,12 @@ Nothing here prints; progress goes to a listener the caller provides, errors are
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dlrun.config.loader import from_plain
 from dlrun.config.overrides import apply_overrides
@@ -19,6 +22,7 @@ from dlrun.engine.random import streams
 from dlrun.errors import CheckpointError, ConfigError
 from dlrun.graph.builder import build_model
 from dlrun.graph.model import Model
+from dlrun import reports
 from dlrun.graph.summary import summary_dict, summary_text
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs.folder import RunRecorder, new_run_dir, write_config, write_metrics
@@ -61,15 +65,28 @@ def prepare(source: str | Path | Config | dict[str, Any], *, device: str | None 
     return Setup(cfg, backend, model, loss, optimizer, metrics, note)
 
 
-def summary(source: str | Path) -> tuple[str, dict[str, Any]]:
-    """(Keras-style text, JSON-able dict) for a config file or a checkpoint file."""
-    path = Path(source)
+def summary(source: str | Path, overrides: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """(Keras-style text, JSON-able dict) for a config file or a checkpoint file; no data is read.
+
+    Beyond Keras's table: the optimizer state size and the activation memory of one training batch.
+    """
+    cfg = _config_or_checkpoint_config(Path(source), overrides)
+    setup = prepare(cfg, device="cpu")
+    memory = reports.memory_estimate(setup.model, setup.optimizer, cfg.resolved["training"]["batch_size"])
+    text = summary_text(setup.model) + reports.memory_text(memory, setup.optimizer.keras_name)
+    return text, {**summary_dict(setup.model), "memory": memory}
+
+
+def graph(source: str | Path, overrides: list[str] | None = None) -> str:
+    """A Graphviz (dot) description of the model graph with shapes."""
+    cfg = _config_or_checkpoint_config(Path(source), overrides)
+    return reports.graph_dot(prepare(cfg, device="cpu").model, cfg.name)
+
+
+def _config_or_checkpoint_config(path: Path, overrides: list[str] | None) -> Config:
     if path.suffix == ".npz":
-        cfg = config_from_checkpoint(path, ckpt_mod.load(path))
-    else:
-        cfg = load_config(path)
-    model = build_model(cfg, dataset_input_shape(cfg.resolved["data"]), backend=CPU)
-    return summary_text(model), summary_dict(model)
+        return config_from_checkpoint(path, ckpt_mod.load(path))
+    return load_config(path, overrides)
 
 
 def config_from_checkpoint(path: Path, ckpt: ckpt_mod.Checkpoint) -> Config:
@@ -137,7 +154,12 @@ def _check_data_fits(cfg: Config, model: Model, data: Dataset) -> None:
 
 def evaluate(checkpoint: str | Path, *, split: str = "test", device: str | None = "cpu",
              data_path: str | None = None) -> dict[str, float]:
-    """Load a checkpoint alone, rebuild its model, and score it on a split of its dataset."""
+    """Load a checkpoint alone, rebuild its model, and score it (loss and metrics) on a split of its dataset."""
+    return evaluate_report(checkpoint, split=split, device=device, data_path=data_path, details=False)["scores"]
+
+
+# -- reports ---------------------------------------------------------------------------------------
+def _load_for_inference(checkpoint: str | Path, device: str | None, data_path: str | None = None) -> tuple[Setup, Path]:
     path = Path(checkpoint)
     ckpt = ckpt_mod.load(path)
     cfg = config_from_checkpoint(path, ckpt)
@@ -148,10 +170,122 @@ def evaluate(checkpoint: str | Path, *, split: str = "test", device: str | None 
         setup.model.set_weights(ckpt.weights)
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    rngs = streams(cfg.resolved["seed"])
-    data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=rngs.split)
+    return setup, path
+
+
+def _predict_batches(setup: Setup, x: Any, scale: float | None) -> np.ndarray:
+    """Probabilities for host inputs `x`, in inference batches."""
+    from dlrun.data.dataset import Batches, Split
+
+    batches = Batches(Split(x, np.zeros(len(x), dtype=np.int64)), 1024, setup.backend, scale)
+    outs = [setup.backend.to_host(setup.model.forward(xb, training=False)) for xb, _ in batches.epoch()]
+    return np.concatenate(outs) if outs else np.zeros((0, *setup.model.output_node.output_shape), np.float32)
+
+
+def evaluate_report(checkpoint: str | Path, *, split: str = "test", device: str | None = "cpu",
+                    data_path: str | None = None, details: bool = True) -> dict[str, Any]:
+    """Scores plus, for classifiers (when `details`), per-class accuracy and the confusion matrix."""
+    setup, _ = _load_for_inference(checkpoint, device, data_path)
+    cfg = setup.config
+    data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=streams(cfg.resolved["seed"]).split)
+    part = data.split(split)
     trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data)
-    return trainer.evaluate(data.split(split))
+    report: dict[str, Any] = {"split": split, "samples": len(part), "scores": trainer.evaluate(part)}
+    classes = setup.model.output_node.output_shape[-1]
+    if details and data.num_classes and setup.loss.accuracy_kind in ("sparse", "categorical") and classes > 1:
+        probs = _predict_batches(setup, part.x, data.scale)
+        matrix = reports.confusion_matrix(probs.argmax(axis=-1), part.y.reshape(-1), classes)
+        names = data.class_names or [str(i) for i in range(classes)]
+        report.update(class_names=names, confusion=matrix.tolist(),
+                      per_class_accuracy=dict(zip(names, reports.per_class_accuracy(matrix))))
+    return report
 
 
-__all__ = ["prepare", "summary", "train", "evaluate", "RunResult", "Setup"]
+def load_inputs(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, float | None]:
+    """Inputs for `predict`: an .npz (array `x`, or its only array) or an image file (PNG/JPEG, needs Pillow).
+
+    Images are converted to the model's channels and size-checked; uint8 data is scaled to [0, 1].
+    """
+    from dlrun.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file not found: {path}")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                key = "x" if "x" in npz.files else (npz.files[0] if len(npz.files) == 1 else None)
+                if key is None:
+                    raise DataError(f"{path} holds several arrays ({', '.join(npz.files)}); name the inputs 'x'")
+                x = npz[key]
+        except ValueError as exc:
+            raise DataError(f"{path} cannot be read: {exc}") from None
+        if x.shape == input_shape:
+            x = x[None]
+    else:
+        try:
+            from PIL import Image
+        except ImportError:
+            raise DataError("reading images needs Pillow", hint="pip install 'dlrun[plot]' (or pillow)") from None
+        try:
+            img = Image.open(path)
+            img = img.convert("L" if input_shape[-1] == 1 else "RGB")
+        except OSError as exc:
+            raise DataError(f"{path} is not a readable image ({exc})") from None
+        x = np.asarray(img)
+        x = x.reshape(1, *x.shape[:2], -1)
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise DataError(f"{path} has inputs of shape {list(x.shape[1:])}; the model expects {list(input_shape)}")
+    return x, (1 / 255 if x.dtype == np.uint8 else None)
+
+
+def predict(checkpoint: str | Path, inputs: str | Path, *, top_k: int = 3, device: str | None = "cpu"
+            ) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for every input sample."""
+    setup, _ = _load_for_inference(checkpoint, device)
+    x, scale = load_inputs(inputs, next(iter(setup.model.inputs.values())))
+    if setup.config.resolved["data"]["dataset"] == "fashion_mnist":
+        from dlrun.data.fashion_mnist import CLASS_NAMES as names
+    else:
+        names = None
+    probs = _predict_batches(setup, x, scale).reshape(len(x), -1)
+    if probs.shape[1] == 1:  # a sigmoid output: two classes
+        probs = np.concatenate([1 - probs, probs], axis=1)
+    names = names if names and len(names) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+    order = np.argsort(-probs, axis=1)[:, :top_k]
+    return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def runs(root: str | Path = "runs") -> list[reports.RunInfo]:
+    return reports.list_runs(Path(root))
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """(resolved config, history) of a run folder."""
+    import yaml
+
+    from dlrun.errors import DlrunError
+
+    run_dir = Path(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise DlrunError(f"{run_dir} is not a readable run folder ({exc})",
+                         hint="pass a folder such as runs/<name>/<timestamp>") from None
+    return config, history
+
+
+def plot(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+    """Write loss/metric curves of one or more runs to a PNG (default: <run>/history.png)."""
+    from dlrun.errors import DlrunError
+
+    histories = {}
+    for rd in run_dirs:
+        _, history = load_run(rd)
+        histories[f"{Path(rd).parent.name}/{Path(rd).name}"] = history
+    target = Path(out) if out else Path(run_dirs[0]) / "history.png"
+    try:
+        return reports.plot_history(histories, target)
+    except ImportError:
+        raise DlrunError("plotting needs matplotlib", hint="pip install 'dlrun[plot]'") from None

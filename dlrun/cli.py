@@ -25,6 +25,12 @@ def _stderr() -> Console:
     return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
 
 
+def _stdout() -> Console:
+    """Tables for stdout: full width when piped (rich would assume 80 columns)."""
+    tty = sys.stdout.isatty()
+    return Console(no_color="NO_COLOR" in os.environ, width=None if tty else 200, highlight=False)
+
+
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run a command body: DlrunError -> one message and its exit code; no traceback unless --debug."""
     from dlrun.errors import DlrunError
@@ -107,6 +113,7 @@ def train(
 
     def body() -> None:
         from dlrun import api
+        from dlrun.console import RichProgress
 
         listener = _listener(progress, quiet)
         result = api.train(config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_)
@@ -119,7 +126,13 @@ def train(
         for split in ("val", "test"):
             if split in result.metrics:
                 lines.append(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics[split].items()))
-        print("\n".join(lines))
+        if isinstance(listener, RichProgress):
+            from rich.panel import Panel
+
+            listener.console.print(Panel("\n".join(escape(line) for line in lines), title="done", expand=False,
+                                         border_style="green"))
+        else:
+            print("\n".join(lines))
 
     _guard(body)
 
@@ -138,6 +151,7 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def summary(
     source: Annotated[Path, typer.Argument(help="A YAML config or a checkpoint (.npz).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+    dot: Annotated[Optional[Path], typer.Option("--dot", help="Also write a Graphviz graph with shapes to this .dot file (and .png/.svg next to it when Graphviz is installed).")] = None,
 ) -> None:
     """Print a Keras-style model summary (shapes, parameter counts) without touching data.
 
@@ -149,6 +163,8 @@ def summary(
 
         text, data = api.summary(source)
         print(json.dumps(data, indent=2) if as_json else text, end="\n" if as_json else "")
+        if dot is not None:
+            _write_dot(api.graph(source), dot)
 
     _guard(body)
 
@@ -172,11 +188,13 @@ def evaluate(
 
         if split not in ("test", "val"):
             raise DlrunError(f"--split must be test or val, got {split!r}")
-        scores = api.evaluate(checkpoint, split=split, device=device, data_path=data_path)
+        report = api.evaluate_report(checkpoint, split=split, device=device, data_path=data_path)
         if as_json:
-            print(json.dumps(scores))
-        else:
-            print("  ".join(f"{k}: {v:.4f}" for k, v in scores.items()))
+            print(json.dumps({**report["scores"], **{k: v for k, v in report.items() if k != "scores"}}))
+            return
+        print(f"{split} ({report['samples']:,} samples): " + "  ".join(f"{k} {v:.4f}" for k, v in report["scores"].items()))
+        if "confusion" in report:
+            _print_confusion(report)
 
     _guard(body)
 
@@ -197,6 +215,167 @@ def validate(
         setup = api.prepare(config, device="cpu", overrides=set_)
         trainable, frozen = setup.model.param_counts()
         print(f"ok: {config} ({len(setup.model.nodes)} layers, {trainable + frozen:,} parameters)")
+
+    _guard(body)
+
+
+def _write_dot(text: str, path: Path) -> None:
+    import shutil
+    import subprocess
+
+    path.write_text(text)
+    print(f"graph: {path}")
+    if shutil.which("dot"):
+        for fmt in ("png", "svg"):
+            out = path.with_suffix(f".{fmt}")
+            subprocess.run(["dot", f"-T{fmt}", str(path), "-o", str(out)], check=False)
+            print(f"graph: {out}")
+    else:
+        print("(install Graphviz to render it: apt-get install graphviz)")
+
+
+def _print_confusion(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    names = report["class_names"]
+    table = Table(title="confusion matrix (rows: true class, columns: predicted)", title_justify="left")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for i in range(len(names)):
+        table.add_column(str(i), justify="right")
+    for i, (name, row) in enumerate(zip(names, report["confusion"])):
+        cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim]0[/]") for j, v in enumerate(row)]
+        table.add_row(f"{i} {name}", f"{report['per_class_accuracy'][name]:.3f}", *cells)
+    _stdout().print(table)
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file.")],
+    input_: Annotated[Path, typer.Option("--input", "-i", help="An .npz of inputs (array 'x') or an image (PNG/JPEG).")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per sample.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print the top-k classes with probabilities for each input.
+
+    [bold]Example:[/] dlrun predict runs/fashion_mnist_mlp/20260101-120000/checkpoints/best.npz --input shoe.png
+    """
+
+    def body() -> None:
+        from dlrun import api
+
+        rows = api.predict(checkpoint, input_, top_k=top_k)
+        if as_json:
+            print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows]))
+            return
+        for i, row in enumerate(rows):
+            print(f"{i}: " + "  ".join(f"{c} {p:.3f}" for c, p in row))
+
+    _guard(body)
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG to write (default: <run>/history.png).")] = None,
+) -> None:
+    """Plot training and validation loss/metric curves per epoch to a PNG (needs matplotlib).
+
+    [bold]Example:[/] dlrun plot runs/fashion_mnist_mlp/20260101-120000
+    """
+
+    def body() -> None:
+        from dlrun import api
+
+        print(f"plot: {api.plot(list(run_dirs), out)}")
+
+    _guard(body)
+
+
+@app.command("runs")
+def list_runs(
+    root: Annotated[Path, typer.Argument(help="The runs folder.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List runs: name, date, epochs, best validation metric, test metric, status.
+
+    [bold]Example:[/] dlrun runs runs/
+    """
+
+    def body() -> None:
+        from rich.table import Table
+
+        from dlrun import api
+
+        infos = api.runs(root)
+        if as_json:
+            print(json.dumps([{**vars(r), "path": str(r.path)} for r in infos]))
+            return
+        table = Table()
+        for col in ("run", "date", "epochs", "best val", "test", "status"):
+            table.add_column(col, justify="right" if col in ("epochs",) else "left")
+        colours = {"finished": "green", "interrupted": "yellow", "failed": "red"}
+        for r in infos:
+            best = f"{r.best_val[0]} {r.best_val[1]:.4f}" if r.best_val else "-"
+            test = f"{r.test[0]} {r.test[1]:.4f}" if r.test else "-"
+            table.add_row(f"{r.name}/{r.path.name}", r.date, str(r.epochs), best, test,
+                          f"[{colours.get(r.status, 'white')}]{r.status}[/]")
+        _stdout().print(table if infos else f"no runs under {root}")
+
+    _guard(body)
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="A run folder.")],
+    run_b: Annotated[Path, typer.Argument(help="Another run folder.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also plot both runs' curves to this PNG.")] = None,
+) -> None:
+    """Show two runs' config differences and their metric curves side by side.
+
+    [bold]Example:[/] dlrun compare runs/mlp/20260101-120000 runs/mlp/20260102-090000
+    """
+
+    def body() -> None:
+        from rich.table import Table
+
+        from dlrun import api, reports
+
+        (cfg_a, hist_a), (cfg_b, hist_b) = api.load_run(run_a), api.load_run(run_b)
+        console = _stdout()
+        diff = Table(title="config differences", title_justify="left")
+        for col in ("key", str(run_a), str(run_b)):
+            diff.add_column(col)
+        for key, a, b in reports.config_diff(cfg_a, cfg_b):
+            diff.add_row(key, repr(a), repr(b))
+        console.print(diff if diff.row_count else "configs are identical")
+        keys = [k for k in hist_a if k in hist_b and k != "learning_rate"]
+        curves = Table(title="per-epoch metrics (A | B)", title_justify="left")
+        curves.add_column("epoch", justify="right")
+        for k in keys:
+            curves.add_column(k, justify="right")
+        for e in range(max(len(next(iter(hist_a.values()), [])), len(next(iter(hist_b.values()), [])))):
+            def cell(h: dict[str, list[float]], k: str) -> str:
+                return f"{h[k][e]:.4f}" if e < len(h.get(k, [])) else "-"
+            curves.add_row(str(e + 1), *[f"{cell(hist_a, k)} | {cell(hist_b, k)}" for k in keys])
+        console.print(curves)
+        if out is not None:
+            print(f"plot: {api.plot([run_a, run_b], out)}")
+
+    _guard(body)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the config language (for editors: yaml-language-server).
+
+    [bold]Example:[/] dlrun schema > dlrun.schema.json
+    """
+
+    def body() -> None:
+        from dlrun.config.jsonschema import json_schema
+
+        print(json.dumps(json_schema(), indent=2))
 
     _guard(body)
 

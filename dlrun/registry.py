@@ -53,6 +53,10 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return list(self._canonical)
 
+    def keys(self) -> list[str]:
+        """Every accepted spelling, normalised (lower case, no underscores or dashes)."""
+        return list(self._by_key)
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and _key(name) in self._by_key
 

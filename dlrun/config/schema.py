@@ -63,6 +63,7 @@ def _choices(*options: str) -> Callable[[Any], str | None]:
         hint = did_you_mean(v, options) if isinstance(v, str) else ""
         return f"must be one of {', '.join(options)}. {hint}".rstrip()
 
+    check.options = options  # type: ignore[attr-defined]  # read by the JSON Schema generator
     return check
 
 
