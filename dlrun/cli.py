@@ -113,10 +113,16 @@ def train(
 
     def body() -> None:
         from dlrun import api
-        from dlrun.console import RichProgress
+        from dlrun.console import DownloadBar, RichProgress
 
         listener = _listener(progress, quiet)
-        result = api.train(config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_)
+        bar = None if quiet or progress == ProgressMode.json else DownloadBar(_stderr(), "dataset")
+        try:
+            result = api.train(config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_,
+                               download_progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         if progress == ProgressMode.json and not quiet:
             print(json.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
             return

@@ -143,3 +143,27 @@ class RichProgress:
             self.live.update(self._table() if self.rows else Group())
             self.live.stop()
             self.live = None
+
+
+class DownloadBar:
+    """A rich progress bar (size, speed, ETA) for dataset downloads: a `ProgressFn`."""
+
+    def __init__(self, console: Console, description: str = "download") -> None:
+        from rich.progress import DownloadColumn, TransferSpeedColumn
+
+        self.progress = Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                                 TimeRemainingColumn(), console=console, transient=True)
+        self.task = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("download", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+        if total is not None and done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.progress.stop()
+            self.task = None

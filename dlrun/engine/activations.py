@@ -9,21 +9,20 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from dlrun.registry import Registry
 
 ACTIVATIONS: Registry["Activation"] = Registry("activation")
 
 
 def xp_of(x: Any):
-    """The array module (numpy or cupy) an array belongs to."""
-    mod = type(x).__module__
-    if mod.startswith("cupy"):
+    """The array module (numpy or cupy) an array belongs to. Called in every kernel: keep it cheap."""
+    if type(x).__module__.startswith("cupy"):
         import cupy  # type: ignore[import-not-found]
 
         return cupy
-    import numpy
-
-    return numpy
+    return np
 
 
 class Activation:
