@@ -136,7 +136,16 @@ def train(source: str | Path | Config | dict[str, Any], *, runs_dir: str | Path 
     metrics["best_epoch"] = recorder.best_epoch
     metrics["epochs"] = trainer.epoch
     write_metrics(run_dir, metrics)
+    _plot_if_possible(run_dir, history)
     return RunResult(run_dir, history, metrics, recorder.best_epoch, setup.backend.describe())
+
+
+def _plot_if_possible(run_dir: Path, history: dict[str, list[float]]) -> None:
+    """history.png beside history.json when matplotlib is installed (an optional extra)."""
+    import importlib.util
+
+    if history and importlib.util.find_spec("matplotlib") is not None:
+        reports.plot_history({run_dir.name: history}, run_dir / "history.png")
 
 
 def _check_data_fits(cfg: Config, model: Model, data: Dataset) -> None:

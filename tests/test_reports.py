@@ -112,6 +112,7 @@ def test_compare_shows_config_differences(trained):
 
 def test_plot_writes_png(trained, tmp_path):
     pytest.importorskip("matplotlib")
+    assert (trained[1] / "history.png").is_file()  # written by training itself
     out = tmp_path / "curves.png"
     res = runner.invoke(app, ["plot", str(trained[1]), str(trained[2]), "--out", str(out)])
     assert res.exit_code == 0, res.output
