@@ -1,4 +1,4 @@
-"""The library API the CLI is a thin shell over: load, summarize, train, evaluate.
+"""The library API the CLI is a thin shell over: load, summarize, train, resume, evaluate.
 
 Nothing here prints; progress goes to a listener the caller provides, errors are DlrunError.
 """
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +15,22 @@ import numpy as np
 from dlrun.config.loader import from_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config, load_config, parse_config
-from dlrun.data.dataset import Dataset, dataset_input_shape, load_dataset
+from dlrun.data.dataset import Dataset, dataset_input_shape, input_normalization, known_class_names, load_dataset
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.backend import CPU, Backend, get_backend
 from dlrun.engine.random import streams
-from dlrun.errors import CheckpointError, ConfigError
+from dlrun.errors import CheckpointError, ConfigError, DlrunError, TrainingInterrupted
 from dlrun.graph.builder import build_model
 from dlrun.graph.model import Model
 from dlrun import reports
 from dlrun.graph.summary import summary_dict, summary_text
 from dlrun.runs import checkpoint as ckpt_mod
+from dlrun.runs import manifest as manifest_mod
 from dlrun.runs.folder import RunRecorder, new_run_dir, write_config, write_metrics
-from dlrun.runs.atomic import write_text
+from dlrun.runs.atomic import remove_temporaries, write_json, write_text
+from dlrun.training.interrupt import graceful_interrupts
 from dlrun.training.loop import SilentListener, Trainer
-from dlrun.training.setup import make_loss, make_metrics, make_optimizer
+from dlrun.training.setup import make_callbacks, make_loss, make_metrics, make_optimizer
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Setup:
     optimizer: Any
     metrics: list[Any]
     device_note: str | None = None
+    callbacks: list[Any] = field(default_factory=list)
 
 
 def as_config(source: str | Path | Config | dict[str, Any], overrides: list[str] | None = None) -> Config:
@@ -58,11 +61,13 @@ def prepare(source: str | Path | Config | dict[str, Any], *, device: str | None 
     """Parse and validate a config and build the model, loss, optimizer and metrics (no data)."""
     cfg = as_config(source, overrides)
     backend, note = get_backend(device or cfg.resolved["device"])
-    model = build_model(cfg, dataset_input_shape(cfg.resolved["data"]), backend=backend)
+    shape = dataset_input_shape(cfg.resolved["data"], needed=not cfg.resolved["model"]["input_shape"])
+    model = build_model(cfg, shape, backend=backend)
     loss = make_loss(cfg)
     optimizer = make_optimizer(cfg)
     metrics = make_metrics(cfg, loss)
-    return Setup(cfg, backend, model, loss, optimizer, metrics, note)
+    callbacks = make_callbacks(cfg, metrics, optimizer)
+    return Setup(cfg, backend, model, loss, optimizer, metrics, note, callbacks)
 
 
 def summary(source: str | Path, overrides: list[str] | None = None) -> tuple[str, dict[str, Any]]:
@@ -103,31 +108,103 @@ class RunResult:
     metrics: dict[str, float]
     best_epoch: int | None
     device: str
+    #: The model's final weights (host copies), after callbacks such as EarlyStopping's restore.
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def train(source: str | Path | Config | dict[str, Any], *, runs_dir: str | Path = "runs", listener: Any = None,
           device: str | None = None, download_progress: ProgressFn | None = None,
           overrides: list[str] | None = None) -> RunResult:
-    """Train a config end to end and write its run folder; returns where and what it reached."""
+    """Train a config end to end and write its run folder; returns where and what it reached.
+
+    SIGINT/SIGTERM stop after the current batch with a resumable checkpoint: TrainingInterrupted.
+    """
     listener = listener or SilentListener()
     setup = prepare(source, device=device, overrides=overrides)
     cfg = setup.config
     if setup.device_note:
         listener.message(setup.device_note)
-    rngs = streams(cfg.resolved["seed"])
     # Data errors surface here, before any run folder exists.
+    data, trainer = _make_trainer(setup, listener, download_progress)
+    run_dir = new_run_dir(runs_dir, cfg.name)
+    resolved = cfg.resolved
+    write_json(run_dir / "history.json", {})  # a run folder always holds a readable history
+    write_config(run_dir, resolved)
+    write_text(run_dir / "summary.txt", summary_text(setup.model, cfg.name))
+    manifest_mod.write(run_dir, manifest_mod.build(
+        seed=resolved["seed"], backend=setup.backend, device=setup.backend.describe(), data_cfg=resolved["data"],
+        data=data, config_file=cfg.file, overrides=overrides))
+    return _fit_and_finish(setup, data, trainer, run_dir)
+
+
+def resume(run_dir: str | Path, *, listener: Any = None, device: str | None = None,
+           download_progress: ProgressFn | None = None) -> RunResult:
+    """Continue a run from `run_dir/checkpoints/last.npz` with the config saved in it, in the same
+    folder. The result is bit-identical to a run that was never interrupted (same machine)."""
+    listener = listener or SilentListener()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DlrunError(f"no run folder at {run_dir}", hint="pass a run folder such as runs/<name>/<timestamp>")
+    path = run_dir / "checkpoints" / "last.npz"
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no checkpoint to resume from ({path} is missing)",
+                              hint="the run stopped before its first epoch ended: train it again from its config")
+    ckpt = ckpt_mod.load(path)
+    if not ckpt.resumable:
+        raise CheckpointError(f"{path} holds weights only and cannot resume a run")
+    setup = prepare(config_from_checkpoint(path, ckpt), device=device)
+    if setup.device_note:
+        listener.message(setup.device_note)
+    data, trainer = _make_trainer(setup, listener, download_progress)
+    try:
+        trainer.restore(ckpt.weights, ckpt.optimizer, ckpt.meta)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not fit its own config: {exc}") from None
+    for folder in (run_dir, run_dir / "checkpoints"):
+        remove_temporaries(folder)  # left by writes that a kill cut short
+    write_json(run_dir / "history.json", trainer.history)  # a kill may have left it one epoch behind
+    partial = ckpt.meta.get("partial_epoch")
+    manifest_mod.add_resume(run_dir, backend=setup.backend, device=setup.backend.describe(),
+                            from_epoch=trainer.epoch, from_batch=partial["batch"] if partial else None)
+    if trainer.epoch >= trainer.epochs or trainer.stop_training:
+        listener.message(f"Resuming {run_dir}: training had finished after epoch {trainer.epoch}; "
+                         "completing the run's results")
+    else:
+        where = f"epoch {trainer.epoch + 1}, batch {partial['batch'] + 1}" if partial else f"epoch {trainer.epoch + 1}"
+        listener.message(f"Resuming {run_dir} at {where} of {trainer.epochs}")
+    return _fit_and_finish(setup, data, trainer, run_dir)
+
+
+def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | None) -> tuple[Dataset, Trainer]:
+    """Load the data (seeded split) and build the Trainer with the config's callbacks."""
+    cfg = setup.config
+    rngs = streams(cfg.resolved["seed"])
     data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=rngs.split, progress=download_progress)
+    if data.statistics:  # standardisation: into config.yaml and every checkpoint, for evaluate/predict
+        cfg.resolved["data"]["statistics"] = data.statistics
     _check_data_fits(cfg, setup.model, data)
     tcfg = cfg.resolved["training"]
     trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data, batch_size=tcfg["batch_size"],
-                      epochs=tcfg["epochs"], shuffle=tcfg["shuffle"], shuffle_rng=rngs.shuffle, listener=listener)
-    run_dir = new_run_dir(runs_dir, cfg.name)
-    resolved = cfg.resolved
-    write_config(run_dir, resolved)
-    write_text(run_dir / "summary.txt", summary_text(setup.model, cfg.name))
-    recorder = RunRecorder(run_dir, resolved, "val_loss" if data.val is not None else "loss")
-    trainer.callbacks.append(recorder)
-    history = trainer.fit()
+                      epochs=tcfg["epochs"], shuffle=tcfg["shuffle"], shuffle_rng=rngs.shuffle,
+                      callbacks=list(setup.callbacks), listener=listener, config=cfg.resolved)
+    return data, trainer
+
+
+def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path) -> RunResult:
+    """Train (checkpointing every epoch into `run_dir`), then score and write metrics.json."""
+    trainer.run_dir = run_dir
+    recorder = RunRecorder(run_dir, setup.config.resolved, "val_loss" if data.val is not None else "loss")
+    trainer.callbacks.append(recorder)  # last: its checkpoint holds every other callback's state
+    try:
+        with graceful_interrupts(trainer):
+            history = trainer.fit()
+    except TrainingInterrupted as exc:
+        exc.message = (f"{exc.message}; the run's state after it is saved in "
+                       f"{run_dir / 'checkpoints' / 'last.npz'}")
+        exc.args = (exc.message,)
+        exc.hint = f"resume with: dlrun train --resume {run_dir}"
+        exc.run_dir = run_dir  # type: ignore[attr-defined]
+        raise
     metrics: dict[str, Any] = {}
     if data.val is not None:
         metrics["val"] = trainer.evaluate(data.val)
@@ -137,7 +214,8 @@ def train(source: str | Path | Config | dict[str, Any], *, runs_dir: str | Path 
     metrics["epochs"] = trainer.epoch
     write_metrics(run_dir, metrics)
     _plot_if_possible(run_dir, history)
-    return RunResult(run_dir, history, metrics, recorder.best_epoch, setup.backend.describe())
+    return RunResult(run_dir, history, metrics, recorder.best_epoch, setup.backend.describe(),
+                     setup.model.get_weights())
 
 
 def _plot_if_possible(run_dir: Path, history: dict[str, list[float]]) -> None:
@@ -252,12 +330,10 @@ def predict(checkpoint: str | Path, inputs: str | Path, *, top_k: int = 3, devic
             ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) for every input sample."""
     setup, _ = _load_for_inference(checkpoint, device)
-    x, scale = load_inputs(inputs, next(iter(setup.model.inputs.values())))
-    if setup.config.resolved["data"]["dataset"] == "fashion_mnist":
-        from dlrun.data.fashion_mnist import CLASS_NAMES as names
-    else:
-        names = None
-    probs = _predict_batches(setup, x, scale).reshape(len(x), -1)
+    x, _ = load_inputs(inputs, next(iter(setup.model.inputs.values())))
+    normalization = input_normalization(setup.config.resolved["data"], x.dtype)  # as in training
+    names = known_class_names(setup.config.resolved["data"])
+    probs = _predict_batches(setup, x, normalization).reshape(len(x), -1)
     if probs.shape[1] == 1:  # a sigmoid output: two classes
         probs = np.concatenate([1 - probs, probs], axis=1)
     names = names if names and len(names) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]

@@ -99,7 +99,8 @@ def main_callback(
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Argument(help="The YAML config to train.")],
+    config: Annotated[Optional[Path], typer.Argument(help="The YAML config to train.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint, with the config saved there.")] = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.")] = Path("runs"),
     device: Annotated[Optional[str], typer.Option(help="Override the config's device: auto, cpu or gpu.")] = None,
     progress: Annotated[ProgressMode, typer.Option(help="auto (rich in a terminal, plain otherwise), rich, plain, json.")] = ProgressMode.auto,
@@ -108,18 +109,30 @@ def train(
 ) -> None:
     """Train a model described by a YAML config and write a run folder.
 
+    Ctrl-C (or SIGTERM) stops after the current batch and saves a checkpoint to resume from.
+
     [bold]Example:[/] dlrun train configs/fashion_mnist_mlp.yaml
+    [bold]Resume:[/] dlrun train --resume runs/fashion_mnist_mlp/20260101-120000
     """
 
     def body() -> None:
         from dlrun import api
         from dlrun.console import DownloadBar, RichProgress
+        from dlrun.errors import DlrunError
 
+        if (config is None) == (resume is None):
+            raise DlrunError("pass a config to train, or --resume RUN_DIR to continue a run (not both)",
+                             hint="dlrun train configs/fashion_mnist_mlp.yaml, or dlrun train --resume runs/<name>/<time>")
+        if resume is not None and set_:
+            raise DlrunError("--set does not apply to --resume: a run continues with the config it started with")
         listener = _listener(progress, quiet)
         bar = None if quiet or progress == ProgressMode.json else DownloadBar(_stderr(), "dataset")
         try:
-            result = api.train(config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_,
-                               download_progress=bar)
+            if resume is not None:
+                result = api.resume(resume, listener=listener, device=device, download_progress=bar)
+            else:
+                result = api.train(config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_,
+                                   download_progress=bar)
         finally:
             if bar is not None:
                 bar.close()
@@ -384,6 +397,9 @@ def schema() -> None:
         print(json.dumps(json_schema(), indent=2))
 
     _guard(body)
+
+
+app.add_typer(__import__("dlrun.cli_data", fromlist=["app"]).app, name="data")  # dlrun data list|fetch|path
 
 
 def main() -> None:

@@ -18,8 +18,12 @@ from dlrun.errors import ConfigError
 from dlrun.registry import did_you_mean
 
 REQUIRED = object()
-DATASETS = ("fashion_mnist", "cifar10", "synthetic")
-SYNTHETIC_KEYS = ("samples", "features", "classes", "task", "noise")
+DATASETS = ("fashion_mnist", "cifar10", "npz", "csv", "synthetic")
+#: data keys that only some datasets take: written for another dataset they are an error, and
+#: their defaults are left out of the resolved config.
+DATASET_KEYS = {"samples": ("synthetic",), "features": ("synthetic",), "classes": ("synthetic",),
+                "noise": ("synthetic",), "task": ("synthetic", "npz", "csv"), "target": ("csv",),
+                "header": ("csv",), "path": ("fashion_mnist", "cifar10", "npz", "csv")}
 
 
 @dataclass
@@ -56,6 +60,20 @@ def _shape(v: Any) -> str | None:
     return None if ok else "must be a list of positive integers, e.g. [28, 28, 1]"
 
 
+def _statistics(v: Any) -> str | None:
+    mean, std = v.get("mean"), v.get("std")
+    ok = (set(v) == {"mean", "std"} and isinstance(mean, list) and isinstance(std, list) and mean
+          and len(mean) == len(std) and all(isinstance(m, (int, float)) for m in mean)
+          and all(isinstance(s, (int, float)) and s > 0 for s in std))
+    return None if ok else "must be {mean: [..], std: [..]}: one number per channel, std > 0"
+
+
+def _augmentation(v: Any) -> str | None:
+    from dlrun.data.augment import check_spec  # NumPy only when a config has augmentation
+
+    return check_spec(v) if v else None
+
+
 def _choices(*options: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v in options:
@@ -77,12 +95,26 @@ SCHEMA: dict[str, Any] = {
     "data": {
         "dataset": Key((str,), REQUIRED, _choices(*DATASETS), "which dataset"),
         "validation_split": Key(NUMBER, 0.0, _fraction, "fraction of the training set held out (seeded, shuffled)"),
+        "stratify": Key((bool,), False, None, "keep the class proportions in the validation and test splits"),
+        "test_split": Key(NUMBER, 0.0, _fraction, "fraction held out as the test set (npz without x_test, csv)"),
         "limit": Key((int,), None, _positive, "use only the first N training samples", nullable=True),
-        "path": Key((str,), None, None, "folder holding the dataset files", nullable=True),
+        "path": Key((str,), None, None, "folder holding the dataset files; npz, csv: the file", nullable=True),
+        "normalize": Key((str,), "auto", _choices("auto", "scale", "standardize", "none"),
+                         "scale (uint8 to [0, 1]) | standardize (training-split mean/std per channel) | none; "
+                         "auto: scale for uint8 images, standardize for csv, none otherwise"),
+        "statistics": Key((dict,), None, _statistics, "standardize: the training split's per-channel {mean, std}, "
+                          "written here by dlrun when training (reused by evaluate/predict)", nullable=True),
+        "augmentation": Key((list,), [], _augmentation, "image augmentation of training batches, Keras names: "
+                            "[{RandomFlip: {mode: horizontal}}, {RandomCrop: {padding: 4}}, ...]"),
+        "prefetch": Key((int,), 2, _non_negative, "batches prepared ahead in a background thread (0: none)"),
+        "target": Key((str, int), None, None, "csv: the target column, by name or index", nullable=True),
+        "header": Key((bool,), None, None, "csv: the first row names the columns (default: detected)",
+                      nullable=True),
         "samples": Key((int,), 1000, _positive, "synthetic: number of samples"),
         "features": Key((int,), 100, _positive, "synthetic: number of features"),
         "classes": Key((int,), 2, _positive, "synthetic: number of classes (classification)"),
-        "task": Key((str,), "classification", _choices("classification", "regression"), "synthetic: task"),
+        "task": Key((str,), "classification", _choices("classification", "regression"),
+                    "synthetic, npz, csv: classification or regression"),
         "noise": Key(NUMBER, 0.1, _non_negative, "synthetic: label/target noise"),
     },
     "model": {
@@ -187,16 +219,20 @@ def parse_config(tree: Any, file: str | None = None) -> Config:
     resolved = _check_section(cfg, SCHEMA, tree, "")
     if resolved["name"] is None:
         resolved["name"] = Path(file).stem if file else "run"
-    data = resolved["data"]
-    if data["dataset"] != "synthetic":
-        for key in SYNTHETIC_KEYS:
-            if key in tree.get("data", {}):
-                raise cfg.error(f"{key!r} only applies to the synthetic dataset", tree["data"], key, f"data.{key}")
-            del data[key]
-    else:
-        for key in ("path",):
-            if data[key] is not None:
-                raise cfg.error(f"{key!r} does not apply to the synthetic dataset", tree["data"], key, f"data.{key}")
+    data, data_node = resolved["data"], tree.get("data") or {}
+    for key, datasets in DATASET_KEYS.items():
+        if data["dataset"] in datasets:
+            continue
+        if key in data_node and data_node[key] is not None:
+            names = " and ".join([", ".join(datasets[:-1]), datasets[-1]] if len(datasets) > 1 else datasets)
+            raise cfg.error(f"{key!r} only applies to the {names} dataset{'s' if len(datasets) > 1 else ''}",
+                            data_node, key, f"data.{key}")
+        del data[key]
+    if data["dataset"] in ("npz", "csv") and not data["path"]:
+        raise cfg.error(f"the {data['dataset']} dataset needs data.path: the file to read", data_node, None, "data")
+    if data["dataset"] == "csv" and data["target"] is None:
+        raise cfg.error("the csv dataset needs data.target: the column to predict (a name, or an index)",
+                        data_node, None, "data")
     cfg.resolved = resolved
     return cfg
 

@@ -4,10 +4,12 @@ Search order: `data.path`, `$DLRUN_DATA/<name>`, the user cache (`$XDG_CACHE_HOM
 default `~/.cache/dlrun/<name>`), system folders (Debian's `/usr/share/datasets/...`), and last a
 download into the user cache. Downloads stream into a temporary file, are checksum-verified and only
 then renamed into place: an interrupted or corrupt download never looks like data.
+`DLRUN_OFFLINE=1` turns every download off (the search alone runs, and its error says what to do).
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -28,6 +30,18 @@ class RemoteFile:
     url: str
     md5: str | None = None       # the publisher's checksum of the file as downloaded
     sha256: str | None = None
+
+
+def offline() -> bool:
+    """True when `DLRUN_OFFLINE` is set (to anything but 0/false/no): never touch the network."""
+    return os.environ.get("DLRUN_OFFLINE", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def size_on_disk(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def cache_dir(name: str) -> Path:
@@ -59,8 +73,11 @@ def file_digest(path: Path, algo: str) -> str:
 def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = None, timeout: float = 30) -> Path:
     """Stream `remote` into `dest_dir`, verify its checksums, then move it into place.
 
-    On any failure the temporary file is removed and DataError raised: nothing half-downloaded remains.
+    On any failure (network, short read, checksum, Ctrl-C) the temporary file is removed and DataError
+    raised (KeyboardInterrupt propagates): nothing half-downloaded remains.
     """
+    if offline():
+        raise DataError(f"downloads are disabled (DLRUN_OFFLINE is set); not fetching {remote.url}")
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / remote.name
     fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.name}.", suffix=".part", dir=dest_dir)
@@ -89,18 +106,27 @@ def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = N
                                 hint="the download is corrupt or was tampered with; it was deleted. Try again")
         os.replace(tmp, final)
         return final
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        if isinstance(exc, http.client.IncompleteRead):
+            reason = "the connection closed before the announced size was received (truncated download)"
         raise DataError(f"could not download {remote.url}: {reason}") from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def not_found_message(name: str, searched: list[Path], files: list[str], download_error: str | None) -> DataError:
+def not_found_message(name: str, searched: list[Path], files: list[str], download_error: str | None,
+                      *, what_to_put: str | None = None) -> DataError:
+    """The offline error: every place searched, and exactly which files to put where.
+
+    `what_to_put` replaces the default "put the files ... into one of those folders" advice when a
+    dataset accepts several layouts (an archive or its extracted folder).
+    """
     places = "\n".join(f"    {p}" for p in searched)
     text = f"the {name} dataset was not found. Looked in:\n{places}"
     if download_error:
         text += f"\n  and the download failed: {download_error}"
-    hint = (f"put the files {', '.join(files)} into one of those folders (or set data.path), "
-            f"or run again with internet access to download them")
-    return DataError(text, hint=hint)
+    put = what_to_put or f"put the files {', '.join(files)} into one of those folders (or set data.path)"
+    fetch = ("or unset DLRUN_OFFLINE and run again to download them" if offline()
+             else "or run again with internet access to download them")
+    return DataError(text, hint=f"{put}, {fetch} (ahead of time: dlrun data fetch {name})")

@@ -4,11 +4,20 @@ step and learning rate, RNG and callback state, format and dlrun versions).
 
 Why .npz and not safetensors: it needs nothing beyond NumPy, `np.load(allow_pickle=False)` refuses
 object arrays (so loading can never run code), and the metadata travels as a uint8 JSON array.
+Arrays inside the metadata (EarlyStopping's best weights) are stored as `state/<n>` entries and
+referenced from the JSON as `{"__array__": "state/<n>"}`.
+
+Layout (format version 1):
+    __meta__            uint8 UTF-8 JSON: format, format_version, dlrun_version, config, epoch, ...
+    weights/<layer>/<w> every weight, BatchNormalization moving statistics included
+    optimizer/<slot>    the optimizer's flat slot buffers (moments, ...)
+    state/<n>           arrays referenced from the metadata
 """
 from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +33,10 @@ FORMAT_VERSION = 1
 _META = "__meta__"
 _WEIGHTS = "weights/"
 _OPTIMIZER = "optimizer/"
+_STATE = "state/"
+_ARRAY_REF = "__array__"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_HOSTILE_HINT = "dlrun checkpoints never contain pickles; this file is not one of ours and may be hostile"
 
 
 @dataclass
@@ -39,55 +52,150 @@ class Checkpoint:
     def epoch(self) -> int:
         return int(self.meta.get("epoch", 0))
 
+    @property
+    def resumable(self) -> bool:
+        """True when the file holds the full training state (not a weights-only save)."""
+        return not self.meta.get("weights_only") and "rng" in self.meta
+
 
 def save(path: str | Path, ckpt: Checkpoint) -> None:
     """Write atomically: a crash mid-write leaves the previous file intact."""
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "dlrun_version": __version__,
-            **ckpt.meta, "config": ckpt.config}
-    arrays = {_META: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
-    arrays.update({_WEIGHTS + k: np.ascontiguousarray(v) for k, v in ckpt.weights.items()})
-    arrays.update({_OPTIMIZER + k: np.ascontiguousarray(v) for k, v in ckpt.optimizer.items()})
+    arrays: dict[str, np.ndarray] = {}
+    meta = _pack({"format": FORMAT, "format_version": FORMAT_VERSION, "dlrun_version": __version__,
+                  **ckpt.meta, "config": ckpt.config}, arrays)
+    out = {_META: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
+    out.update({_WEIGHTS + k: np.ascontiguousarray(v) for k, v in ckpt.weights.items()})
+    out.update({_OPTIMIZER + k: np.ascontiguousarray(v) for k, v in ckpt.optimizer.items()})
+    out.update(arrays)
     with atomic_open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **out)
+
+
+def _pack(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """Metadata -> JSON-able: NumPy arrays move to `arrays` and leave a reference behind."""
+    if isinstance(value, np.ndarray):
+        key = f"{_STATE}{len(arrays)}"
+        arrays[key] = np.ascontiguousarray(value)
+        return {_ARRAY_REF: key}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {str(k): _pack(v, arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pack(v, arrays) for v in value]
+    return value
+
+
+def _unpack(value: Any, arrays: dict[str, np.ndarray], path: Path) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {_ARRAY_REF}:
+            try:
+                return arrays[value[_ARRAY_REF]]
+            except (KeyError, TypeError):
+                raise CheckpointError(f"{path} is corrupt (a missing array {value[_ARRAY_REF]!r})") from None
+        return {k: _unpack(v, arrays, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unpack(v, arrays, path) for v in value]
+    return value
 
 
 def load(path: str | Path) -> Checkpoint:
-    """Read and check a checkpoint; any problem is one CheckpointError naming the file."""
+    """Read and check a checkpoint; any problem is one CheckpointError naming the file.
+
+    No code can run: the file must be a zip archive (checked before NumPy sees it), every entry is
+    read with `allow_pickle=False`, and entries of unknown names are refused rather than skipped.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}",
                               hint="pass a .npz file from a run's checkpoints/ folder")
+    _check_magic(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             names = list(npz.files)
             if _META not in names:
                 raise CheckpointError(f"{path} is not a dlrun checkpoint (no metadata record)")
-            meta = json.loads(bytes(npz[_META]).decode("utf-8"))
+            unknown = [n for n in names if n != _META and not n.startswith((_WEIGHTS, _OPTIMIZER, _STATE))]
+            if unknown:
+                raise CheckpointError(f"{path} is not a dlrun checkpoint (unexpected entries: "
+                                      f"{', '.join(unknown[:5])})")
+            raw_meta = _entry(npz, _META, path)
+            if raw_meta.dtype != np.uint8 or raw_meta.ndim != 1:
+                raise CheckpointError(f"{path} is not a dlrun checkpoint (bad metadata record)")
+            meta = json.loads(raw_meta.tobytes().decode("utf-8"))
             _check_meta(path, meta)
-            weights = {n[len(_WEIGHTS):]: npz[n] for n in names if n.startswith(_WEIGHTS)}
-            optimizer = {n[len(_OPTIMIZER):]: npz[n] for n in names if n.startswith(_OPTIMIZER)}
+            weights = {n[len(_WEIGHTS):]: _entry(npz, n, path) for n in names if n.startswith(_WEIGHTS)}
+            optimizer = {n[len(_OPTIMIZER):]: _entry(npz, n, path) for n in names if n.startswith(_OPTIMIZER)}
+            state = {n: _entry(npz, n, path) for n in names if n.startswith(_STATE)}
     except CheckpointError:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise CheckpointError(f"{path} contains pickled Python objects and was refused",
-                                  hint="dlrun checkpoints never contain pickles; this file is not one of "
-                                       "ours and may be hostile") from None
-        raise CheckpointError(f"{path} is corrupt ({exc})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path} contains pickled Python objects and was refused (nothing was "
+                                  f"loaded or run)", hint=_HOSTILE_HINT) from None
+        raise CheckpointError(f"{path} is corrupt ({exc})", hint="the file is truncated or damaged") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, UnicodeDecodeError,
+            json.JSONDecodeError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is not a readable dlrun checkpoint ({type(exc).__name__}: {exc})",
                               hint="the file is truncated or of another format") from None
+    for name, arr in (*weights.items(), *optimizer.items()):
+        if arr.dtype.kind not in "fiub":
+            raise CheckpointError(f"{path} is corrupt (array {name!r} has dtype {arr.dtype})")
+    meta = _unpack(meta, state, path)
     config = meta.pop("config")
     return Checkpoint(config, weights, optimizer, meta)
+
+
+def _entry(npz: Any, name: str, path: Path) -> np.ndarray:
+    value = npz[name]
+    if not isinstance(value, np.ndarray):  # a zip member that is not an .npy array
+        raise CheckpointError(f"{path} is not a dlrun checkpoint (entry {name!r} is not an array)")
+    return value
+
+
+def _check_magic(path: Path) -> None:
+    """Refuse anything that is not a zip archive before NumPy looks at it (NumPy would take a
+    non-zip, non-.npy file for a pickle and only then refuse it, with a misleading message)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc})") from None
+    if head[:4] in _ZIP_MAGIC:
+        return
+    if not head:
+        raise CheckpointError(f"{path} is empty, not a dlrun checkpoint",
+                              hint="the file was truncated; use another checkpoint (e.g. last.npz or best.npz)")
+    if head[:1] == b"\x80":
+        raise CheckpointError(f"{path} is a Python pickle, not a dlrun checkpoint; refused without loading it",
+                              hint=_HOSTILE_HINT)
+    raise CheckpointError(f"{path} is not a dlrun checkpoint (not an .npz archive)",
+                          hint="pass a .npz file from a run's checkpoints/ folder")
 
 
 def _check_meta(path: Path, meta: Any) -> None:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dlrun checkpoint")
     version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this dlrun "
-                              f"({__version__}) reads up to version {FORMAT_VERSION}",
-                              hint="upgrade dlrun to load it")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path} has an invalid checkpoint format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {version}, written by dlrun "
+                              f"{meta.get('dlrun_version', '?')}; this dlrun ({__version__}) reads up to "
+                              f"version {FORMAT_VERSION}", hint="upgrade dlrun to load it")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path} has no config record")
+
+
+def save_training_state(path: str | Path, trainer: Any, *, weights_only: bool = False) -> None:
+    """Checkpoint a Trainer: everything needed to resume exactly, or (`weights_only`) the weights
+    and config alone, which `dlrun evaluate` and `predict` can still use."""
+    if trainer.config is None:
+        raise CheckpointError("this trainer has no config to store in a checkpoint")
+    if weights_only:
+        ckpt = Checkpoint(trainer.config, trainer.model.get_weights(), {},
+                          {"epoch": trainer.epoch, "weights_only": True})
+    else:
+        weights, optimizer, meta = trainer.snapshot()
+        ckpt = Checkpoint(trainer.config, weights, optimizer, meta)
+    save(path, ckpt)

@@ -35,10 +35,13 @@ def dump_config(config: dict[str, Any]) -> str:
 
 
 class RunRecorder(Callback):
-    """Writes history.json and the last/best checkpoints after every epoch.
+    """Writes the last/best checkpoints and history.json after every epoch.
 
     "Best" follows `monitor` (val_loss when there is a validation split, else loss), lower is better
-    unless the name says accuracy.
+    unless the name says accuracy. Order within an epoch's end: the best value is updated first (so
+    last.npz carries it), then last.npz, then best.npz, then history.json: a kill at any moment
+    leaves a last.npz from which `--resume` recomputes whatever came after it, identically.
+    It must be the last callback, so its checkpoint holds every other callback's end-of-epoch state.
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], monitor: str) -> None:
@@ -52,19 +55,26 @@ class RunRecorder(Callback):
         return self.run_dir / "checkpoints"
 
     def save_checkpoint(self, path: Path) -> None:
-        weights, optimizer, meta = self.trainer.snapshot()
-        ckpt_mod.save(path, ckpt_mod.Checkpoint(self.config, weights, optimizer, meta))
+        ckpt_mod.save_training_state(path, self.trainer)
+
+    def on_train_begin(self) -> None:
+        self.best, self.best_epoch = None, None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        write_json(self.run_dir / "history.json", self.trainer.history)
-        self.save_checkpoint(self.checkpoints / "last.npz")
         value = logs.get(self.monitor)
-        if value is None or not math.isfinite(value):
-            return
-        better = self.best is None or (value > self.best if self.mode_max else value < self.best)
+        better = value is not None and math.isfinite(value) and (
+            self.best is None or (value > self.best if self.mode_max else value < self.best))
         if better:
             self.best, self.best_epoch = value, epoch + 1
+        self.save_checkpoint(self.checkpoints / "last.npz")
+        if better:
             self.save_checkpoint(self.checkpoints / "best.npz")
+        write_json(self.run_dir / "history.json", self.trainer.history)
+
+    def on_interrupt(self) -> None:
+        """A resumable checkpoint of the state after the last finished batch, and the history."""
+        self.save_checkpoint(self.checkpoints / "last.npz")
+        write_json(self.run_dir / "history.json", self.trainer.history)
 
     def get_state(self) -> dict[str, Any]:
         return {"best": self.best, "best_epoch": self.best_epoch}

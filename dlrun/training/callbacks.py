@@ -1,6 +1,7 @@
 """Callback base class: Keras's hooks, plus state that checkpoints save for exact resume."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -8,7 +9,12 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """Override any hook. `trainer` is set before `on_train_begin`."""
+    """Override any hook. `trainer` is set before `on_train_begin`.
+
+    Resume contract: a fresh run calls `on_train_begin()`; a resumed run calls `set_state(state)`
+    instead, with what `get_state()` returned when the checkpoint was written, so `set_state` must
+    leave the callback exactly as it was then (counters, best values, files it appends to).
+    """
 
     trainer: "Trainer"
 
@@ -26,8 +32,22 @@ class Callback:
 
     def on_train_end(self, logs: dict[str, float]) -> None: ...
 
+    def on_interrupt(self) -> None:
+        """Training stops on a signal after the current batch: save what must survive (no train end)."""
+
     # Exact resume: a callback returns its counters and best values, and takes them back.
     def get_state(self) -> dict[str, Any]:
         return {}
 
     def set_state(self, state: dict[str, Any]) -> None: ...
+
+    # -- helpers -------------------------------------------------------------------------------------
+    def message(self, text: str) -> None:
+        """A line for the user, through the trainer's listener (the library never prints)."""
+        self.trainer.listener.message(text)
+
+    def output_path(self, path: str | Path) -> Path:
+        """A user path: relative ones go inside the run folder (the working directory without one)."""
+        p = Path(path).expanduser()
+        run_dir = getattr(self.trainer, "run_dir", None)
+        return p if p.is_absolute() or run_dir is None else Path(run_dir) / p

@@ -2,11 +2,18 @@
 
 Per-batch values stay on the device; they are read once per epoch, or when the progress listener
 asks for a refresh (it decides how often), so the hot loop has no host round-trip.
+
+`snapshot()` captures everything a resumed run needs to continue bit for bit, also in the middle of
+an epoch (after a batch): weights, optimizer slots and step, the RNG states (the shuffle stream as it
+was when the epoch's permutation was drawn), the epoch's running sums, history and callback state.
 """
 from __future__ import annotations
 
+import copy
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -15,6 +22,7 @@ from dlrun.data.dataset import Batches, Dataset, Split
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
+from dlrun.errors import CheckpointError, TrainingInterrupted
 from dlrun.graph.model import Model
 from dlrun.training.callbacks import Callback
 
@@ -61,6 +69,10 @@ class Trainer:
     shuffle_rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     callbacks: list[Callback] = field(default_factory=list)
     listener: Any = field(default_factory=SilentListener)
+    #: Where callbacks put relative output paths (the run folder), and the resolved config that
+    #: checkpoints carry; both optional outside a run.
+    run_dir: Path | None = None
+    config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.backend = self.model.backend
@@ -73,9 +85,14 @@ class Trainer:
         self.history: dict[str, list[float]] = {}
         self.epoch = 0                # epochs completed
         self.stop_training = False
+        self.interrupt: int | None = None   # a signal number, set (by a handler) to stop after this batch
+        self._progress: dict[str, Any] | None = None       # the running epoch, after each batch
+        self._resume_epoch: dict[str, Any] | None = None   # a snapshot's unfinished epoch, to go on with
+        self._resume_callbacks: list[dict[str, Any]] | None = None
         self.optimizer.build(self.model.flat_params, self.model.segments)
         self._targets = self._target_transform()
-        self.train_batches = Batches(self.data.train, self.batch_size, self.backend, self.data.scale, self._targets)
+        self.train_batches = self.data.batches(self.data.train, self.batch_size, self.backend, self._targets,
+                                               training=True)
 
     # -- data ----------------------------------------------------------------------------------------
     def _target_transform(self) -> Callable[[Any], Any] | None:
@@ -89,7 +106,7 @@ class Trainer:
         return lambda y: y.astype(dtype, copy=False)
 
     def batches(self, split: Split, batch_size: int = EVAL_BATCH) -> Batches:
-        return Batches(split, batch_size, self.backend, self.data.scale, self._targets)
+        return self.data.batches(split, batch_size, self.backend, self._targets)
 
     # -- one step ------------------------------------------------------------------------------------
     def _probabilities(self, out: Any) -> Any:
@@ -115,47 +132,117 @@ class Trainer:
         return ["loss", *[m.name for m in self.metrics]]
 
     def fit(self) -> dict[str, list[float]]:
-        xp = self.backend.xp
+        """Run the remaining epochs. Raises TrainingInterrupted (after callbacks' `on_interrupt`)
+        when `interrupt` gets set: the state after the last finished batch is then `snapshot()`."""
         for cb in self.callbacks:
             cb.set_trainer(self)
         self.listener.on_train_begin(self)
-        for cb in self.callbacks:
-            cb.on_train_begin()
-        names = self._names()
-        n_batches = len(self.train_batches)
-        while self.epoch < self.epochs and not self.stop_training:
-            epoch = self.epoch
-            for cb in self.callbacks:
-                cb.on_epoch_begin(epoch)
-            self.listener.on_epoch_begin(epoch, self.epochs, n_batches)
-            start = time.perf_counter()
-            sums = xp.zeros(len(names), dtype=xp.float64)
-            seen = 0
-            rng = self.shuffle_rng if self.shuffle else None
-            for b, (xb, yb) in enumerate(self.train_batches.epoch(rng)):
-                loss = self.train_step(xb, yb, sums)
-                seen += xb.shape[0]
-                for cb in self.callbacks:
-                    cb.on_batch_end(b, loss)
-                self.listener.on_batch_end(b, n_batches, seen, lambda s=sums, k=seen: self._means(s, k, names))
-                if self.stop_training:
-                    break
-            logs = self._means(sums, max(seen, 1), names)
-            if self.data.val is not None:
-                logs.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
-            logs["learning_rate"] = self.optimizer.learning_rate
-            for key, value in logs.items():
-                self.history.setdefault(key, []).append(value)
-            self.epoch = epoch + 1
-            seconds = time.perf_counter() - start
-            for cb in self.callbacks:
-                cb.on_epoch_end(epoch, logs)
-            self.listener.on_epoch_end(epoch, logs, seconds)
+        try:
+            self._begin_callbacks()
+            while self.epoch < self.epochs and not self.stop_training:
+                self._run_epoch()
+                if self.interrupt is not None:
+                    self._stop_on_interrupt()
+        except BaseException:
+            self._end_listener()
+            raise
         final = {k: v[-1] for k, v in self.history.items()}
         for cb in self.callbacks:
             cb.on_train_end(final)
         self.listener.on_train_end(self.history)
         return self.history
+
+    def _begin_callbacks(self) -> None:
+        """A fresh run calls `on_train_begin`; a resumed one gives each callback its saved state."""
+        states, self._resume_callbacks = self._resume_callbacks, None
+        if states is None:
+            for cb in self.callbacks:
+                cb.on_train_begin()
+            return
+        names = [type(cb).__name__ for cb in self.callbacks]
+        saved = [s.get("type") for s in states]
+        if saved != names:
+            raise CheckpointError(f"the checkpoint's callbacks {saved} do not match this run's {names}")
+        for cb, state in zip(self.callbacks, states):
+            cb.set_state(state["state"])
+
+    def _run_epoch(self) -> None:
+        xp = self.backend.xp
+        names = self._names()
+        n_batches = len(self.train_batches)
+        epoch = self.epoch
+        resume, self._resume_epoch = self._resume_epoch, None
+        if resume is None:
+            for cb in self.callbacks:
+                cb.on_epoch_begin(epoch)
+            shuffle_state = copy.deepcopy(self.shuffle_rng.bit_generator.state)
+            sums, seen, first = xp.zeros(len(names), dtype=xp.float64), 0, 0
+        else:  # the callbacks' epoch-begin effects (the learning rate) are in the restored state
+            shuffle_state = resume["shuffle"]
+            self.shuffle_rng.bit_generator.state = copy.deepcopy(shuffle_state)
+            sums = xp.asarray(np.asarray(resume["sums"], dtype=np.float64))
+            seen, first = int(resume["seen"]), int(resume["batch"])
+        self.listener.on_epoch_begin(epoch, self.epochs, n_batches)
+        start = time.perf_counter()
+        rng = self.shuffle_rng if self.shuffle else None
+        # Augmentation is keyed by (epoch, batch): a resumed epoch augments as the original did.
+        batches = self.train_batches.epoch(rng, first, epoch=epoch)
+        try:
+            for b, (xb, yb) in enumerate(batches, start=first):
+                loss = self.train_step(xb, yb, sums)
+                seen += xb.shape[0]
+                self._progress = {"batch": b + 1, "seen": seen, "sums": sums, "shuffle": shuffle_state}
+                for cb in self.callbacks:
+                    cb.on_batch_end(b, loss)
+                self.listener.on_batch_end(b, n_batches, seen, lambda s=sums, k=seen: self._means(s, k, names))
+                if self.stop_training:
+                    break
+                if self.interrupt is not None and b + 1 < n_batches:
+                    self._stop_on_interrupt()
+        finally:
+            close = getattr(batches, "close", None)  # stop a prefetching thread early
+            if close is not None:
+                close()
+        self._progress = None
+        logs = self._means(sums, max(seen, 1), names)
+        if self.data.val is not None:
+            logs.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
+        logs["learning_rate"] = self.optimizer.learning_rate
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+        self.epoch = epoch + 1
+        seconds = time.perf_counter() - start
+        for cb in self.callbacks:
+            cb.on_epoch_end(epoch, logs)
+        self.listener.on_epoch_end(epoch, logs, seconds)
+
+    def _stop_on_interrupt(self) -> None:
+        """Let callbacks save (the run recorder writes a resumable checkpoint), then raise."""
+        for cb in self.callbacks:
+            cb.on_interrupt()
+        signum = self.interrupt or signal.SIGINT
+        name = signal.Signals(signum).name
+        where = (f"in epoch {self.epoch + 1} after batch {self._progress['batch']}/{len(self.train_batches)}"
+                 if self._progress else f"after epoch {self.epoch}")
+        exc = TrainingInterrupted(f"training stopped by {name} {where}")
+        exc.exit_code = 128 + int(signum)
+        exc.signal, exc.epoch = int(signum), self.epoch  # type: ignore[attr-defined]
+        exc.batch = self._progress["batch"] if self._progress else None  # type: ignore[attr-defined]
+        raise exc
+
+    def _end_listener(self) -> None:
+        """Close the display (a live progress bar) when training ends early; never masks an error."""
+        try:
+            self.listener.on_train_end(self.history)
+        except Exception:  # noqa: BLE001 - the original exception matters more
+            pass
+
+    def running_logs(self) -> dict[str, float]:
+        """Means over the current epoch so far plus the learning rate (a sync: for rare use)."""
+        p = self._progress
+        logs = self._means(p["sums"], max(p["seen"], 1), self._names()) if p else {}
+        logs["learning_rate"] = self.optimizer.learning_rate
+        return logs
 
     def _means(self, sums: Any, count: int, names: list[str]) -> dict[str, float]:
         host = self.backend.to_host(sums)  # the sync point: once per epoch or per display refresh
@@ -181,30 +268,41 @@ class Trainer:
 
     # -- state for checkpoints -----------------------------------------------------------------------
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
-        """(weights, optimizer slots, metadata) as host values: everything needed to resume exactly."""
+        """(weights, optimizer slots, metadata) as host values: everything needed to resume exactly.
+
+        Taken inside an epoch (after a batch), the metadata also holds that epoch's progress.
+        """
         optimizer = {k: self.backend.to_host(v).copy() for k, v in self.optimizer.state_arrays().items()}
         meta = {
             "epoch": self.epoch,
-            "history": self.history,
+            "epochs": self.epochs,
+            "stop_training": self.stop_training,
+            "history": copy.deepcopy(self.history),
             "optimizer": {"iterations": self.optimizer.iterations, "learning_rate": self.optimizer.learning_rate},
-            "rng": {"noise": self.model.noise.get_state(), "shuffle": self.shuffle_rng.bit_generator.state},
-            "callbacks": [cb.get_state() for cb in self.callbacks],
+            "rng": {"noise": copy.deepcopy(self.model.noise.get_state()),
+                    "shuffle": copy.deepcopy(self.shuffle_rng.bit_generator.state)},
+            "callbacks": [{"type": type(cb).__name__, "state": cb.get_state()} for cb in self.callbacks],
         }
+        if self._progress is not None:
+            p = self._progress
+            meta["partial_epoch"] = {"batch": p["batch"], "seen": p["seen"], "shuffle": copy.deepcopy(p["shuffle"]),
+                                     "sums": [float(v) for v in self.backend.to_host(p["sums"])]}
         return self.model.get_weights(), optimizer, meta
 
     def restore(self, weights: dict[str, np.ndarray], optimizer: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        """Put a snapshot back (the inverse of `snapshot`)."""
+        """Put a snapshot back (the inverse of `snapshot`); callback states are handed over by `fit`."""
         self.model.set_weights(weights)
         opt = meta.get("optimizer", {})
         self.optimizer.load_state(opt.get("iterations", 0),
                                   {k: self.backend.asarray(v) if self.backend.is_gpu else v for k, v in optimizer.items()},
                                   opt.get("learning_rate"))
         self.epoch = int(meta.get("epoch", 0))
+        self.stop_training = bool(meta.get("stop_training", False))
         self.history = {k: list(v) for k, v in meta.get("history", {}).items()}
         rng = meta.get("rng", {})
         if "noise" in rng:
             self.model.noise.set_state(rng["noise"])
         if "shuffle" in rng:
             self.shuffle_rng.bit_generator.state = rng["shuffle"]
-        for cb, state in zip(self.callbacks, meta.get("callbacks", [])):
-            cb.set_state(state)
+        self._resume_epoch = meta.get("partial_epoch")
+        self._resume_callbacks = meta.get("callbacks")

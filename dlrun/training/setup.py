@@ -1,13 +1,17 @@
-"""Config -> loss, optimizer and metrics, with config errors that point at the YAML line."""
+"""Config -> loss, optimizer, metrics and callbacks, with config errors that point at the YAML line."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from dlrun.config.loader import to_plain
 from dlrun.config.schema import Config, section_node
 from dlrun.engine import losses, metrics, optimizers
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
+from dlrun.errors import ConfigError
+from dlrun.registry import check_kwargs, did_you_mean
 
 
 def _build(cfg: Config, key: str, factory: Any) -> Any:
@@ -41,3 +45,111 @@ def make_metrics(cfg: Config, loss: Loss) -> list[Metric]:
     if len(set(names)) != len(names):
         raise cfg.error(f"a metric is listed twice: {names}", cfg.raw, "metrics", "metrics")
     return out
+
+
+# -- callbacks -----------------------------------------------------------------------------------------
+_RECEIVED = re.compile(r"Received: (\w+)=")
+_NO_ARGUMENT = re.compile(r"has no argument '(\w+)'")
+
+
+def monitorable(cfg: Config, metrics: list[Metric]) -> list[str]:
+    """The values every epoch's logs will hold: what callbacks may monitor."""
+    train = ["loss", *[m.name for m in metrics]]
+    val = [f"val_{n}" for n in train] if (cfg.resolved["data"].get("validation_split") or 0) > 0 else []
+    return [*train, *val, "learning_rate"]
+
+
+def _callback_entry(cfg: Config, entries: Any, index: int) -> tuple[str, dict[str, Any], Any]:
+    """(type name, args, raw args node) of `callbacks[index]`: `Name` or `Name: {args}`, like layers."""
+    entry = entries[index]
+    path = f"callbacks[{index}]"
+    if isinstance(entry, str):
+        return entry, {}, None
+    if isinstance(entry, dict) and len(entry) == 1:
+        name, args_node = next(iter(entry.items()))
+        args = {} if args_node is None else args_node
+        if not isinstance(args, dict):
+            raise cfg.error(f"the arguments of {name} must be a mapping, got {to_plain(args)!r}", entries, index, path,
+                            hint=f"write `- {name}: {{...}}`, or `- {name}` alone for no arguments")
+        if not isinstance(name, str):
+            raise cfg.error(f"a callback type must be a name, got {name!r}", entries, index, path)
+        return name, dict(args), args_node
+    raise cfg.error(f"a callback entry is a name or one `Name: {{args}}` mapping, got {to_plain(entry)!r}",
+                    entries, index, path, hint="e.g. `- EarlyStopping: {monitor: val_loss, patience: 3}`")
+
+
+def make_callbacks(cfg: Config, metrics: list[Metric], optimizer: Optimizer | None = None) -> list[Any]:
+    """The config's `callbacks:` entries as Callback objects, checked against what the run will log.
+
+    Unknown names or arguments, bad values and monitored values that will never exist are
+    ConfigErrors at the entry's line. Writes each callback's full arguments into the resolved config.
+    """
+    from dlrun.training import callbacks_builtin as cbs
+
+    entries = section_node(cfg, "callbacks")
+    if entries is None or not isinstance(entries, list):
+        entries = cfg.resolved["callbacks"]
+    available = monitorable(cfg, metrics)
+    out, resolved = [], []
+    for index in range(len(entries)):
+        name, args, args_node = _callback_entry(cfg, entries, index)
+        path = f"callbacks[{index}]"
+
+        def error(message: str, arg: str | None = None, hint: str | None = None) -> ConfigError:
+            if arg is not None and isinstance(args_node, dict) and arg in args_node:
+                return cfg.error(message, args_node, arg, f"{path}.{canonical}.{arg}", hint=hint)
+            return cfg.error(message, entries, index, path, hint=hint)
+
+        try:
+            canonical, cls = cbs.CALLBACKS.lookup(name)
+        except ValueError as exc:
+            raise cfg.error(str(exc), entries, index, path) from None
+        if cls is cbs.ModelCheckpoint and "filepath" not in args:  # name files after the monitored value
+            monitor = args.get("monitor", "val_loss")
+            monitor = "learning_rate" if monitor == "lr" else monitor
+            if monitor in available and args.get("save_freq", "epoch") == "epoch":
+                args["filepath"] = f"checkpoints/epoch{{epoch:03d}}-{{{monitor}:.4f}}.npz"
+        try:
+            check_kwargs(cls, args, canonical)
+            cb = cls(**args)
+        except (TypeError, ValueError) as exc:
+            text = str(exc)
+            blamed = _RECEIVED.search(text) or _NO_ARGUMENT.search(text)
+            raise error(text, blamed.group(1) if blamed else None) from None
+        monitor = getattr(cb, "monitor", None)
+        explicit = isinstance(args_node, dict) and "monitor" in args_node
+        if monitor is not None and (explicit or not isinstance(cb, cbs.ModelCheckpoint) or cb.save_best_only):
+            if monitor not in available:
+                hint = ("validation values (val_*) need data.validation_split > 0"
+                        if monitor.startswith("val_") and f"val_{monitor[4:]}" not in available else
+                        did_you_mean(monitor, available) or None)
+                raise error(f"{canonical} monitors {monitor!r}, which this run will not log. "
+                            f"Values it logs: {', '.join(available)}", "monitor", hint)
+        if isinstance(cb, cbs.ModelCheckpoint):
+            _check_filepath(cb, available, error)
+        if isinstance(cb, cbs.LearningRateScheduler) and optimizer is not None:
+            schedule = cb.schedule
+            if getattr(schedule, "initial_learning_rate", 0) is None:
+                schedule.initial_learning_rate = float(optimizer.learning_rate)
+        out.append(cb)
+        resolved.append({canonical: cb.get_config()})
+    cfg.resolved["callbacks"] = resolved
+    return out
+
+
+def _check_filepath(cb: Any, available: list[str], error: Any) -> None:
+    """Every `{field}` of a ModelCheckpoint filepath must be a value the run logs when it saves."""
+    batch_level = cb.save_freq != "epoch"
+    names = [n for n in available if not (batch_level and n.startswith("val_"))]
+    known = ["epoch", *(["batch"] if batch_level else []), *names, "lr"]
+    for field_name in cb.fields:
+        base = field_name.split(".")[0].split("[")[0]
+        if base not in known:
+            hint = did_you_mean(base, known) or None
+            raise error(f"the filepath field {{{field_name}}} is not a value this run logs"
+                        f"{' when saving every few batches' if batch_level and base.startswith('val_') else ''}. "
+                        f"Fields: {', '.join('{' + k + '}' for k in known)}", "filepath", hint)
+    try:
+        cb.filepath.format(**{**{k: 0.5 for k in known}, "epoch": 1, "batch": 1})
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        raise error(f"the filepath {cb.filepath!r} cannot be filled in ({exc})", "filepath") from None

@@ -1,0 +1,114 @@
+"""`dlrun data list|fetch|path`: where datasets are, fetching them ahead, and where to put them by hand."""
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(name="data", rich_markup_mode="rich", no_args_is_help=True,
+                  help="Datasets: where they are, fetch them ahead of time, where to put them by hand.")
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+@app.command("list")
+def list_datasets(
+    path: Annotated[Optional[str], typer.Option("--path", help="Also look here first (as data.path does).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show every dataset, where it was found (or not) and its size on disk.
+
+    [bold]Example:[/] dlrun data list
+    """
+    from dlrun.cli import _guard, _stdout
+
+    def body() -> None:
+        from rich.table import Table
+
+        from dlrun.data import catalog
+        from dlrun.data.dataset import DATASETS
+
+        entries = [catalog.describe(name, path) for name in DATASETS]
+        if as_json:
+            print(json.dumps([{"name": e.name, "kind": e.kind, "found": str(e.found) if e.found else None,
+                               "size": e.size, "description": e.description} for e in entries]))
+            return
+        table = Table()
+        for col in ("dataset", "status", "where", "size"):
+            table.add_column(col, justify="right" if col == "size" else "left")
+        for e in entries:
+            if e.found is not None:
+                status, where = "[green]found[/]", str(e.found)
+            elif e.kind == "download":
+                status, where = "[yellow]not found[/]", f"downloads on first use (or: dlrun data fetch {e.name})"
+            elif e.kind == "generated":
+                status, where = "[green]generated[/]", "from the seed"
+            else:
+                status, where = "[dim]your file[/]", e.put
+            table.add_row(e.name, status, where, _size(e.size))
+        _stdout().print(table)
+
+    _guard(body)
+
+
+@app.command()
+def fetch(
+    name: Annotated[str, typer.Argument(help="fashion_mnist or cifar10.")],
+) -> None:
+    """Download a dataset into the user cache now (checksum-verified), so training needs no network.
+
+    [bold]Example:[/] dlrun data fetch cifar10
+    """
+    from dlrun.cli import _guard, _stderr
+
+    def body() -> None:
+        from dlrun.console import DownloadBar
+        from dlrun.data import catalog
+
+        entry = catalog.describe(name)
+        if entry.found is not None:
+            print(f"{name}: already at {entry.found} ({_size(entry.size)})")
+            return
+        bar = DownloadBar(_stderr(), name)
+        try:
+            where = catalog.fetch(name, bar)
+        finally:
+            bar.close()
+        print(f"{name}: {where}")
+
+    _guard(body)
+
+
+@app.command()
+def path(
+    name: Annotated[str, typer.Argument(help="A dataset name (dlrun data list shows them).")],
+    data_path: Annotated[Optional[str], typer.Option("--path", help="A data.path to look in first.")] = None,
+) -> None:
+    """Print where a dataset is looked for, in order, and which files to put there by hand.
+
+    [bold]Example:[/] dlrun data path cifar10
+    """
+    from dlrun.cli import _guard
+
+    def body() -> None:
+        from dlrun.data import catalog
+
+        e = catalog.describe(name, data_path)
+        if e.found is not None:
+            print(f"{name}: found at {e.found}")
+        if e.searched:
+            print("looked for, in this order:")
+            for folder in e.searched:
+                print(f"  {folder}")
+        print(f"{e.put}" + (f"\nofficial download: {e.url}" if e.url else ""))
+
+    _guard(body)

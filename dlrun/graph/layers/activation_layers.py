@@ -1,0 +1,185 @@
+"""Activation layers with arguments (ReLU, LeakyReLU, ELU, Softmax) and SpatialDropout2D."""
+from __future__ import annotations
+
+from typing import Any
+
+from dlrun.engine import activations
+from dlrun.engine.activations import xp_of
+from dlrun.graph.layer import LAYERS, Layer, ShapeError, rate_in_unit_interval
+from dlrun.graph.layers.conv import image_shape
+
+
+def _non_negative(layer: str, name: str, value: Any, nullable: bool = False) -> float | None:
+    if value is None and nullable:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} of a {layer} layer cannot be None or a negative value. Received: {name}={value!r}")
+    return float(value)
+
+
+@LAYERS.register("ReLU")
+class ReLU(Layer):
+    """Rectified linear unit with Keras's options:
+    f(x) = min(x, max_value) for x > threshold, negative_slope * (x - threshold) otherwise.
+
+    Args:
+        max_value: upper bound of the output, or None. Defaults to None.
+        negative_slope: slope below the threshold. Defaults to 0.
+        threshold: Defaults to 0.
+    """
+
+    def __init__(self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_value = _non_negative("ReLU", "max_value", max_value, nullable=True)
+        self.negative_slope = _non_negative("ReLU", "negative_slope", negative_slope)
+        self.threshold = _non_negative("ReLU", "threshold", threshold)
+
+    def forward(self, x, training):
+        xp = xp_of(x)
+        self._x = x
+        if self.max_value is None and not self.negative_slope and not self.threshold:
+            return xp.maximum(x, 0)
+        y = xp.where(x > self.threshold, x, (x - self.threshold) * self.negative_slope)
+        if self.max_value is not None:
+            xp.minimum(y, self.max_value, out=y)
+        return y
+
+    def backward(self, dy):
+        x = self._x
+        if self.max_value is None and not self.negative_slope and not self.threshold:
+            return dy * (x > 0)
+        inside = dy if self.max_value is None else dy * (x < self.max_value)
+        return xp_of(dy).where(x > self.threshold, inside, dy * self.negative_slope)
+
+    def get_config(self):
+        return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope,
+                "threshold": self.threshold}
+
+
+class _FunctionLayer(Layer):
+    """A layer applying one configured activation function (and its local gradient)."""
+
+    def forward(self, x, training):
+        return self._activate(x)
+
+    def backward(self, dy):
+        return self._activate_backward(dy)
+
+
+@LAYERS.register("LeakyReLU")
+class LeakyReLU(Layer):
+    """x for x > 0, negative_slope * x otherwise.
+
+    Args:
+        negative_slope: Defaults to 0.3 (the Keras 3 layer's default; the `leaky_relu` activation uses 0.2).
+    """
+
+    def __init__(self, negative_slope: float = 0.3, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.negative_slope = _non_negative("Leaky ReLU", "negative_slope", negative_slope)
+
+    def forward(self, x, training):
+        # max(x, slope * x) (min for slopes above 1): products and maxima, not `where`, which
+        # NumPy runs several times slower on unpredictable signs.
+        xp = xp_of(x)
+        self._x = x
+        y = x * self.negative_slope
+        return (xp.maximum if self.negative_slope <= 1 else xp.minimum)(x, y, out=y)
+
+    def backward(self, dy):
+        slope = self.negative_slope
+        factor = (self._x > 0).astype(dy.dtype)
+        factor *= 1.0 - slope
+        factor += slope
+        factor *= dy
+        return factor
+
+    def get_config(self):
+        return {**super().get_config(), "negative_slope": self.negative_slope}
+
+
+@LAYERS.register("ELU")
+class ELU(_FunctionLayer):
+    """x for x > 0, alpha * (exp(x) - 1) otherwise.
+
+    Args:
+        alpha: Defaults to 1.0.
+    """
+
+    def __init__(self, alpha: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
+            raise ValueError(f"alpha must be a number. Received: alpha={alpha!r}")
+        self.alpha = float(alpha)
+        self._set_activation(activations.ELU(self.alpha))
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
+
+
+@LAYERS.register("Softmax")
+class Softmax(_FunctionLayer):
+    """Softmax over `axis` (counting the batch axis). Defaults to -1.
+
+    As the last layer of a model trained with a cross-entropy, it is fused with the loss like a
+    Dense layer's softmax activation (when it normalizes the last axis).
+    """
+
+    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise ValueError(f"axis must be an integer. Received: axis={axis!r}")
+        self.axis = axis
+        self._set_activation(activations.Softmax(axis))
+
+    def compute_output_shape(self, input_shape):
+        rank = len(input_shape) + 1
+        if not (1 <= self.axis < rank or -rank < self.axis <= -1):
+            raise ShapeError(f"Softmax axis={self.axis} is out of range for input of shape "
+                             f"(None, {', '.join(map(str, input_shape))}); the batch axis 0 cannot be used")
+        return input_shape
+
+    @property
+    def output_activation(self) -> str | None:
+        last = self.axis == -1 or (self.input_shape is not None and self.axis == len(self.input_shape))
+        return "softmax" if last else None
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
+@LAYERS.register("SpatialDropout2D")
+class SpatialDropout2D(Layer):
+    """Dropout of whole channels: one keep/drop draw per (sample, channel), scaled by 1 / (1 - rate).
+
+    Args:
+        rate: fraction of the channels to drop, in [0, 1).
+
+    Input (None, H, W, C); identity at inference. The masks come from the run's seeded noise stream.
+    """
+
+    stochastic = True
+
+    def __init__(self, rate: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rate = rate_in_unit_interval("rate", rate)
+
+    def compute_output_shape(self, input_shape):
+        image_shape(self, input_shape)
+        return input_shape
+
+    def forward(self, x, training):
+        if not training or self.rate == 0:
+            self._mask = None
+            return x
+        keep = 1.0 - self.rate
+        mask = (self.rng.uniform((x.shape[0], 1, 1, x.shape[3])) < keep) * (1.0 / keep)
+        self._mask = mask.astype(x.dtype, copy=False)
+        return x * self._mask
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}

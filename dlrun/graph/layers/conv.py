@@ -1,0 +1,218 @@
+"""Convolution layers (channels-last): Conv2D as im2col plus one matmul."""
+from __future__ import annotations
+
+from typing import Any
+
+from dlrun.engine import initializers, regularizers
+from dlrun.engine.activations import xp_of
+from dlrun.engine.ops import (PADDINGS, Workspace, chunk_samples, col2im, column_sums, conv_chunk,
+                              conv_chunk_kernel_grad, conv_forward, crop_hw, effective_kernel, output_length, pad_hw,
+                              padded_chunks, padding_amounts, parallel)
+from dlrun.graph.layer import LAYERS, Layer, ShapeError, int_tuple, positive_int
+
+#: Activations whose backward reads only their output (see dlrun.engine.activations).
+_OUTPUT_ONLY_GRADIENT = frozenset({"relu", "sigmoid", "tanh", "softmax"})
+
+
+def padding_arg(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in PADDINGS:
+        raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={value!r}")
+    return value.lower()
+
+
+def image_shape(layer: Layer, input_shape: Any) -> tuple[int, int, int]:
+    """(H, W, C) or a ShapeError saying what the layer expects and how to get there."""
+    if len(input_shape) != 3:
+        shape = "(None, " + ", ".join(map(str, input_shape)) + ")"
+        hint = ""
+        if len(input_shape) == 2:
+            hint = f"; add a channel axis first: Reshape: {{target_shape: [{input_shape[0]}, {input_shape[1]}, 1]}}"
+        elif len(input_shape) == 1:
+            hint = "; a flat input must be reshaped to an image first, e.g. Reshape: {target_shape: [28, 28, 1]}"
+        raise ShapeError(f"{layer.type_name} expects 4-D input (batch, height, width, channels), i.e. a "
+                         f"per-sample shape (H, W, C), but got {len(input_shape) + 1}-D input of shape {shape}{hint}")
+    return tuple(input_shape)  # type: ignore[return-value]
+
+
+@LAYERS.register("Conv2D", "Convolution2D")
+class Conv2D(Layer):
+    """2-D convolution over (H, W) of channels-last images: `activation(conv(x, kernel) + bias)`.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: int or [kh, kw].
+        strides: int or [sh, sw]. Defaults to 1.
+        padding: "valid" (no padding) or "same" (output ceil(n / stride); the odd pixel of padding
+            goes at the bottom/right, as Keras). Defaults to "valid".
+        dilation_rate: int or [dh, dw]; cannot be combined with strides > 1. Defaults to 1.
+        activation: activation name. Defaults to None (linear).
+        use_bias: Defaults to True.
+        kernel_initializer: Defaults to "glorot_uniform". bias_initializer: Defaults to "zeros".
+        kernel_regularizer, bias_regularizer: Default to None.
+
+    Input (None, H, W, C); output (None, OH, OW, filters); kernel shape (kh, kw, C, filters).
+    Example: `Conv2D: {filters: 32, kernel_size: 3, padding: same, activation: relu}`.
+    """
+
+    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
+                 dilation_rate: Any = 1, activation: str | None = None, use_bias: bool = True,
+                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filters = positive_int("filters", filters)
+        self.kernel_size = int_tuple("kernel_size", kernel_size, 2)
+        self.strides = int_tuple("strides", strides, 2)
+        self.padding = padding_arg(padding)
+        self.dilation_rate = int_tuple("dilation_rate", dilation_rate, 2)
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError("strides > 1 cannot be combined with dilation_rate > 1. "
+                             f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}")
+        self._set_activation(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self._ws = Workspace()
+
+    def compute_output_shape(self, input_shape):
+        h, w, _ = image_shape(self, input_shape)
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        return (output_length(h, kh, sh, self.padding, dh), output_length(w, kw, sw, self.padding, dw), self.filters)
+
+    def build(self, input_shape):
+        out = super().build(input_shape)
+        h, w, c = input_shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        self._pads = (*padding_amounts(h, kh, sh, self.padding, dh), *padding_amounts(w, kw, sw, self.padding, dw))
+        self._pointwise = self.kernel_size == (1, 1) and self.strides == (1, 1)
+        self.add_weight("kernel", (kh, kw, c, self.filters), self.kernel_initializer,
+                        regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
+        return out
+
+    def forward(self, x, training):
+        xp = xp_of(x)
+        n = x.shape[0]
+        oh, ow, f = self.output_shape
+        kernel = self.params["kernel"].reshape(-1, f)
+        self._x = x
+        z = xp.empty((n * oh * ow, f), dtype=x.dtype)
+        linear = self.skip_activation or self.activation_name in (None, "linear")
+        # Activations whose gradient needs only their output may overwrite their input.
+        a = z if linear or self.activation_name in _OUTPUT_ONLY_GRADIENT else xp.empty_like(z)
+
+        def epilogue(zc: Any, rows: slice) -> None:  # bias and activation while the chunk is in cache
+            if self.use_bias:
+                zc += self.params["bias"]
+            if not linear:
+                a[rows] = self.activation.forward(zc)
+
+        if self._pointwise:
+            xp.matmul(x.reshape(-1, x.shape[3]), kernel, out=z)
+            epilogue(z, slice(None))
+        else:
+            conv_forward(x, self._pads, self.params["kernel"], self.strides, self.dilation_rate, (oh, ow), z,
+                         self._ws, key="f", epilogue=epilogue)
+        self._z, self._a, self._linear = z, a, linear
+        return a.reshape(n, oh, ow, f)
+
+    def backward(self, dy):
+        xp = xp_of(dy)
+        x = self._x
+        n, h, w, c = x.shape
+        oh, ow, f = self.output_shape
+        dy2 = dy.reshape(-1, f)
+        kernel2d = self.params["kernel"].reshape(-1, f)
+        dkernel = self.grads["kernel"].reshape(-1, f) if "kernel" in self.grads else None
+        kernel_grad = dkernel is not None
+        dbias = self.grads.get("bias")
+        want_dx = self.needs_input_grad
+        ws, dtype = self._ws, dy.dtype
+
+        def dz_of(rows: slice) -> Any:
+            return dy2[rows] if self._linear else self.activation.backward(self._z[rows], self._a[rows], dy2[rows])
+
+        if self._pointwise:
+            dz2 = dz_of(slice(None))
+            if dbias is not None:
+                dbias[...] = column_sums(dz2, ws)
+            if dkernel is not None:
+                xp.matmul(x.reshape(-1, c).T, dz2, out=dkernel)
+            return (dz2 @ kernel2d.T).reshape(x.shape) if want_dx else None
+
+        # One pass over chunks of samples, everything for a chunk computed while it is in cache:
+        # dz (through the activation), the bias and kernel gradients (windows of x recomputed), dx.
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation_rate
+        top, bottom, left, right = self._pads
+        stride1 = self.strides == (1, 1)
+        ekh, ekw = effective_kernel(kh, dh), effective_kernel(kw, dw)
+        kshape = self.params["kernel"].shape
+        padded_hw = (h + top + bottom, w + left + right)
+        per_sample = oh * ow * kh * kw * c
+        if want_dx:
+            dx = xp.empty((n, h, w, c), dtype=dtype)
+            if stride1:
+                # The input gradient is a stride-1 convolution of dz, padded by k_eff - 1 - pad on each
+                # side, with the kernel flipped and its channel axes swapped.
+                dpads = (ekh - 1 - top, ekh - 1 - bottom, ekw - 1 - left, ekw - 1 - right)
+                flipped = xp.ascontiguousarray(self.params["kernel"][::-1, ::-1].transpose(0, 1, 3, 2))
+                dpad_hw = (h + ekh - 1, w + ekw - 1)
+                per_sample = max(per_sample, h * w * kh * kw * f)
+        chunk = chunk_samples(xp, n, per_sample)
+
+        started: set[int] = set()  # workers that hold partial kernel/bias gradients
+
+        def work(first: int, last: int, worker: int) -> None:
+            """Gradients for samples [first, last): dx rows written in place, kernel and bias
+            gradients added to the worker's partial sums."""
+            wws = ws.worker(worker)
+            m = last - first
+            fresh = worker not in started
+            started.add(worker)
+            rows = slice(first * oh * ow, last * oh * ow)
+            dz = dz_of(rows)
+            if dbias is not None:
+                db = wws.get("dbias_part", (f,), dtype, xp)
+                if fresh:
+                    db[...] = column_sums(dz, wws)
+                else:
+                    db += column_sums(dz, wws)
+            if kernel_grad:
+                _, src = next(padded_chunks(x[first:last], self._pads, chunk, wws, key="b"))
+                conv_chunk_kernel_grad(src, dz, kshape, self.strides, self.dilation_rate, (oh, ow),
+                                       wws.get("dkernel_part", kshape, dtype, xp), not fresh, wws, key="b")
+            if not want_dx:
+                return
+            if stride1:
+                dpad_buf = wws.get("dpad", (chunk, *dpad_hw, f), dtype, xp, fill=0.0)
+                dsrc = pad_hw(dz.reshape(m, oh, ow, f), dpads, out=dpad_buf[:m])
+                conv_chunk(dsrc, flipped, (1, 1), self.dilation_rate, (h, w),
+                           dx.reshape(-1, c)[first * h * w:last * h * w], wws, key="d")
+            else:
+                dcols = xp.matmul(dz, kernel2d.T, out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp))
+                padded = (m, *padded_hw, c)
+                dxpad = col2im(dcols, padded, self.kernel_size, self.strides, self.dilation_rate, (oh, ow),
+                               out=wws.rows("dxpad", m, padded[1:], dtype, xp))
+                dx[first:last] = crop_hw(dxpad, self._pads)
+
+        parallel(xp, n, work, step=chunk)
+        for k, worker in enumerate(sorted(started)):
+            wws = ws.worker(worker)
+            for name, part in (("kernel", "dkernel_part"), ("bias", "dbias_part")):
+                if name in self.grads:
+                    if k == 0:
+                        self.grads[name][...] = wws.get(part, self.grads[name].shape, dtype, xp)
+                    else:
+                        self.grads[name] += wws.get(part, self.grads[name].shape, dtype, xp)
+        return dx if want_dx else None
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
+                "activation": self.activation_name, "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer.spec(),
+                "bias_initializer": self.bias_initializer.spec(),
+                "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.spec(),
+                "bias_regularizer": self.bias_regularizer and self.bias_regularizer.spec()}

@@ -1,0 +1,281 @@
+"""Normalization layers: BatchNormalization (with moving statistics) and LayerNormalization."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from dlrun.engine import initializers, regularizers
+from dlrun.engine.activations import xp_of
+from dlrun.engine.ops import CACHE_VALUES, Workspace, column_sums, parallel
+from dlrun.graph.layer import LAYERS, Layer, ShapeError
+
+
+def _number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        value > low if low_open else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
+        raise ValueError(f"expected a number {bound}. Received: {name}={value!r}")
+    return float(value)
+
+
+def _axis(layer: Layer, axis: int, input_shape: Any) -> int:
+    """A Keras axis (counting the batch axis; negative from the end) as an index into `input_shape`."""
+    rank = len(input_shape) + 1
+    full = axis + rank if axis < 0 else axis
+    if not 1 <= full < rank:
+        raise ShapeError(f"{layer.type_name} axis={axis} is out of range for input of shape "
+                         f"(None, {', '.join(map(str, input_shape))}); use an axis from 1 to {rank - 1} (or -1)")
+    return full - 1
+
+
+@LAYERS.register("BatchNormalization")
+class BatchNormalization(Layer):
+    """Normalizes each feature (channel) over the batch: gamma * (x - mean) / sqrt(var + epsilon) + beta.
+
+    Training uses the batch mean and (biased) variance and updates the moving statistics,
+    `moving = moving * momentum + batch * (1 - momentum)`; inference uses the moving statistics.
+    A layer with `trainable: false` always runs in inference mode, as in Keras.
+
+    Args:
+        axis: the feature axis (counting the batch axis). Defaults to -1.
+        momentum: Defaults to 0.99. epsilon: Defaults to 1e-3.
+        center: learn beta. Defaults to True. scale: learn gamma. Defaults to True.
+        beta_initializer: Defaults to "zeros". gamma_initializer: Defaults to "ones".
+        moving_mean_initializer: Defaults to "zeros". moving_variance_initializer: Defaults to "ones".
+        beta_regularizer, gamma_regularizer: Default to None.
+
+    Weights (Keras order): gamma, beta (trainable), moving_mean, moving_variance (non-trainable).
+    """
+
+    def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
+                 scale: bool = True, beta_initializer: Any = "zeros", gamma_initializer: Any = "ones",
+                 moving_mean_initializer: Any = "zeros", moving_variance_initializer: Any = "ones",
+                 beta_regularizer: Any = None, gamma_regularizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(axis, int) or isinstance(axis, bool):
+            raise ValueError(f"axis must be an integer. Received: axis={axis!r}")
+        self.axis = axis
+        self.momentum = _number("momentum", momentum, 0.0, 1.0)
+        self.epsilon = _number("epsilon", epsilon, 0.0, low_open=True)
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
+        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self._ws = Workspace()
+
+    def build(self, input_shape):
+        out = super().build(input_shape)
+        self._feature = _axis(self, self.axis, input_shape)
+        self._last = self._feature == len(input_shape) - 1
+        c = (input_shape[self._feature],)
+        if self.scale:
+            self.add_weight("gamma", c, self.gamma_initializer, regularizer=self.gamma_regularizer)
+        if self.center:
+            self.add_weight("beta", c, self.beta_initializer, regularizer=self.beta_regularizer)
+        self.add_weight("moving_mean", c, self.moving_mean_initializer, trainable=False)
+        self.add_weight("moving_variance", c, self.moving_variance_initializer, trainable=False)
+        return out
+
+    # The features as a contiguous (M, C) matrix, viewed as (M / r, r * C): NumPy broadcasts a
+    # per-channel vector much faster along rows of a few hundred values than along rows of C.
+    def _to_2d(self, x: Any) -> Any:
+        c = x.shape[self._feature + 1]
+        x2 = x if self._last else xp_of(x).moveaxis(x, self._feature + 1, -1)
+        x2 = x2.reshape(-1, c)
+        r = 1
+        while r * c < 512 and x2.shape[0] % (2 * r) == 0:
+            r *= 2
+        self._r = r
+        return x2.reshape(-1, r * c)
+
+    def _from_2d(self, y2: Any, shape: tuple[int, ...]) -> Any:
+        if self._last:
+            return y2.reshape(shape)
+        xp = xp_of(y2)
+        moved = (*shape[:self._feature + 1], *shape[self._feature + 2:], shape[self._feature + 1])
+        return xp.ascontiguousarray(xp.moveaxis(y2.reshape(moved), -1, self._feature + 1))
+
+    def _fold(self, wide: Any) -> Any:
+        """Per-channel totals of a (r * C,) row of column totals."""
+        return wide.reshape(self._r, -1).sum(axis=0) if self._r > 1 else wide
+
+    def _tile(self, v: Any) -> Any:
+        return xp_of(v).tile(v, self._r) if self._r > 1 else v
+
+    @staticmethod
+    def _each_block(x2: Any, fn: Callable[[slice], Any]) -> list[Any]:
+        """fn(rows) over row blocks of about a megabyte (each pass works on a block while it is in
+        cache), spread over the CPU workers; the results in order. A GPU takes all rows at once."""
+        n = x2.shape[0]
+        xp = xp_of(x2)
+        step = max(1, CACHE_VALUES // 2 // x2.shape[1]) if xp.__name__ == "numpy" else n
+        return parallel(xp, n, lambda first, last, worker: fn(slice(first, last)), step=step)
+
+    def _centered_dot(self, a: Any, x2: Any, mean: Any) -> Any:
+        """Per-channel sum of a * (x - mean), with x - mean formed block by block."""
+        xp = xp_of(x2)
+        mean_t = self._tile(mean)
+        parts = self._each_block(x2, lambda rows: xp.einsum("ij,ij->j", a[rows], x2[rows] - mean_t))
+        return self._fold(sum(parts[1:], parts[0]))
+
+    def forward(self, x, training):
+        xp = xp_of(x)
+        x2 = self._to_2d(x)
+        self._batch_stats = training = bool(training) and self.trainable
+        p = self.params
+        if training:
+            m = x2.shape[0] * self._r
+            mean = self._fold(column_sums(x2, self._ws)) * (1.0 / m)
+            # The biased variance, from centred values (exact, unlike E[x^2] - mean^2).
+            mean_t = self._tile(mean)
+
+            def squares(rows: slice) -> Any:
+                xc = x2[rows] - mean_t
+                return xp.einsum("ij,ij->j", xc, xc)
+
+            parts = self._each_block(x2, squares)
+            var = self._fold(sum(parts[1:], parts[0])) * (1.0 / m)
+            for key, batch in (("moving_mean", mean), ("moving_variance", var)):
+                p[key] *= self.momentum
+                p[key] += batch * (1.0 - self.momentum)
+        else:
+            mean, var = p["moving_mean"], p["moving_variance"]
+        inv = 1.0 / xp.sqrt(var + self.epsilon)
+        a = inv * p["gamma"] if self.scale else inv
+        shift = -mean * a
+        if self.center:
+            shift += p["beta"]
+        a_t, shift_t = self._tile(a), self._tile(shift)
+        y2 = xp.empty_like(x2)
+
+        def normalize(rows: slice) -> None:  # y = x * a + (beta - mean * a)
+            xp.multiply(x2[rows], a_t, out=y2[rows])
+            y2[rows] += shift_t
+
+        self._each_block(x2, normalize)
+        self._x2, self._mean, self._inv, self._a = x2, mean, inv, a
+        return self._from_2d(y2, x.shape)
+
+    def backward(self, dy):
+        xp = xp_of(dy)
+        dy2 = self._to_2d(dy)
+        x2, mean, inv, a = self._x2, self._mean, self._inv, self._a
+        need_sums = self._batch_stats and self.needs_input_grad
+        dbeta = self._fold(column_sums(dy2, self._ws)) if (self.center or need_sums) else None
+        # sum(dy * xhat) per channel, xhat = (x - mean) * inv
+        dgamma_hat = self._centered_dot(dy2, x2, mean) * inv if ("gamma" in self.grads or need_sums) else None
+        if "gamma" in self.grads:
+            self.grads["gamma"][...] = dgamma_hat
+        if "beta" in self.grads:
+            self.grads["beta"][...] = dbeta
+        if not self.needs_input_grad:
+            return None
+        a_t = self._tile(a)
+        if not self._batch_stats:
+            return self._from_2d(dy2 * a_t, dy.shape)
+        # dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)) = dy * a + (x - mean) * b + c
+        m = dy2.shape[0] * self._r
+        b_t = self._tile(a * inv * dgamma_hat * (-1.0 / m))
+        c_t = self._tile(dbeta * (a * (-1.0 / m)))
+        mean_t = self._tile(mean)
+        dx2 = xp.empty_like(dy2)
+
+        def input_grad(rows: slice) -> None:
+            out = dx2[rows]
+            xp.multiply(dy2[rows], a_t, out=out)
+            t = x2[rows] - mean_t
+            t *= b_t
+            t += c_t
+            out += t
+
+        self._each_block(dy2, input_grad)
+        return self._from_2d(dx2, dy.shape)
+
+    def get_config(self):
+        spec = lambda r: r and r.spec()  # noqa: E731
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale, "beta_initializer": self.beta_initializer.spec(),
+                "gamma_initializer": self.gamma_initializer.spec(),
+                "moving_mean_initializer": self.moving_mean_initializer.spec(),
+                "moving_variance_initializer": self.moving_variance_initializer.spec(),
+                "beta_regularizer": spec(self.beta_regularizer), "gamma_regularizer": spec(self.gamma_regularizer)}
+
+
+@LAYERS.register("LayerNormalization")
+class LayerNormalization(Layer):
+    """Normalizes each sample over `axis`: gamma * (x - mean) / sqrt(var + epsilon) + beta.
+
+    Args:
+        axis: int or list of ints (counting the batch axis). Defaults to -1.
+        epsilon: Defaults to 1e-3. center: Defaults to True. scale: Defaults to True.
+        beta_initializer: Defaults to "zeros". gamma_initializer: Defaults to "ones".
+        beta_regularizer, gamma_regularizer: Default to None.
+
+    gamma and beta have the shape of the normalized axes.
+    """
+
+    def __init__(self, axis: int | list[int] = -1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                 beta_initializer: Any = "zeros", gamma_initializer: Any = "ones", beta_regularizer: Any = None,
+                 gamma_regularizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        axes = [axis] if isinstance(axis, int) and not isinstance(axis, bool) else axis
+        if not (isinstance(axes, (list, tuple)) and axes and all(
+                isinstance(a, int) and not isinstance(a, bool) for a in axes)):
+            raise ValueError(f"axis must be an integer or a list of integers. Received: axis={axis!r}")
+        self.axis = axis if isinstance(axis, int) else list(axis)
+        self.epsilon = _number("epsilon", epsilon, 0.0, low_open=True)
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+
+    def build(self, input_shape):
+        out = super().build(input_shape)
+        axes = [self.axis] if isinstance(self.axis, int) else self.axis
+        idx = sorted({_axis(self, a, input_shape) for a in axes})
+        self._axes = tuple(i + 1 for i in idx)  # in the batched array
+        self._others = tuple(i for i in range(len(input_shape) + 1) if i not in self._axes)
+        self._bshape = tuple(input_shape[i] if i in idx else 1 for i in range(len(input_shape)))
+        shape = tuple(input_shape[i] for i in idx)
+        if self.scale:
+            self.add_weight("gamma", shape, self.gamma_initializer, regularizer=self.gamma_regularizer)
+        if self.center:
+            self.add_weight("beta", shape, self.beta_initializer, regularizer=self.beta_regularizer)
+        return out
+
+    def forward(self, x, training):
+        xp = xp_of(x)
+        xc = x - x.mean(axis=self._axes, keepdims=True)
+        inv = 1.0 / xp.sqrt((xc * xc).mean(axis=self._axes, keepdims=True) + self.epsilon)
+        xhat = xc
+        xhat *= inv
+        self._xhat, self._inv = xhat, inv
+        y = xhat * self.params["gamma"].reshape(self._bshape) if self.scale else xhat.copy()
+        if self.center:
+            y += self.params["beta"].reshape(self._bshape)
+        return y
+
+    def backward(self, dy):
+        xhat = self._xhat
+        if "gamma" in self.grads:
+            self.grads["gamma"][...] = (dy * xhat).sum(axis=self._others).reshape(self.grads["gamma"].shape)
+        if "beta" in self.grads:
+            self.grads["beta"][...] = dy.sum(axis=self._others).reshape(self.grads["beta"].shape)
+        if not self.needs_input_grad:
+            return None
+        g = dy * self.params["gamma"].reshape(self._bshape) if self.scale else dy
+        dx = g - g.mean(axis=self._axes, keepdims=True)
+        dx -= xhat * (g * xhat).mean(axis=self._axes, keepdims=True)
+        dx *= self._inv
+        return dx
+
+    def get_config(self):
+        spec = lambda r: r and r.spec()  # noqa: E731
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon, "center": self.center,
+                "scale": self.scale, "beta_initializer": self.beta_initializer.spec(),
+                "gamma_initializer": self.gamma_initializer.spec(),
+                "beta_regularizer": spec(self.beta_regularizer), "gamma_regularizer": spec(self.gamma_regularizer)}

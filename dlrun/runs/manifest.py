@@ -1,0 +1,139 @@
+"""manifest.json: what it takes to reproduce a run.
+
+The seed; the versions of dlrun, Python, NumPy (and CuPy when used); the backend and device; the
+dataset files' SHA-256; the command line and `--set` overrides; the config file and the git commit
+of the repository holding it (when there is one). A resumed run adds an entry to `resumes`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlrun import __version__
+from dlrun.runs.atomic import write_json
+
+MANIFEST = "manifest.json"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def dataset_files(data_cfg: dict[str, Any], data: Any = None) -> dict[str, str]:
+    """{file path: SHA-256} of the files a dataset was read from; {} for generated data.
+
+    Uses the dataset's own record (`Dataset.files`) when it has one, else asks the dataset module
+    where its files are.
+    """
+    recorded = getattr(data, "files", None) or {}
+    paths: list[Path] = []
+    out: dict[str, str] = {}
+    for key, value in recorded.items():
+        if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
+            out[str(key)] = value.lower()        # already a digest
+        elif Path(str(value)).is_file():
+            paths.append(Path(str(value)))
+        elif Path(str(key)).is_file():
+            paths.append(Path(str(key)))
+    if not recorded:
+        paths = _known_files(data_cfg)
+    for p in paths:
+        try:
+            out[str(p.resolve())] = sha256(p)
+        except OSError:
+            continue
+    return out
+
+
+def _known_files(data_cfg: dict[str, Any]) -> list[Path]:
+    name, path = data_cfg.get("dataset"), data_cfg.get("path")
+    try:
+        if name == "fashion_mnist":
+            from dlrun.data import fashion_mnist
+
+            folder, _ = fashion_mnist.find(path)
+            return [folder / f for f in fashion_mnist.FILES] if folder else []
+        if name == "cifar10":
+            from dlrun.data import cifar10
+
+            loc, _ = cifar10.find(path)
+            if loc is None:
+                return []
+            return [Path(loc.path)] if loc.archive else [Path(loc.path) / f for f in cifar10.FILES]
+    except Exception:  # noqa: BLE001 - a manifest never fails a run
+        return []
+    if path and Path(path).expanduser().is_file():  # npz, csv: the file itself
+        return [Path(path).expanduser()]
+    return []
+
+
+def git_commit(config_file: str | None) -> str | None:
+    """HEAD of the git repository holding the config file, or None (no file, no git, no repo)."""
+    if not config_file:
+        return None
+    try:
+        proc = subprocess.run(["git", "-C", str(Path(config_file).resolve().parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = proc.stdout.strip()
+    return commit if proc.returncode == 0 and commit else None
+
+
+def versions(backend: Any) -> dict[str, Any]:
+    out = {"dlrun": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    if getattr(backend, "is_gpu", False):
+        out["cupy"] = getattr(backend.xp, "__version__", None)
+    return out
+
+
+def build(*, seed: int, backend: Any, device: str, data_cfg: dict[str, Any], data: Any = None,
+          config_file: str | None, overrides: list[str] | None) -> dict[str, Any]:
+    return {
+        "created": _now(),
+        "seed": seed,
+        "versions": versions(backend),
+        "platform": platform.platform(),
+        "backend": "gpu" if getattr(backend, "is_gpu", False) else "cpu",
+        "device": device,
+        "dataset": {"name": data_cfg.get("dataset"), "files": dataset_files(data_cfg, data)},
+        "argv": list(sys.argv),
+        "overrides": list(overrides or []),
+        "config_file": str(Path(config_file).resolve()) if config_file else None,
+        "git_commit": git_commit(config_file),
+    }
+
+
+def write(run_dir: Path, manifest: dict[str, Any]) -> None:
+    write_json(run_dir / MANIFEST, manifest)
+
+
+def add_resume(run_dir: Path, *, backend: Any, device: str, from_epoch: int, from_batch: int | None) -> None:
+    """Record a resume: when, with what, from where (a missing or unreadable manifest is recreated)."""
+    path = run_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict):
+            manifest = {}
+    except (OSError, ValueError):
+        manifest = {}
+    manifest.setdefault("resumes", []).append({
+        "time": _now(), "argv": list(sys.argv), "versions": versions(backend), "device": device,
+        "from_epoch": from_epoch, "from_batch": from_batch})
+    write(run_dir, manifest)

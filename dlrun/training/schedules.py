@@ -1,0 +1,143 @@
+"""Learning-rate schedules for LearningRateScheduler: Keras's formulas, counted in epochs.
+
+Each schedule maps the epoch index (from 0, as Keras's LearningRateScheduler passes it) to a learning
+rate; Keras's `keras.optimizers.schedules` count optimizer steps instead, so here `decay_steps`,
+`warmup_steps` and `boundaries` are numbers of epochs. `initial_learning_rate` defaults to the
+optimizer's configured learning rate.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from dlrun.registry import Registry
+
+SCHEDULES: Registry[type["Schedule"]] = Registry("learning-rate schedule")
+
+
+def _number(name: str, value: Any, *, positive: bool = False, non_negative: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and positive:
+        ok = value > 0
+    if ok and non_negative:
+        ok = value >= 0
+    if not ok:
+        kind = "a positive number" if positive else "a non-negative number" if non_negative else "a number"
+        raise ValueError(f"{name} must be {kind}. Received: {name}={value!r}")
+    return float(value)
+
+
+def _epochs(name: str, value: Any, *, positive: bool = False) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
+        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} integer (epochs). "
+                         f"Received: {name}={value!r}")
+    return value
+
+
+class Schedule:
+    """`schedule(epoch) -> learning rate`; `get_config()` returns the constructor arguments."""
+
+    keras_name = ""
+    initial_learning_rate: float | None = None
+
+    def __call__(self, epoch: int) -> float:
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def spec(self) -> dict[str, Any]:
+        return {"type": self.keras_name, **self.get_config()}
+
+
+@SCHEDULES.register("piecewise_constant_decay", "piecewise_constant", "piecewise")
+class PiecewiseConstantDecay(Schedule):
+    """`values[0]` while epoch <= boundaries[0], `values[i]` while boundaries[i-1] < epoch <= boundaries[i],
+    `values[-1]` after the last boundary (Keras's rule). A step schedule."""
+
+    keras_name = "piecewise_constant_decay"
+
+    def __init__(self, boundaries: list[int], values: list[float]) -> None:
+        if not isinstance(boundaries, list) or not boundaries:
+            raise ValueError(f"boundaries must be a non-empty list of epochs. Received: boundaries={boundaries!r}")
+        self.boundaries = [_epochs("boundaries", b) for b in boundaries]
+        if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
+            raise ValueError(f"boundaries must increase. Received: boundaries={boundaries!r}")
+        if not isinstance(values, list) or len(values) != len(boundaries) + 1:
+            raise ValueError(f"values must be a list one longer than boundaries ({len(self.boundaries) + 1} "
+                             f"values). Received: values={values!r}")
+        self.values = [_number("values", v, positive=True) for v in values]
+
+    def __call__(self, epoch: int) -> float:
+        for boundary, value in zip(self.boundaries, self.values):
+            if epoch <= boundary:
+                return value
+        return self.values[-1]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"boundaries": list(self.boundaries), "values": list(self.values)}
+
+
+@SCHEDULES.register("exponential_decay", "exponential")
+class ExponentialDecay(Schedule):
+    """initial_learning_rate * decay_rate ** (epoch / decay_steps); `staircase` floors the exponent
+    (a step decay: multiply by decay_rate every decay_steps epochs)."""
+
+    keras_name = "exponential_decay"
+
+    def __init__(self, decay_steps: int, decay_rate: float, initial_learning_rate: float | None = None,
+                 staircase: bool = False) -> None:
+        self.decay_steps = _epochs("decay_steps", decay_steps, positive=True)
+        self.decay_rate = _number("decay_rate", decay_rate, positive=True)
+        self.initial_learning_rate = (None if initial_learning_rate is None
+                                      else _number("initial_learning_rate", initial_learning_rate, positive=True))
+        if not isinstance(staircase, bool):
+            raise ValueError(f"staircase must be true or false. Received: staircase={staircase!r}")
+        self.staircase = staircase
+
+    def __call__(self, epoch: int) -> float:
+        p = epoch / self.decay_steps
+        if self.staircase:
+            p = math.floor(p)
+        return float(self.initial_learning_rate) * self.decay_rate ** p
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "decay_rate": self.decay_rate, "staircase": self.staircase}
+
+
+@SCHEDULES.register("cosine_decay", "cosine")
+class CosineDecay(Schedule):
+    """Keras's CosineDecay: with `warmup_target`, a linear warm-up from initial_learning_rate to
+    warmup_target over warmup_steps, then a cosine decay over decay_steps down to alpha * that peak;
+    without it, the cosine decay starts at initial_learning_rate. Constant after the decay."""
+
+    keras_name = "cosine_decay"
+
+    def __init__(self, decay_steps: int, initial_learning_rate: float | None = None, alpha: float = 0.0,
+                 warmup_target: float | None = None, warmup_steps: int = 0) -> None:
+        self.decay_steps = _epochs("decay_steps", decay_steps, positive=True)
+        self.initial_learning_rate = (None if initial_learning_rate is None
+                                      else _number("initial_learning_rate", initial_learning_rate, non_negative=True))
+        self.alpha = _number("alpha", alpha, non_negative=True)
+        if self.alpha > 1:
+            raise ValueError(f"alpha must be in [0, 1]. Received: alpha={alpha!r}")
+        self.warmup_target = None if warmup_target is None else _number("warmup_target", warmup_target, positive=True)
+        self.warmup_steps = _epochs("warmup_steps", warmup_steps)
+
+    def _decay(self, step: float, peak: float) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * step / self.decay_steps))
+        return peak * ((1 - self.alpha) * cosine + self.alpha)
+
+    def __call__(self, epoch: int) -> float:
+        initial = float(self.initial_learning_rate)
+        if self.warmup_target is None:
+            return self._decay(min(epoch, self.decay_steps), initial)
+        step = min(epoch, self.decay_steps + self.warmup_steps)
+        if step < self.warmup_steps:
+            return (self.warmup_target - initial) * step / self.warmup_steps + initial
+        return self._decay(step - self.warmup_steps, self.warmup_target)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
+                "alpha": self.alpha, "warmup_target": self.warmup_target, "warmup_steps": self.warmup_steps}

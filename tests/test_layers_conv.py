@@ -1,0 +1,351 @@
+"""Conv2D and the pooling/resampling layers: Keras shapes, values, float64 gradient checks, configs."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from dlrun import api
+from dlrun.engine import ops
+from dlrun.engine.backend import Backend
+from dlrun.graph.layer import LAYERS, ShapeError
+from dlrun.graph.layers.conv import Conv2D
+from dlrun.graph.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
+                                        UpSampling2D, ZeroPadding2D)
+from dlrun.graph.model import GraphError, Model, Node
+
+from conftest import F64, assert_grad_close, numeric_grad
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+def make(layer, *shapes, backend=F64, seed=0):
+    """`layer` inside a tiny Model (which allocates its weights, float64 by default), input grads on."""
+    names = [f"in{i}" for i in range(len(shapes))]
+    Model(dict(zip(names, shapes)), [Node("layer", layer, names)], "layer", backend=backend,
+          init_rng=np.random.default_rng(seed), noise_rng=np.random.default_rng(seed + 1))
+    layer.needs_input_grad = True
+    return layer
+
+
+def grad_check(layer, xs, rng, training=True, atol=1e-8):
+    """Finite differences of sum(layer(xs) * r) against backward: every input and every parameter."""
+    arg = list(xs) if layer.n_inputs != 1 else xs[0]
+    y = layer.forward(arg, training)
+    r = rng.normal(size=y.shape)
+    layer.forward(arg, training)
+    dx = layer.backward(r)
+    grads = {k: np.array(v) for k, v in layer.grads.items()}
+
+    def f(_):
+        return float((layer.forward(arg, training) * r).sum())
+
+    for x, d in zip(xs, dx if layer.n_inputs != 1 else [dx]):
+        assert_grad_close(d, numeric_grad(f, x), rtol=1e-6, atol=atol)
+    for name, g in grads.items():
+        assert_grad_close(g, numeric_grad(f, layer.params[name]), rtol=1e-6, atol=atol)
+    return sorted(grads)
+
+
+def keras_length(n, k, s, d, padding):
+    k_eff = (k - 1) * d + 1
+    return math.ceil(n / s) if padding == "same" else (n - k_eff) // s + 1
+
+
+def reference_conv(x, kernel, bias, strides, padding, dilation):
+    """Direct convolution with Keras's 'same' padding (the odd pixel at the bottom/right)."""
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    oh, ow = keras_length(h, kh, sh, dh, padding), keras_length(w, kw, sw, dw, padding)
+    if padding == "same":
+        th = max((oh - 1) * sh + (kh - 1) * dh + 1 - h, 0)
+        tw = max((ow - 1) * sw + (kw - 1) * dw + 1 - w, 0)
+        x = np.pad(x, ((0, 0), (th // 2, th - th // 2), (tw // 2, tw - tw // 2), (0, 0)))
+    out = np.zeros((n, oh, ow, f))
+    for i in range(oh):
+        for j in range(ow):
+            for a in range(kh):
+                for b in range(kw):
+                    out[:, i, j] += x[:, i * sh + a * dh, j * sw + b * dw] @ kernel[a, b]
+    return out + bias
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Tiny cache chunks: the chunk loops and (on several cores) the worker split run on tiny inputs."""
+    monkeypatch.setattr(ops, "CACHE_VALUES", 64)
+
+
+# -- Conv2D shapes and values ----------------------------------------------------------------------------
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("n,k,s,d", [(5, 3, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1), (7, 2, 1, 1), (8, 2, 3, 1),
+                                     (9, 5, 2, 1), (7, 3, 1, 2), (9, 2, 1, 3), (6, 1, 2, 1), (5, 5, 1, 1)])
+def test_conv_output_shape_matches_keras(n, k, s, d, padding):
+    layer = make(Conv2D(3, k, strides=s, padding=padding, dilation_rate=d), (n, n + 1, 2))
+    expected = (keras_length(n, k, s, d, padding), keras_length(n + 1, k, s, d, padding), 3)
+    assert layer.output_shape == expected
+    assert layer.forward(np.zeros((2, n, n + 1, 2)), False).shape == (2, *expected)
+
+
+@pytest.mark.parametrize("kernel,strides,padding,dilation", [
+    ((3, 3), (1, 1), "same", (1, 1)), ((2, 2), (1, 1), "same", (1, 1)), ((2, 3), (2, 2), "same", (1, 1)),
+    ((3, 3), (2, 1), "valid", (1, 1)), ((3, 2), (1, 1), "same", (2, 2)), ((1, 1), (2, 2), "valid", (1, 1)),
+    ((4, 4), (3, 3), "same", (1, 1))])
+def test_conv_forward_matches_direct_convolution(kernel, strides, padding, dilation, rng):
+    layer = make(Conv2D(4, kernel, strides=strides, padding=padding, dilation_rate=dilation), (7, 8, 3))
+    layer.params["bias"][...] = rng.normal(size=4)
+    x = rng.normal(size=(2, 7, 8, 3))
+    expected = reference_conv(x, layer.params["kernel"], layer.params["bias"], strides, padding, dilation)
+    np.testing.assert_allclose(layer.forward(x, True), expected, rtol=1e-10, atol=1e-12)
+
+
+CONV_CASES = [
+    dict(filters=3, kernel_size=3, padding="same", activation="tanh"),
+    dict(filters=2, kernel_size=(3, 2), padding="valid", use_bias=False),
+    dict(filters=3, kernel_size=3, strides=2, padding="same", activation="relu"),
+    dict(filters=2, kernel_size=(2, 3), strides=(2, 3), padding="valid"),
+    dict(filters=2, kernel_size=2, padding="same", dilation_rate=2, activation="sigmoid"),
+    dict(filters=3, kernel_size=1),
+    dict(filters=2, kernel_size=1, strides=2, padding="same"),
+]
+
+
+@pytest.mark.parametrize("kwargs", CONV_CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
+def test_conv_gradients(kwargs, rng):
+    layer = make(Conv2D(**kwargs), (5, 6, 3))
+    if layer.use_bias:
+        layer.params["bias"][...] = rng.normal(size=layer.filters)
+    names = grad_check(layer, [rng.normal(size=(2, 5, 6, 3))], rng)
+    assert names == (["bias", "kernel"] if layer.use_bias else ["kernel"])
+
+
+@pytest.mark.parametrize("kwargs", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[4]])
+def test_conv_gradients_over_many_chunks(kwargs, rng, small_chunks):
+    layer = make(Conv2D(**kwargs), (5, 4, 3))
+    grad_check(layer, [rng.normal(size=(5, 5, 4, 3))], rng)
+
+
+def test_conv_single_channel_input_gradients(rng, small_chunks):
+    layer = make(Conv2D(3, 3, padding="same", activation="relu"), (6, 5, 1))
+    grad_check(layer, [rng.normal(size=(3, 6, 5, 1))], rng)
+
+
+def test_conv_inference_chunks_match_training(rng, small_chunks):
+    layer = make(Conv2D(4, 3, padding="same"), (6, 6, 2))
+    x = rng.normal(size=(7, 6, 6, 2))
+    np.testing.assert_allclose(layer.forward(x, False), reference_conv(
+        x, layer.params["kernel"], layer.params["bias"], (1, 1), "same", (1, 1)), atol=1e-12)
+
+
+def test_conv_stays_float32():
+    layer = make(Conv2D(4, 3, strides=2, padding="same", activation="relu"), (7, 7, 3), backend=Backend(np))
+    x = np.random.default_rng(0).random((2, 7, 7, 3), dtype=np.float32)
+    y = layer.forward(x, True)
+    dx = layer.backward(np.ones_like(y))
+    assert y.dtype == dx.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in layer.grads.values())
+
+
+def test_conv_weights_and_defaults():
+    layer = make(Conv2D(8, 3), (10, 10, 3))
+    assert [(w.name, w.shape) for w in layer.weight_specs] == [("kernel", (3, 3, 3, 8)), ("bias", (8,))]
+    assert layer.param_count() == (3 * 3 * 3 * 8 + 8, 0)
+    cfg = layer.get_config()
+    assert cfg["strides"] == [1, 1] and cfg["padding"] == "valid" and cfg["dilation_rate"] == [1, 1]
+    assert cfg["kernel_initializer"] == "glorot_uniform" and cfg["bias_initializer"] == "zeros"
+    assert LAYERS.lookup("Convolution2D")[0] == "Conv2D"
+
+
+@pytest.mark.parametrize("kwargs,arg", [
+    (dict(filters=0, kernel_size=3), "filters"), (dict(filters=4, kernel_size=0), "kernel_size"),
+    (dict(filters=4, kernel_size=[3, 3, 3]), "kernel_size"), (dict(filters=4, kernel_size=3, padding="full"), "padding"),
+    (dict(filters=4, kernel_size=3, strides=-1), "strides"), (dict(filters=4, kernel_size=3, activation="nope"), None),
+    (dict(filters=4, kernel_size=3, strides=2, dilation_rate=2), "strides")])
+def test_conv_argument_errors(kwargs, arg):
+    with pytest.raises(ValueError) as info:
+        Conv2D(**kwargs)
+    if arg is not None:
+        assert f"Received: {arg}=" in str(info.value)
+
+
+@pytest.mark.parametrize("cls,args", [(Conv2D, dict(filters=2, kernel_size=3)), (MaxPooling2D, {}),
+                                      (AveragePooling2D, {}), (GlobalAveragePooling2D, {}), (ZeroPadding2D, {}),
+                                      (UpSampling2D, {})])
+def test_image_layers_reject_flat_inputs(cls, args):
+    with pytest.raises(GraphError, match=r"expects 4-D input .*\(H, W, C\).*\(None, 784\)"):
+        make(cls(**args), (784,))
+    with pytest.raises(GraphError, match=r"target_shape: \[28, 28, 1\]"):
+        make(cls(**args), (28, 28))
+
+
+def test_shape_error_is_a_value_error():
+    with pytest.raises(ShapeError):
+        Conv2D(2, 3).build((5,))
+
+
+# -- pooling -------------------------------------------------------------------------------------------
+def reference_pool(x, pool, strides, padding, kind):
+    n, h, w, c = x.shape
+    oh, ow = keras_length(h, pool[0], strides[0], 1, padding), keras_length(w, pool[1], strides[1], 1, padding)
+    th = max((oh - 1) * strides[0] + pool[0] - h, 0) // 2 if padding == "same" else 0
+    tw = max((ow - 1) * strides[1] + pool[1] - w, 0) // 2 if padding == "same" else 0
+    out = np.zeros((n, oh, ow, c))
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * strides[0] - th, j * strides[1] - tw
+            win = x[:, max(r0, 0):r0 + pool[0], max(c0, 0):c0 + pool[1]]  # padding excluded, as Keras
+            out[:, i, j] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
+    return out
+
+
+POOL_CASES = [((2, 2), None, "valid"), ((2, 2), None, "same"), ((3, 3), (2, 2), "valid"), ((3, 3), (2, 2), "same"),
+              ((2, 3), (1, 2), "same"), ((3, 2), (3, 1), "valid"), ((1, 2), None, "valid")]
+
+
+@pytest.mark.parametrize("cls,kind", [(MaxPooling2D, "max"), (AveragePooling2D, "avg")])
+@pytest.mark.parametrize("pool,strides,padding", POOL_CASES)
+def test_pooling_values_and_gradients(cls, kind, pool, strides, padding, rng):
+    layer = make(cls(pool_size=pool, strides=strides, padding=padding), (7, 6, 2))
+    x = rng.normal(size=(2, 7, 6, 2))
+    expected = reference_pool(x, pool, strides or pool, padding, kind)
+    assert layer.output_shape == expected.shape[1:]
+    np.testing.assert_allclose(layer.forward(x, True), expected, atol=1e-12)
+    assert grad_check(layer, [x], rng) == []
+
+
+def test_pooling_defaults_and_aliases():
+    layer = MaxPooling2D()
+    assert layer.pool_size == (2, 2) and layer.strides == (2, 2) and layer.padding == "valid"
+    assert MaxPooling2D(pool_size=3).strides == (3, 3)
+    assert LAYERS.lookup("MaxPool2D") == ("MaxPooling2D", MaxPooling2D)
+    assert LAYERS.lookup("AvgPool2D") == ("AveragePooling2D", AveragePooling2D)
+    assert make(MaxPooling2D(), (7, 9, 3)).output_shape == (3, 4, 3)
+
+
+def test_max_pooling_routes_ties_to_the_first_maximum():
+    layer = make(MaxPooling2D(), (2, 2, 1))
+    x = np.ones((1, 2, 2, 1))
+    layer.forward(x, True)
+    dx = layer.backward(np.full((1, 1, 1, 1), 5.0))
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[5.0, 0.0], [0.0, 0.0]])
+
+
+def test_pooling_stays_float32():
+    for cls in (MaxPooling2D, AveragePooling2D):
+        layer = make(cls(padding="same"), (5, 5, 2), backend=Backend(np))
+        x = np.random.default_rng(0).random((2, 5, 5, 2), dtype=np.float32)
+        y = layer.forward(x, True)
+        assert y.dtype == layer.backward(np.ones_like(y)).dtype == np.float32
+
+
+@pytest.mark.parametrize("cls,reduce", [(GlobalAveragePooling2D, np.mean), (GlobalMaxPooling2D, np.max)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_global_pooling(cls, reduce, keepdims, rng):
+    layer = make(cls(keepdims=keepdims), (3, 4, 5))
+    x = rng.normal(size=(2, 3, 4, 5))
+    expected = reduce(x, axis=(1, 2), keepdims=keepdims)
+    assert layer.output_shape == expected.shape[1:]
+    np.testing.assert_allclose(layer.forward(x, True), expected)
+    grad_check(layer, [x], rng)
+
+
+@pytest.mark.parametrize("padding,pads", [(1, ((1, 1), (1, 1))), (2, ((2, 2), (2, 2))), ([1, 2], ((1, 1), (2, 2))),
+                                          ([[0, 1], [2, 3]], ((0, 1), (2, 3)))])
+def test_zero_padding(padding, pads, rng):
+    layer = make(ZeroPadding2D(padding), (3, 4, 2))
+    x = rng.normal(size=(2, 3, 4, 2))
+    np.testing.assert_array_equal(layer.forward(x, True), np.pad(x, ((0, 0), *pads, (0, 0))))
+    grad_check(layer, [x], rng)
+    assert layer.get_config()["padding"] == [list(p) for p in pads]
+
+
+def test_upsampling_nearest(rng):
+    layer = make(UpSampling2D((2, 3)), (2, 3, 2))
+    x = rng.normal(size=(2, 2, 3, 2))
+    np.testing.assert_array_equal(layer.forward(x, True), x.repeat(2, axis=1).repeat(3, axis=2))
+    grad_check(layer, [x], rng)
+
+
+@pytest.mark.parametrize("make_layer,arg", [
+    (lambda: MaxPooling2D(pool_size=0), "pool_size"), (lambda: AveragePooling2D(strides=[1]), "strides"),
+    (lambda: MaxPooling2D(padding="causal"), "padding"), (lambda: ZeroPadding2D(-1), "padding"),
+    (lambda: ZeroPadding2D([[1, 2, 3], [0, 0]]), "padding"), (lambda: UpSampling2D(interpolation="bilinear"),
+                                                              "interpolation"),
+    (lambda: GlobalMaxPooling2D(keepdims="yes"), "keepdims")])
+def test_pooling_argument_errors(make_layer, arg):
+    with pytest.raises(ValueError, match=f"Received: {arg}="):
+        make_layer()
+
+
+# -- configs round-trip ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [
+    Conv2D(4, (3, 2), strides=2, padding="SAME", activation="relu", use_bias=False, kernel_initializer="he_normal",
+           kernel_regularizer={"type": "l2", "l2": 0.001}, name="c"),
+    Conv2D(4, 3, dilation_rate=2, bias_regularizer="l1"),
+    MaxPooling2D(3, 2, "same"), AveragePooling2D((2, 3)), GlobalAveragePooling2D(keepdims=True),
+    GlobalMaxPooling2D(), ZeroPadding2D([1, 2]), UpSampling2D(3)], ids=lambda l: l.type_name)
+def test_get_config_round_trips(layer):
+    layer.name = layer.name or "x"  # the builder names every layer before reading its config
+    clone = type(layer)(**layer.get_config())
+    assert clone.get_config() == layer.get_config()
+
+
+# -- whole models through the config API ---------------------------------------------------------------
+def cnn_config():
+    conv = lambda f: {"Conv2D": {"filters": f, "kernel_size": 3, "padding": "same", "activation": "relu"}}  # noqa: E731
+    return {"data": {"dataset": "fashion_mnist"}, "loss": "sparse_categorical_crossentropy", "model": {"layers": [
+        conv(32), "BatchNormalization", conv(32), "BatchNormalization", "MaxPooling2D", {"Dropout": {"rate": 0.25}},
+        conv(64), "BatchNormalization", conv(64), "BatchNormalization", "MaxPooling2D", {"Dropout": {"rate": 0.25}},
+        "Flatten", {"Dense": {"units": 512, "activation": "relu"}}, {"Dense": {"units": 10, "activation": "softmax"}}]}}
+
+
+def test_fashion_mnist_cnn_param_counts():
+    model = api.prepare(cnn_config(), device="cpu").model
+    trainable, non_trainable = model.param_counts()
+    assert (trainable + non_trainable, trainable, non_trainable) == (1_677_034, 1_676_650, 384)
+    assert [n.name for n in model.nodes][:5] == ["conv2d", "batch_normalization", "conv2d_1",
+                                                 "batch_normalization_1", "max_pooling2d"]
+
+
+def test_lenet5_param_count():
+    cfg = {"data": {"dataset": "fashion_mnist"}, "loss": "sparse_categorical_crossentropy",
+           "model": {"input_shape": [32, 32, 1], "layers": [
+               {"Conv2D": {"filters": 6, "kernel_size": 5, "activation": "tanh"}}, "AveragePooling2D",
+               {"Conv2D": {"filters": 16, "kernel_size": 5, "activation": "tanh"}}, "AveragePooling2D", "Flatten",
+               {"Dense": {"units": 120, "activation": "tanh"}}, {"Dense": {"units": 84, "activation": "tanh"}},
+               {"Dense": {"units": 10, "activation": "softmax"}}]}}
+    model = api.prepare(cfg, device="cpu").model
+    assert model.param_counts() == (61_706, 0)
+    assert model.node("average_pooling2d_1").output_shape == (5, 5, 16)
+
+
+def test_cnn_trains_in_float32_end_to_end(rng):
+    """One forward/backward of a small CNN: float32 everywhere, and every gradient is filled."""
+    cfg = cnn_config()
+    cfg["model"]["input_shape"] = [8, 8, 1]
+    setup = api.prepare(cfg, device="cpu")
+    model = setup.model
+    x = rng.random((4, 8, 8, 1)).astype(np.float32)
+    out = model.forward(x, training=True)
+    assert out.dtype == np.float32 and out.shape == (4, 10)
+    model.flat_grads[...] = np.nan
+    model.backward(np.ones_like(out))
+    assert model.flat_grads.dtype == np.float32 and np.isfinite(model.flat_grads).all()
+    for node in model.nodes:
+        assert all(v.dtype == np.float32 for v in node.layer.params.values())
+
+
+@pytest.mark.parametrize("cls,kwargs", [(MaxPooling2D, {}), (MaxPooling2D, {"pool_size": 3, "strides": 2, "padding": "same"}),
+                                        (AveragePooling2D, {"padding": "same", "pool_size": 3})])
+def test_pooling_split_over_workers_matches_serial(cls, kwargs, rng, monkeypatch):
+    """Images big enough to be split over the CPU workers give the same values and gradients."""
+    layer = make(cls(**kwargs), (64, 64, 8))
+    x = rng.normal(size=(4, 64, 64, 8))
+    r = rng.normal(size=(4, *layer.output_shape))
+    y, dx = layer.forward(x, True), layer.backward(r)
+    np.testing.assert_allclose(y, reference_pool(x, layer.pool_size, layer.strides, layer.padding,
+                                                 "max" if cls is MaxPooling2D else "avg"), atol=1e-12)
+    monkeypatch.setattr(ops, "_pool", None)
+    np.testing.assert_array_equal(layer.forward(x, True), y)
+    np.testing.assert_array_equal(layer.backward(r), dx)
