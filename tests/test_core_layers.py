@@ -234,8 +234,6 @@ def test_get_config_round_trip_named(key):
     assert LAYERS.lookup(type(layer).__name__)[1] is type(layer)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG dlrun/graph/layer.py:82/115: an unnamed layer stores name='' and "
-                                       "get_config() returns it, but __init__ (line 78-79) rejects name=''")
 @pytest.mark.parametrize("key", list(ROUND_TRIP))
 def test_get_config_round_trip_unnamed(key):
     _assert_round_trip(ROUND_TRIP[key]())

@@ -112,7 +112,7 @@ class Layer:
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments: `type(layer)(**layer.get_config())` rebuilds the layer."""
-        return {"name": self.name, "trainable": self.trainable}
+        return {"name": self.name or None, "trainable": self.trainable}
 
     # -- computation ---------------------------------------------------------------------------------
     def forward(self, x: Any, training: bool) -> Any:
