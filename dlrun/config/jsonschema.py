@@ -143,7 +143,9 @@ def json_schema() -> dict[str, Any]:
     from dlrun.engine.losses import LOSSES
     from dlrun.engine.metrics import METRICS
     from dlrun.engine.optimizers import OPTIMIZERS
+    from dlrun.data.augment import AUGMENTATIONS
     from dlrun.graph.layer import LAYERS
+    from dlrun.training.callbacks_builtin import CALLBACKS
 
     root = _section(cs.SCHEMA)
     props = root["properties"]
@@ -156,8 +158,8 @@ def json_schema() -> dict[str, Any]:
     props["loss"].update(_spec(LOSSES))
     props["optimizer"].update(_spec(OPTIMIZERS))
     props["metrics"]["items"] = {"type": "string", "pattern": _name_pattern(METRICS), "examples": METRICS.names()}
-    props["callbacks"]["items"] = {"anyOf": [{"type": "string"}, {"type": "object", "minProperties": 1,
-                                                                  "maxProperties": 1}]}
+    props["callbacks"]["items"] = _entries(CALLBACKS)
+    props["data"]["properties"]["augmentation"]["items"] = _entries(AUGMENTATIONS)
     for key in ("loss", "optimizer"):
         props[key].pop("type", None)
     return {"$schema": "https://json-schema.org/draft/2020-12/schema",
