@@ -128,3 +128,12 @@ def test_layer_entry_forms(tmp_path):
         """)))
     setup = api.prepare(cfg)
     assert [n.name for n in setup.model.nodes] == ["flatten", "hidden", "dropout", "dense"]
+
+
+def test_readme_config_reference_is_a_valid_config(tmp_path):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Config reference")[1].split("```yaml")[1].split("```")[0]
+    setup = api.prepare(write(tmp_path, block))
+    assert setup.model.param_counts() == (79_510, 0)
