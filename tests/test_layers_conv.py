@@ -159,7 +159,8 @@ def test_conv_weights_and_defaults():
 
 @pytest.mark.parametrize("kwargs,arg", [
     (dict(filters=0, kernel_size=3), "filters"), (dict(filters=4, kernel_size=0), "kernel_size"),
-    (dict(filters=4, kernel_size=[3, 3, 3]), "kernel_size"), (dict(filters=4, kernel_size=3, padding="full"), "padding"),
+    (dict(filters=4, kernel_size=[3, 3, 3]), "kernel_size"),
+    (dict(filters=4, kernel_size=3, padding="full"), "padding"),
     (dict(filters=4, kernel_size=3, strides=-1), "strides"), (dict(filters=4, kernel_size=3, activation="nope"), None),
     (dict(filters=4, kernel_size=3, strides=2, dilation_rate=2), "strides")])
 def test_conv_argument_errors(kwargs, arg):
@@ -336,7 +337,8 @@ def test_cnn_trains_in_float32_end_to_end(rng):
         assert all(v.dtype == np.float32 for v in node.layer.params.values())
 
 
-@pytest.mark.parametrize("cls,kwargs", [(MaxPooling2D, {}), (MaxPooling2D, {"pool_size": 3, "strides": 2, "padding": "same"}),
+@pytest.mark.parametrize("cls,kwargs", [(MaxPooling2D, {}),
+                                        (MaxPooling2D, {"pool_size": 3, "strides": 2, "padding": "same"}),
                                         (AveragePooling2D, {"padding": "same", "pool_size": 3})])
 def test_pooling_split_over_workers_matches_serial(cls, kwargs, rng, monkeypatch):
     """Images big enough to be split over the CPU workers give the same values and gradients."""
@@ -349,3 +351,27 @@ def test_pooling_split_over_workers_matches_serial(cls, kwargs, rng, monkeypatch
     monkeypatch.setattr(ops, "_pool", None)
     np.testing.assert_array_equal(layer.forward(x, True), y)
     np.testing.assert_array_equal(layer.backward(r), dx)
+
+
+def test_worker_split_is_deterministic(rng, small_chunks, monkeypatch):
+    """Chunk results are combined in chunk order: the same bits with or without the CPU workers."""
+    conv = make(Conv2D(3, 3, padding="same", activation="relu"), (6, 5, 4), backend=Backend(np))
+    x = rng.random((9, 6, 5, 4)).astype(np.float32)
+    r = rng.random((9, 6, 5, 3)).astype(np.float32)
+
+    def run():
+        y = conv.forward(x, True).copy()
+        dx = conv.backward(r).copy()
+        return y, dx, conv.grads["kernel"].copy(), conv.grads["bias"].copy()
+
+    first = run()
+    monkeypatch.setattr(ops, "_pool", None)
+    for a, b in zip(first, run()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ops_matmul_matches_numpy(rng):
+    ops.cpu_workers()
+    for a, b in [(rng.random((300, 200)), rng.random((200, 150))), (rng.random((3, 4)), rng.random((4, 5))),
+                 (rng.random((200, 300)).T, rng.random((200, 64)))]:
+        np.testing.assert_allclose(ops.matmul(a, b), a @ b, rtol=1e-12)

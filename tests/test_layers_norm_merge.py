@@ -233,7 +233,9 @@ def test_relu_layer(kwargs, rng):
 
 
 @pytest.mark.parametrize("layer,fn", [
-    (LeakyReLU(), lambda x: np.where(x > 0, x, 0.3 * x)), (LeakyReLU(negative_slope=0.05), lambda x: np.where(x > 0, x, 0.05 * x)),
+    (LeakyReLU(), lambda x: np.where(x > 0, x, 0.3 * x)),
+    (LeakyReLU(negative_slope=0.05), lambda x: np.where(x > 0, x, 0.05 * x)),
+    (LeakyReLU(negative_slope=1.5), lambda x: np.where(x > 0, x, 1.5 * x)),
     (ELU(), lambda x: np.where(x > 0, x, np.expm1(x))), (ELU(alpha=0.5), lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
     (Softmax(), lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)),
     (Softmax(axis=1), lambda x: np.exp(x) / np.exp(x).sum(axis=1, keepdims=True))], ids=str)
@@ -246,8 +248,10 @@ def test_activation_layers(layer, fn, rng):
 
 def test_activation_layer_arguments():
     assert LeakyReLU().negative_slope == 0.3
-    for make_layer, arg in [(lambda: ReLU(max_value=-1), "max_value"), (lambda: ReLU(negative_slope=-0.1), "negative_slope"),
-                            (lambda: ReLU(threshold=-1), "threshold"), (lambda: LeakyReLU(negative_slope=-1), "negative_slope"),
+    for make_layer, arg in [(lambda: ReLU(max_value=-1), "max_value"),
+                            (lambda: ReLU(negative_slope=-0.1), "negative_slope"),
+                            (lambda: ReLU(threshold=-1), "threshold"),
+                            (lambda: LeakyReLU(negative_slope=-1), "negative_slope"),
                             (lambda: ELU(alpha="x"), "alpha"), (lambda: Softmax(axis=1.5), "axis")]:
         with pytest.raises(ValueError, match=f"Received: {arg}="):
             make_layer()

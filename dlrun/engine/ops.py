@@ -126,6 +126,20 @@ def parallel(xp: Any, n: int, fn: Callable[[int, int, int], Any], step: int) -> 
     return results
 
 
+def matmul(a: Any, b: Any, out: Any = None) -> Any:
+    """a @ b for 2-D arrays. Once dlrun's CPU workers run (and BLAS is down to one thread per call),
+    big products are split by rows of `a` over the workers; otherwise a plain matmul."""
+    xp = xp_of(a)
+    m = a.shape[0]
+    if out is None:
+        out = xp.empty((m, b.shape[1]), dtype=xp.result_type(a, b))
+    if _pool is None or xp.__name__ != "numpy" or m * a.shape[1] * b.shape[1] < (1 << 22) or m < 2:
+        return xp.matmul(a, b, out=out)
+    parallel(xp, m, lambda first, last, worker: xp.matmul(a[first:last], b, out=out[first:last]),
+             step=-(-m // (_pool_size or 1)))
+    return out
+
+
 # -- scratch buffers -------------------------------------------------------------------------------
 class Workspace:
     """Per-layer scratch arrays reused from batch to batch (no fresh large allocations per step).
@@ -243,18 +257,13 @@ def conv_chunk(src: Any, kernel4: Any, strides: tuple[int, int], dilation: tuple
 
 
 def conv_chunk_kernel_grad(src: Any, dz: Any, kernel_shape: tuple[int, ...], strides: tuple[int, int],
-                           dilation: tuple[int, int], out_hw: tuple[int, int], dkernel4: Any, accumulate: bool,
-                           ws: Workspace, key: str = "") -> None:
-    """dkernel4 (+)= the kernel gradient of one chunk, windows(src)^T @ dz (windows recomputed)."""
+                           dilation: tuple[int, int], out_hw: tuple[int, int], ws: Workspace, key: str = "") -> Any:
+    """The kernel gradient (KH, KW, C, F) of one chunk: windows(src)^T @ dz, the windows recomputed."""
     xp = xp_of(src)
     kh, kw, c, f = kernel_shape
     cols = im2col(src, (kh, kw), strides, dilation, out_hw,
                   out=ws.rows(key + "cols", src.shape[0] * out_hw[0] * out_hw[1], (kh * kw * c,), src.dtype, xp))
-    target = dkernel4.reshape(-1, f)
-    if accumulate:
-        target += xp.matmul(cols.T, dz, out=ws.get(key + "dkernel", target.shape, src.dtype, xp))
-    else:
-        xp.matmul(cols.T, dz, out=target)
+    return (cols.T @ dz).reshape(kernel_shape)
 
 
 def conv_forward(x: Any, pads: tuple[int, int, int, int], kernel4: Any, strides: tuple[int, int],
@@ -495,6 +504,6 @@ def column_sums(x2d: Any, ws: Workspace | None = None) -> Any:
 
 
 __all__ = ["PADDINGS", "CACHE_VALUES", "effective_kernel", "output_length", "padding_amounts", "cpu_workers",
-           "parallel", "Workspace", "pad_hw", "crop_hw", "windows", "im2col", "chunk_samples", "conv_chunk",
+           "parallel", "matmul", "Workspace", "pad_hw", "crop_hw", "windows", "im2col", "chunk_samples", "conv_chunk",
            "conv_chunk_kernel_grad", "conv_forward", "padded_chunks", "window_slices", "col2im", "max_pool",
            "max_pool_backward", "window_counts", "avg_pool", "avg_pool_backward", "column_sums"]

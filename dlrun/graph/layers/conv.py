@@ -6,8 +6,8 @@ from typing import Any
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.activations import xp_of
 from dlrun.engine.ops import (PADDINGS, Workspace, chunk_samples, col2im, column_sums, conv_chunk,
-                              conv_chunk_kernel_grad, conv_forward, crop_hw, effective_kernel, output_length, pad_hw,
-                              padded_chunks, padding_amounts, parallel)
+                              conv_chunk_kernel_grad, conv_forward, crop_hw, effective_kernel, matmul, output_length,
+                              pad_hw, padded_chunks, padding_amounts, parallel)
 from dlrun.graph.layer import LAYERS, Layer, ShapeError, int_tuple, positive_int
 
 #: Activations whose backward reads only their output (see dlrun.engine.activations).
@@ -110,7 +110,7 @@ class Conv2D(Layer):
                 a[rows] = self.activation.forward(zc)
 
         if self._pointwise:
-            xp.matmul(x.reshape(-1, x.shape[3]), kernel, out=z)
+            matmul(x.reshape(-1, x.shape[3]), kernel, out=z)
             epilogue(z, slice(None))
         else:
             conv_forward(x, self._pads, self.params["kernel"], self.strides, self.dilation_rate, (oh, ow), z,
@@ -125,11 +125,11 @@ class Conv2D(Layer):
         oh, ow, f = self.output_shape
         dy2 = dy.reshape(-1, f)
         kernel2d = self.params["kernel"].reshape(-1, f)
-        dkernel = self.grads["kernel"].reshape(-1, f) if "kernel" in self.grads else None
-        kernel_grad = dkernel is not None
-        dbias = self.grads.get("bias")
+        kernel_grad, dbias = "kernel" in self.grads, self.grads.get("bias")
         want_dx = self.needs_input_grad
         ws, dtype = self._ws, dy.dtype
+        if not (kernel_grad or dbias is not None or want_dx):
+            return None
 
         def dz_of(rows: slice) -> Any:
             return dy2[rows] if self._linear else self.activation.backward(self._z[rows], self._a[rows], dy2[rows])
@@ -138,9 +138,9 @@ class Conv2D(Layer):
             dz2 = dz_of(slice(None))
             if dbias is not None:
                 dbias[...] = column_sums(dz2, ws)
-            if dkernel is not None:
-                xp.matmul(x.reshape(-1, c).T, dz2, out=dkernel)
-            return (dz2 @ kernel2d.T).reshape(x.shape) if want_dx else None
+            if kernel_grad:
+                matmul(x.reshape(-1, c).T, dz2, out=self.grads["kernel"].reshape(-1, f))
+            return matmul(dz2, kernel2d.T).reshape(x.shape) if want_dx else None
 
         # One pass over chunks of samples, everything for a chunk computed while it is in cache:
         # dz (through the activation), the bias and kernel gradients (windows of x recomputed), dx.
@@ -162,50 +162,40 @@ class Conv2D(Layer):
                 per_sample = max(per_sample, h * w * kh * kw * f)
         chunk = chunk_samples(xp, n, per_sample)
 
-        started: set[int] = set()  # workers that hold partial kernel/bias gradients
-
-        def work(first: int, last: int, worker: int) -> None:
-            """Gradients for samples [first, last): dx rows written in place, kernel and bias
-            gradients added to the worker's partial sums."""
+        def work(first: int, last: int, worker: int) -> tuple[Any, Any]:
+            """Gradients for samples [first, last): dx rows written in place; this chunk's kernel and
+            bias gradients returned, to be summed in chunk order (the same sums however many threads)."""
             wws = ws.worker(worker)
             m = last - first
-            fresh = worker not in started
-            started.add(worker)
             rows = slice(first * oh * ow, last * oh * ow)
             dz = dz_of(rows)
-            if dbias is not None:
-                db = wws.get("dbias_part", (f,), dtype, xp)
-                if fresh:
-                    db[...] = column_sums(dz, wws)
-                else:
-                    db += column_sums(dz, wws)
+            db = column_sums(dz, wws) if dbias is not None else None
+            dk = None
             if kernel_grad:
                 _, src = next(padded_chunks(x[first:last], self._pads, chunk, wws, key="b"))
-                conv_chunk_kernel_grad(src, dz, kshape, self.strides, self.dilation_rate, (oh, ow),
-                                       wws.get("dkernel_part", kshape, dtype, xp), not fresh, wws, key="b")
-            if not want_dx:
-                return
-            if stride1:
-                dpad_buf = wws.get("dpad", (chunk, *dpad_hw, f), dtype, xp, fill=0.0)
-                dsrc = pad_hw(dz.reshape(m, oh, ow, f), dpads, out=dpad_buf[:m])
-                conv_chunk(dsrc, flipped, (1, 1), self.dilation_rate, (h, w),
-                           dx.reshape(-1, c)[first * h * w:last * h * w], wws, key="d")
-            else:
-                dcols = xp.matmul(dz, kernel2d.T, out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp))
-                padded = (m, *padded_hw, c)
-                dxpad = col2im(dcols, padded, self.kernel_size, self.strides, self.dilation_rate, (oh, ow),
-                               out=wws.rows("dxpad", m, padded[1:], dtype, xp))
-                dx[first:last] = crop_hw(dxpad, self._pads)
+                dk = conv_chunk_kernel_grad(src, dz, kshape, self.strides, self.dilation_rate, (oh, ow), wws, key="b")
+            if want_dx:
+                if stride1:
+                    dpad_buf = wws.get("dpad", (chunk, *dpad_hw, f), dtype, xp, fill=0.0)
+                    dsrc = pad_hw(dz.reshape(m, oh, ow, f), dpads, out=dpad_buf[:m])
+                    conv_chunk(dsrc, flipped, (1, 1), self.dilation_rate, (h, w),
+                               dx.reshape(-1, c)[first * h * w:last * h * w], wws, key="d")
+                else:
+                    dcols = xp.matmul(dz, kernel2d.T,
+                                      out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp))
+                    padded = (m, *padded_hw, c)
+                    dxpad = col2im(dcols, padded, self.kernel_size, self.strides, self.dilation_rate, (oh, ow),
+                                   out=wws.rows("dxpad", m, padded[1:], dtype, xp))
+                    dx[first:last] = crop_hw(dxpad, self._pads)
+            return dk, db
 
-        parallel(xp, n, work, step=chunk)
-        for k, worker in enumerate(sorted(started)):
-            wws = ws.worker(worker)
-            for name, part in (("kernel", "dkernel_part"), ("bias", "dbias_part")):
-                if name in self.grads:
-                    if k == 0:
-                        self.grads[name][...] = wws.get(part, self.grads[name].shape, dtype, xp)
-                    else:
-                        self.grads[name] += wws.get(part, self.grads[name].shape, dtype, xp)
+        parts = parallel(xp, n, work, step=chunk)
+        for name, i in (("kernel", 0), ("bias", 1)):
+            if name in self.grads:
+                total = self.grads[name]
+                total[...] = parts[0][i]
+                for part in parts[1:]:
+                    total += part[i]
         return dx if want_dx else None
 
     def get_config(self):

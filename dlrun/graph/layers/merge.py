@@ -106,8 +106,9 @@ class _Extremum(_Merge):
         arg = xp.zeros(best.shape, dtype=xp.uint8 if len(xs) < 256 else xp.int32)
         for k, x in enumerate(xs[1:], start=1):
             better = x > best if self._take_max else x < best
-            xp.copyto(arg, k, where=better)
-            xp.copyto(best, x, where=better)
+            # Indices only grow, so max(arg, k * better) sets k exactly where x is a new strict extremum.
+            xp.maximum(arg, better.astype(arg.dtype) * arg.dtype.type(k), out=arg)
+            (xp.maximum if self._take_max else xp.minimum)(best, x, out=best)
         self._arg, self._n = arg, len(xs)
         return best
 
