@@ -17,7 +17,7 @@ from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config, load_config, parse_config
 from dlrun.data.dataset import Dataset, dataset_input_shape, input_normalization, known_class_names, load_dataset
 from dlrun.data.sources import ProgressFn
-from dlrun.engine.backend import CPU, Backend, get_backend
+from dlrun.engine.backend import Backend, get_backend
 from dlrun.engine.random import streams
 from dlrun.errors import CheckpointError, ConfigError, DlrunError, TrainingInterrupted
 from dlrun.graph.builder import build_model

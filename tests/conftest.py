@@ -66,3 +66,12 @@ def chain_input_grad(model: Model, x: np.ndarray, dout: np.ndarray, training: bo
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+def make(layer, *shapes, backend=F64, seed=0):
+    """`layer` inside a tiny Model (which allocates its weights, float64 by default), input grads on."""
+    names = [f"in{i}" for i in range(len(shapes))]
+    Model(dict(zip(names, shapes)), [Node("layer", layer, names)], "layer", backend=backend,
+          init_rng=np.random.default_rng(seed), noise_rng=np.random.default_rng(seed + 1))
+    layer.needs_input_grad = True
+    return layer

@@ -15,17 +15,10 @@ from dlrun.graph.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D
                                         UpSampling2D, ZeroPadding2D)
 from dlrun.graph.model import GraphError, Model, Node
 
-from conftest import F64, assert_grad_close, numeric_grad
+from conftest import F64, assert_grad_close, numeric_grad, make
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def make(layer, *shapes, backend=F64, seed=0):
-    """`layer` inside a tiny Model (which allocates its weights, float64 by default), input grads on."""
-    names = [f"in{i}" for i in range(len(shapes))]
-    Model(dict(zip(names, shapes)), [Node("layer", layer, names)], "layer", backend=backend,
-          init_rng=np.random.default_rng(seed), noise_rng=np.random.default_rng(seed + 1))
-    layer.needs_input_grad = True
-    return layer
 
 
 def grad_check(layer, xs, rng, training=True, atol=1e-8):

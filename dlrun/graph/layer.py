@@ -122,6 +122,26 @@ class Layer:
         """Gradient w.r.t. the input(s); writes parameter gradients into `self.grads` (overwriting)."""
         raise NotImplementedError
 
+    # -- helpers for layers with a kernel and a bias (Dense, Conv2D) ----------------------------------
+    def _set_kernel_options(self, use_bias: bool, kernel_initializer: Any, bias_initializer: Any,
+                            kernel_regularizer: Any, bias_regularizer: Any) -> None:
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def _add_kernel_and_bias(self, kernel_shape: Shape) -> None:
+        self.add_weight("kernel", kernel_shape, self.kernel_initializer, regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.add_weight("bias", (kernel_shape[-1],), self.bias_initializer, regularizer=self.bias_regularizer)
+
+    def _kernel_config(self) -> dict[str, Any]:
+        return {"activation": self.activation_name, "use_bias": self.use_bias,
+                "kernel_initializer": self.kernel_initializer.spec(), "bias_initializer": self.bias_initializer.spec(),
+                "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.spec(),
+                "bias_regularizer": self.bias_regularizer and self.bias_regularizer.spec()}
+
     # -- helpers for layers with an `activation` argument --------------------------------------------
     def _set_activation(self, activation: Any) -> None:
         self.activation = activations.get(activation)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlrun.engine import initializers, regularizers
 from dlrun.engine.activations import xp_of
 from dlrun.engine.ops import (PADDINGS, Workspace, chunk_samples, col2im, column_sums, conv_chunk,
                               conv_chunk_kernel_grad, conv_forward, crop_hw, effective_kernel, matmul, output_length,
@@ -68,11 +67,7 @@ class Conv2D(Layer):
             raise ValueError("strides > 1 cannot be combined with dilation_rate > 1. "
                              f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}")
         self._set_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self._set_kernel_options(use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer)
         self._ws = Workspace()
 
     def compute_output_shape(self, input_shape):
@@ -86,10 +81,7 @@ class Conv2D(Layer):
         (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
         self._pads = (*padding_amounts(h, kh, sh, self.padding, dh), *padding_amounts(w, kw, sw, self.padding, dw))
         self._pointwise = self.kernel_size == (1, 1) and self.strides == (1, 1)
-        self.add_weight("kernel", (kh, kw, c, self.filters), self.kernel_initializer,
-                        regularizer=self.kernel_regularizer)
-        if self.use_bias:
-            self.add_weight("bias", (self.filters,), self.bias_initializer, regularizer=self.bias_regularizer)
+        self._add_kernel_and_bias((kh, kw, c, self.filters))
         return out
 
     def forward(self, x, training):
@@ -201,8 +193,4 @@ class Conv2D(Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-                "activation": self.activation_name, "use_bias": self.use_bias,
-                "kernel_initializer": self.kernel_initializer.spec(),
-                "bias_initializer": self.bias_initializer.spec(),
-                "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.spec(),
-                "bias_regularizer": self.bias_regularizer and self.bias_regularizer.spec()}
+                **self._kernel_config()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dlrun.engine import activations, initializers, regularizers
+from dlrun.engine import activations
 from dlrun.graph.layer import LAYERS, Layer, ShapeError, positive_int, rate_in_unit_interval
 
 
@@ -29,11 +29,7 @@ class Dense(Layer):
         super().__init__(**kwargs)
         self.units = positive_int("units", units)
         self._set_activation(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = initializers.get(kernel_initializer)
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self._set_kernel_options(use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 1:
@@ -46,10 +42,7 @@ class Dense(Layer):
                              f"input of shape (None, {', '.join(map(str, input_shape))}); "
                              f"add a Flatten layer before it")
         out = super().build(input_shape)
-        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer,
-                        regularizer=self.kernel_regularizer)
-        if self.use_bias:
-            self.add_weight("bias", (self.units,), self.bias_initializer, regularizer=self.bias_regularizer)
+        self._add_kernel_and_bias((input_shape[-1], self.units))
         return out
 
     def forward(self, x, training):
@@ -71,11 +64,7 @@ class Dense(Layer):
         return dz @ self.params["kernel"].T
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "activation": self.activation_name,
-                "use_bias": self.use_bias, "kernel_initializer": self.kernel_initializer.spec(),
-                "bias_initializer": self.bias_initializer.spec(),
-                "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.spec(),
-                "bias_regularizer": self.bias_regularizer and self.bias_regularizer.spec()}
+        return {**super().get_config(), "units": self.units, **self._kernel_config()}
 
 
 @LAYERS.register("Flatten")
