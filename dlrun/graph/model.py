@@ -58,6 +58,7 @@ class Model:
         self.inputs = {k: tuple(v) for k, v in inputs.items()}
         self.functional = functional
         self.nodes = self._toposort(nodes)
+        self._declared = list(nodes)  # config order, which summaries keep (as Keras lists layers)
         self.output = output
         self._by_name = {n.name: n for n in self.nodes}
         if output not in self._by_name:
@@ -266,7 +267,7 @@ class Model:
         if self.functional:
             for name, shape in self.inputs.items():
                 rows.append(SummaryRow(name, "InputLayer", shape, 0, 0, []))
-        for n in self.nodes:
+        for n in self._declared:
             t, nt = n.layer.param_count()
             rows.append(SummaryRow(n.name, n.layer.type_name, n.output_shape, t + nt, t, list(n.inputs)))
         return rows
