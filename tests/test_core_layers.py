@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from dlrun.engine import regularizers
+from dlrun.engine.backend import Backend
 from dlrun.engine.regularizers import L1, L2, L1L2
 from dlrun.graph.layer import LAYERS
 from dlrun.graph.layers.core import Activation, Dense, Dropout, Flatten, Reshape
@@ -158,6 +159,16 @@ def test_dropout_inverted_scaling_and_mean(rng):
     np.testing.assert_allclose(y[kept], x[kept] / 0.75, rtol=1e-12)
     assert abs(kept.mean() - 0.75) < 0.01
     assert abs(y.mean() / x.mean() - 1) < 0.01
+
+
+def test_dropout_keeps_float32_and_odd_sizes(rng):
+    layer = Dropout(0.3)
+    model = build_model([layer], (7, 3), backend=Backend(np, np.float32))
+    x = np.ones((5, 7, 3), dtype=np.float32)                 # 105 values: an odd number of draws
+    y = model.forward(x, training=True)
+    assert y.dtype == np.float32 and layer.backward(x).dtype == np.float32
+    assert set(np.unique(y)) <= {np.float32(0), np.float32(1 / 0.7)}
+    assert 0 < (y == 0).sum() < y.size
 
 
 def test_dropout_identity_at_inference(rng):

@@ -10,8 +10,8 @@ from dlrun import api
 from dlrun.engine import ops
 from dlrun.engine.backend import Backend
 from dlrun.graph.layer import LAYERS
-from dlrun.graph.layers.activation_layers import ELU, LeakyReLU, ReLU, Softmax, SpatialDropout2D
-from dlrun.graph.layers.core import Dense
+from dlrun.graph.layers.activation_layers import ELU, LeakyReLU, ReLU, Softmax
+from dlrun.graph.layers.core import Dense, SpatialDropout2D
 from dlrun.graph.layers.merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from dlrun.graph.layers.normalization import BatchNormalization, LayerNormalization
 from dlrun.graph.model import GraphError, Model, Node
@@ -263,8 +263,8 @@ class ReplayNoise:
     def __init__(self, seed):
         self.seed = seed
 
-    def uniform(self, shape):
-        return np.random.default_rng(self.seed).random(shape, dtype=np.float32)
+    def bernoulli(self, shape, p):
+        return np.random.default_rng(self.seed).random(shape) < p
 
 
 def test_spatial_dropout_drops_whole_channels(rng):

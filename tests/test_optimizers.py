@@ -259,3 +259,27 @@ def test_invalid_arguments_raise_value_error_quoting_the_value(factory, needle):
     with pytest.raises(ValueError) as err:
         factory()
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_big_buffers_updated_in_pieces_match_one_whole_update(case, monkeypatch):
+    """With the CPU workers running, large buffers are updated piece by piece over the workers:
+    the result must be bit-identical to one whole-buffer update."""
+    make, _ = CASES[case]
+    rng = np.random.default_rng(0)
+    n = 4 * optimizers.UPDATE_PIECE + 12345
+    w0 = rng.normal(size=n).astype(np.float32)
+    grads = [rng.normal(size=n).astype(np.float32) for _ in range(3)]
+
+    def train(pieces: bool) -> tuple[np.ndarray, dict]:
+        monkeypatch.setattr(optimizers, "workers_started", lambda: pieces)
+        opt, w = make(), w0.copy()
+        opt.build(w, [slice(0, n)])
+        for g in grads:
+            opt.apply(w, g.copy())
+        return w, opt.slots
+
+    (whole, whole_slots), (pieced, pieced_slots) = train(False), train(True)
+    np.testing.assert_array_equal(pieced, whole)
+    for name in whole_slots:
+        np.testing.assert_array_equal(pieced_slots[name], whole_slots[name])

@@ -99,6 +99,11 @@ def cpu_workers() -> int:
     return _pool_size
 
 
+def workers_started() -> bool:
+    """Whether the CPU workers run (some layer has split its work, and BLAS is down to one thread)."""
+    return _pool is not None
+
+
 def parallel(xp: Any, n: int, fn: Callable[[int, int, int], Any], step: int) -> list[Any]:
     """fn(start, stop, worker) over the ranges [0, step), [step, 2 step), ... of range(n); the
     results in order. The CPU workers each take the next range when done with one, so a core
@@ -504,6 +509,6 @@ def column_sums(x2d: Any, ws: Workspace | None = None) -> Any:
 
 
 __all__ = ["PADDINGS", "CACHE_VALUES", "effective_kernel", "output_length", "padding_amounts", "cpu_workers",
-           "parallel", "matmul", "Workspace", "pad_hw", "crop_hw", "windows", "im2col", "chunk_samples", "conv_chunk",
+           "workers_started", "parallel", "matmul", "Workspace", "pad_hw", "crop_hw", "windows", "im2col", "chunk_samples", "conv_chunk",
            "conv_chunk_kernel_grad", "conv_forward", "padded_chunks", "window_slices", "col2im", "max_pool",
            "max_pool_backward", "window_counts", "avg_pool", "avg_pool_backward", "column_sums"]

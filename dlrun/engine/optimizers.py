@@ -10,9 +10,13 @@ import math
 from typing import Any
 
 from dlrun.engine.activations import xp_of
+from dlrun.engine.ops import parallel, workers_started
 from dlrun.registry import Registry, build_from_spec
 
 OPTIMIZERS: Registry[type["Optimizer"]] = Registry("optimizer")
+#: Parameters updated per piece when the CPU workers run: the piece's slots stay in cache across
+#: the update's dozen passes, and the pieces are shared among the workers.
+UPDATE_PIECE = 1 << 15
 
 
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
@@ -82,11 +86,24 @@ class Optimizer:
         """One update of `params` in place from `grads` (which may be modified by clipping)."""
         self._clip(grads)
         self.iterations += 1
-        if self.weight_decay:
-            params *= 1 - self.learning_rate * self.weight_decay
-        self._update(params, grads, self.learning_rate)
+        decay = 1 - self.learning_rate * self.weight_decay if self.weight_decay else None
 
-    def _update(self, w: Any, g: Any, lr: float) -> None:
+        def update(first: int, last: int, worker: int) -> None:
+            part = slice(first, last)
+            w = params[part]
+            if decay is not None:
+                w *= decay
+            self._update(w, grads[part], {k: s[part] for k, s in self.slots.items()}, self._tmp[part],
+                         self.learning_rate)
+
+        # Element-wise, so updating piece by piece gives exactly the whole-buffer result.
+        n = params.shape[0]
+        pieces = xp_of(params).__name__ == "numpy" and workers_started() and n > 4 * UPDATE_PIECE
+        parallel(xp_of(params), n, update, step=UPDATE_PIECE if pieces else n)
+
+    def _update(self, w: Any, g: Any, slots: dict[str, Any], tmp: Any, lr: float) -> None:
+        """Update the parameters `w` in place from gradients `g`; `slots` are the optimizer's
+        state over the same elements, `tmp` scratch space of the same size."""
         raise NotImplementedError
 
     def _clip(self, g: Any) -> None:
@@ -117,12 +134,12 @@ class SGD(Optimizer):
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
-    def _update(self, w, g, lr):
+    def _update(self, w, g, slots, tmp, lr):
         if not self.momentum:
             g *= lr
             w -= g
             return
-        m = self.slots["momentum"]
+        m = slots["momentum"]
         m *= self.momentum
         g *= lr
         m -= g                            # m = momentum * m - lr * g
@@ -150,16 +167,16 @@ class RMSprop(Optimizer):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
                 "epsilon": self.epsilon, "centered": self.centered}
 
-    def _update(self, w, g, lr):
+    def _update(self, w, g, slots, tmp, lr):
         xp = xp_of(w)
-        v, tmp = self.slots["velocity"], self._tmp
+        v = slots["velocity"]
         # v = rho * v + (1 - rho) * g^2, written as v += (g^2 - v) * (1 - rho) to stay in place.
         xp.multiply(g, g, out=tmp)
         tmp -= v
         tmp *= 1 - self.rho
         v += tmp
         if self.centered:
-            a = self.slots["average_gradient"]
+            a = slots["average_gradient"]
             a *= self.rho
             a += (1 - self.rho) * g
             xp.multiply(a, a, out=tmp)
@@ -171,7 +188,7 @@ class RMSprop(Optimizer):
         xp.divide(g, tmp, out=tmp)
         tmp *= lr
         if self.momentum:
-            m = self.slots["momentum"]
+            m = slots["momentum"]
             m *= self.momentum
             m += tmp
             w -= m
@@ -197,9 +214,9 @@ class Adagrad(Optimizer):
         return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
                 "epsilon": self.epsilon}
 
-    def _update(self, w, g, lr):
+    def _update(self, w, g, slots, tmp, lr):
         xp = xp_of(w)
-        acc, tmp = self.slots["accumulator"], self._tmp
+        acc = slots["accumulator"]
         xp.multiply(g, g, out=tmp)
         acc += tmp
         xp.add(acc, self.epsilon, out=tmp)
@@ -229,11 +246,11 @@ class Adam(Optimizer):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon, "amsgrad": self.amsgrad}
 
-    def _update(self, w, g, lr):
+    def _update(self, w, g, slots, tmp, lr):
         xp = xp_of(w)
         t = self.iterations
         alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
-        m, v, tmp = self.slots["momentum"], self.slots["velocity"], self._tmp
+        m, v = slots["momentum"], slots["velocity"]
         xp.subtract(g, m, out=tmp)
         tmp *= 1 - self.beta_1
         m += tmp                                   # m = b1 m + (1 - b1) g
@@ -242,7 +259,7 @@ class Adam(Optimizer):
         tmp *= 1 - self.beta_2
         v += tmp                                   # v = b2 v + (1 - b2) g^2
         if self.amsgrad:
-            vhat = self.slots["velocity_hat"]
+            vhat = slots["velocity_hat"]
             xp.maximum(vhat, v, out=vhat)
             v = vhat
         xp.sqrt(v, out=tmp)

@@ -165,3 +165,17 @@ class Layer:
     def param_count(self) -> tuple[int, int]:
         trainable = sum(w.size for w in self.weight_specs if w.trainable)
         return trainable, sum(w.size for w in self.weight_specs) - trainable
+
+
+def image_shape(layer: Layer, input_shape: Any) -> tuple[int, int, int]:
+    """(H, W, C) or a ShapeError saying what the layer expects and how to get there."""
+    if len(input_shape) != 3:
+        shape = "(None, " + ", ".join(map(str, input_shape)) + ")"
+        hint = ""
+        if len(input_shape) == 2:
+            hint = f"; add a channel axis first: Reshape: {{target_shape: [{input_shape[0]}, {input_shape[1]}, 1]}}"
+        elif len(input_shape) == 1:
+            hint = "; a flat input must be reshaped to an image first, e.g. Reshape: {target_shape: [28, 28, 1]}"
+        raise ShapeError(f"{layer.type_name} expects 4-D input (batch, height, width, channels), i.e. a "
+                         f"per-sample shape (H, W, C), but got {len(input_shape) + 1}-D input of shape {shape}{hint}")
+    return tuple(input_shape)  # type: ignore[return-value]

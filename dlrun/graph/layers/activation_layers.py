@@ -1,12 +1,11 @@
-"""Activation layers with arguments (ReLU, LeakyReLU, ELU, Softmax) and SpatialDropout2D."""
+"""Activation layers with arguments: ReLU, LeakyReLU, ELU, Softmax."""
 from __future__ import annotations
 
 from typing import Any
 
 from dlrun.engine import activations
 from dlrun.engine.activations import xp_of
-from dlrun.graph.layer import LAYERS, Layer, ShapeError, rate_in_unit_interval
-from dlrun.graph.layers.conv import image_shape
+from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
 def _non_negative(layer: str, name: str, value: Any, nullable: bool = False) -> float | None:
@@ -147,39 +146,3 @@ class Softmax(_FunctionLayer):
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
-
-
-@LAYERS.register("SpatialDropout2D")
-class SpatialDropout2D(Layer):
-    """Dropout of whole channels: one keep/drop draw per (sample, channel), scaled by 1 / (1 - rate).
-
-    Args:
-        rate: fraction of the channels to drop, in [0, 1).
-
-    Input (None, H, W, C); identity at inference. The masks come from the run's seeded noise stream.
-    """
-
-    stochastic = True
-
-    def __init__(self, rate: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.rate = rate_in_unit_interval("rate", rate)
-
-    def compute_output_shape(self, input_shape):
-        image_shape(self, input_shape)
-        return input_shape
-
-    def forward(self, x, training):
-        if not training or self.rate == 0:
-            self._mask = None
-            return x
-        keep = 1.0 - self.rate
-        mask = (self.rng.uniform((x.shape[0], 1, 1, x.shape[3])) < keep) * (1.0 / keep)
-        self._mask = mask.astype(x.dtype, copy=False)
-        return x * self._mask
-
-    def backward(self, dy):
-        return dy if self._mask is None else dy * self._mask
-
-    def get_config(self):
-        return {**super().get_config(), "rate": self.rate}

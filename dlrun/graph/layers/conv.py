@@ -7,7 +7,7 @@ from dlrun.engine.activations import xp_of
 from dlrun.engine.ops import (PADDINGS, Workspace, chunk_samples, col2im, column_sums, conv_chunk,
                               conv_chunk_kernel_grad, conv_forward, crop_hw, effective_kernel, matmul, output_length,
                               pad_hw, padded_chunks, padding_amounts, parallel)
-from dlrun.graph.layer import LAYERS, Layer, ShapeError, int_tuple, positive_int
+from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple, positive_int
 
 #: Activations whose backward reads only their output (see dlrun.engine.activations).
 _OUTPUT_ONLY_GRADIENT = frozenset({"relu", "sigmoid", "tanh", "softmax"})
@@ -17,20 +17,6 @@ def padding_arg(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in PADDINGS:
         raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={value!r}")
     return value.lower()
-
-
-def image_shape(layer: Layer, input_shape: Any) -> tuple[int, int, int]:
-    """(H, W, C) or a ShapeError saying what the layer expects and how to get there."""
-    if len(input_shape) != 3:
-        shape = "(None, " + ", ".join(map(str, input_shape)) + ")"
-        hint = ""
-        if len(input_shape) == 2:
-            hint = f"; add a channel axis first: Reshape: {{target_shape: [{input_shape[0]}, {input_shape[1]}, 1]}}"
-        elif len(input_shape) == 1:
-            hint = "; a flat input must be reshaped to an image first, e.g. Reshape: {target_shape: [28, 28, 1]}"
-        raise ShapeError(f"{layer.type_name} expects 4-D input (batch, height, width, channels), i.e. a "
-                         f"per-sample shape (H, W, C), but got {len(input_shape) + 1}-D input of shape {shape}{hint}")
-    return tuple(input_shape)  # type: ignore[return-value]
 
 
 @LAYERS.register("Conv2D", "Convolution2D")

@@ -1,11 +1,12 @@
-"""Core layers: Dense, Flatten, Reshape, Activation, Dropout."""
+"""Core layers: Dense, Flatten, Reshape, Activation, Dropout, SpatialDropout2D."""
 from __future__ import annotations
 
 import math
 from typing import Any
 
 from dlrun.engine import activations
-from dlrun.graph.layer import LAYERS, Layer, ShapeError, positive_int, rate_in_unit_interval
+from dlrun.engine.ops import matmul
+from dlrun.graph.layer import LAYERS, Layer, ShapeError, image_shape, positive_int, rate_in_unit_interval
 
 
 @LAYERS.register("Dense")
@@ -47,21 +48,20 @@ class Dense(Layer):
 
     def forward(self, x, training):
         self._x = x
-        z = x @ self.params["kernel"]
+        z = matmul(x, self.params["kernel"])
         if self.use_bias:
             z += self.params["bias"]
         return self._activate(z)
 
     def backward(self, dy):
         dz = self._activate_backward(dy)
-        xp = activations.xp_of(dz)
         if "kernel" in self.grads:
-            xp.matmul(self._x.T, dz, out=self.grads["kernel"])
+            matmul(self._x.T, dz, out=self.grads["kernel"])
             if self.use_bias:
                 dz.sum(axis=0, out=self.grads["bias"])
         if not self.needs_input_grad:
             return None
-        return dz @ self.params["kernel"].T
+        return matmul(dz, self.params["kernel"].T)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, **self._kernel_config()}
@@ -170,8 +170,8 @@ class Dropout(Layer):
             self._mask = None
             return x
         keep = 1.0 - self.rate
-        self._mask = (self.rng.uniform(self._mask_shape(x)) < keep) * (1.0 / keep)
-        self._mask = self._mask.astype(x.dtype, copy=False)
+        # A scalar of x's dtype keeps the mask float32 (a Python float would make it float64).
+        self._mask = self.rng.bernoulli(self._mask_shape(x), keep) * x.dtype.type(1.0 / keep)
         return x * self._mask
 
     def backward(self, dy):
@@ -180,3 +180,29 @@ class Dropout(Layer):
     def get_config(self):
         return {**super().get_config(), "rate": self.rate,
                 "noise_shape": None if self.noise_shape is None else list(self.noise_shape)}
+
+
+@LAYERS.register("SpatialDropout2D")
+class SpatialDropout2D(Dropout):
+    """Dropout of whole channels: one keep/drop draw per (sample, channel), scaled by 1 / (1 - rate).
+
+    Args:
+        rate: fraction of the channels to drop, in [0, 1).
+
+    Input (None, H, W, C); identity at inference. The masks come from the run's seeded noise stream.
+    """
+
+    def __init__(self, rate: float, **kwargs: Any) -> None:
+        super().__init__(rate, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        image_shape(self, input_shape)
+        return input_shape
+
+    def _mask_shape(self, x: Any) -> tuple[int, ...]:
+        return (x.shape[0], 1, 1, x.shape[3])
+
+    def get_config(self):
+        config = super().get_config()
+        del config["noise_shape"]
+        return config

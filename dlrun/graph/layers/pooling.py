@@ -6,8 +6,8 @@ from typing import Any
 from dlrun.engine.activations import xp_of
 from dlrun.engine.ops import (avg_pool, avg_pool_backward, crop_hw, max_pool, max_pool_backward, output_length,
                               pad_hw, padding_amounts, window_counts)
-from dlrun.graph.layer import LAYERS, Layer, int_tuple
-from dlrun.graph.layers.conv import image_shape, padding_arg
+from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple
+from dlrun.graph.layers.conv import padding_arg
 
 
 class _Pooling2D(Layer):
