@@ -13,6 +13,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from dlrun.engine.activations import xp_of
 
 PADDINGS = ("valid", "same")
@@ -87,8 +89,6 @@ def cpu_workers() -> int:
     if _pool_size is None:
         with _lock:
             if _pool_size is None:
-                import numpy  # noqa: F401  (loads the BLAS library)
-
                 blas = _openblas()
                 cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
                 size = min(cores, max(1, blas[1]())) if blas is not None else 1
@@ -134,13 +134,13 @@ def parallel(xp: Any, n: int, fn: Callable[[int, int, int], Any], step: int) -> 
 def matmul(a: Any, b: Any, out: Any = None) -> Any:
     """a @ b for 2-D arrays. Once dlrun's CPU workers run (and BLAS is down to one thread per call),
     big products are split by rows of `a` over the workers; otherwise a plain matmul."""
-    xp = xp_of(a)
     m = a.shape[0]
+    if _pool is None or m * a.shape[1] * b.shape[1] < (1 << 22) or m < 2 or not isinstance(a, np.ndarray):
+        # The common small case stays as cheap as `@` (Dense layers at batch 32 take microseconds).
+        return a @ b if out is None else xp_of(a).matmul(a, b, out=out)
     if out is None:
-        out = xp.empty((m, b.shape[1]), dtype=xp.result_type(a, b))
-    if _pool is None or xp.__name__ != "numpy" or m * a.shape[1] * b.shape[1] < (1 << 22) or m < 2:
-        return xp.matmul(a, b, out=out)
-    parallel(xp, m, lambda first, last, worker: xp.matmul(a[first:last], b, out=out[first:last]),
+        out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
+    parallel(np, m, lambda first, last, worker: np.matmul(a[first:last], b, out=out[first:last]),
              step=-(-m // (_pool_size or 1)))
     return out
 
