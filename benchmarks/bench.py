@@ -6,7 +6,8 @@
 
 Each model is timed in its own subprocess (so peak RSS is per model): a warm-up, then steps of
 forward + backward + optimizer update on batches of random data of the dataset's shape, the same
-for both frameworks. GFLOP/s counts the matrix-multiply work of Dense and Conv2D layers
+for both frameworks. Shared machines are noisy, so the frameworks take turns for `--repeat` rounds
+(default 3) and the table shows each one's best round, and the range of the per-round ratios. GFLOP/s counts the matrix-multiply work of Dense and Conv2D layers
 (forward, weight gradient and input gradient where needed) against the machine's measured
 float32 matrix-multiply ceiling.
 """
@@ -154,17 +155,19 @@ def torch_model(layers, shape):
     return nn.Sequential(*mods)
 
 
-def run_torch(name: str) -> dict:
+def run_torch(name: str, device: str) -> dict:
     import torch
     import torch.nn.functional as F
 
     spec = MODELS[name]
-    model = torch_model(spec["layers"], spec["shape"])
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    model = torch_model(spec["layers"], spec["shape"]).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-7)
     n = spec["batch"] * 8
     h, w, c = spec["shape"]
-    x = torch.rand(n, c, h, w)
-    y = torch.randint(0, 10, (n,))
+    x = torch.rand(n, c, h, w, device=dev)
+    y = torch.randint(0, 10, (n,), device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     batches = [(x[i:i + spec["batch"]], y[i:i + spec["batch"]]) for i in range(0, n, spec["batch"])]
 
     def step(i):
@@ -177,15 +180,17 @@ def run_torch(name: str) -> dict:
     steps = spec["steps"]
     for i in range(max(3, steps // 10)):
         step(i)
+    sync()
     t = time.perf_counter()
     for i in range(steps):
         step(i)
+    sync()
     secs = time.perf_counter() - t
     return {"samples_per_s": steps * spec["batch"] / secs, "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
 def child(framework: str, name: str, device: str) -> None:
-    out = run_dlrun(name, device) if framework == "dlrun" else run_torch(name)
+    out = run_dlrun(name, device) if framework == "dlrun" else run_torch(name, device)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
@@ -203,6 +208,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per model; the best counts (default 3)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -214,22 +220,33 @@ def main() -> None:
         have_torch = not args.no_torch
     except ImportError:
         have_torch = False
-    header = f"{'model':<14}{'dlrun samples/s':>16}{'torch samples/s':>16}{'ratio':>7}{'GFLOP/s':>9}{'of ceiling':>11}{'RSS MB dlrun':>13}{'torch':>7}"
-    print(f"device: {args.device}, cores: {os.cpu_count()}")
+    header = (f"{'model':<14}{'dlrun samples/s':>16}{'torch samples/s':>16}{'ratio':>7}{'rounds':>13}"
+              f"{'GFLOP/s':>9}{'of ceiling':>11}{'RSS MB dlrun':>13}{'torch':>7}")
+    print(f"device: {args.device}, cores: {os.cpu_count()}, best of {args.repeat} alternating rounds")
     print(header)
+    ours: dict = {}
     for name in args.models:
-        ours = measure("dlrun", name, args.device)
-        theirs = measure("torch", name, "cpu") if have_torch and args.device == "cpu" else None
-        if "error" in ours:
-            print(f"{name:<14} dlrun failed: {ours['error']}")
+        rounds = []
+        for _ in range(max(1, args.repeat)):
+            rounds.append((measure("dlrun", name, args.device),
+                           measure("torch", name, args.device) if have_torch else None))
+        failed = next((r[0] for r in rounds if "error" in r[0]), None)
+        if failed:
+            print(f"{name:<14} dlrun failed: {failed['error']}")
             continue
+        ours = max((r[0] for r in rounds), key=lambda r: r["samples_per_s"])
+        torch_ok = [r[1] for r in rounds if r[1] and "error" not in r[1]]
+        theirs = max(torch_ok, key=lambda r: r["samples_per_s"]) if torch_ok else None
         gflops = ours["samples_per_s"] * ours["flops_per_sample"] / 1e9
-        t_sps = theirs.get("samples_per_s") if theirs and "error" not in theirs else None
+        t_sps = theirs["samples_per_s"] if theirs else None
         ratio = f"{ours['samples_per_s'] / t_sps:6.2f}x" if t_sps else "     -"
+        per_round = [a["samples_per_s"] / b["samples_per_s"] for a, b in rounds if b and "error" not in b]
+        spread = f"{min(per_round):.2f}-{max(per_round):.2f}x" if per_round else "-"
         print(f"{name:<14}{ours['samples_per_s']:>16,.0f}{(f'{t_sps:,.0f}' if t_sps else '-'):>16}{ratio:>7}"
-              f"{gflops:>9.1f}{gflops / ours['ceiling_gflops']:>10.0%}{ours['peak_rss_mb']:>13.0f}"
+              f"{spread:>13}{gflops:>9.1f}{gflops / ours['ceiling_gflops']:>10.0%}{ours['peak_rss_mb']:>13.0f}"
               f"{(format(theirs['peak_rss_mb'], '.0f') if t_sps else '-'):>7}")
-    print(f"matmul ceiling (float32, {ours.get('device', '')}): {ours.get('ceiling_gflops', 0):.0f} GFLOP/s")
+    if ours:
+        print(f"matmul ceiling (float32, {ours.get('device', '')}): {ours.get('ceiling_gflops', 0):.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
