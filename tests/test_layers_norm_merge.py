@@ -81,6 +81,21 @@ def test_batch_norm_gradients_over_many_blocks(rng, monkeypatch):
     grad_check(layer, [rng.normal(size=(6, 4, 3, 2))], rng)
 
 
+def test_batch_norm_statistics_over_many_blocks_are_exact_in_float32(monkeypatch):
+    """Blocks' statistics are combined without cancellation: a large offset does not swamp a
+    small spread (E[x^2] - mean^2 would lose every digit here in float32)."""
+    monkeypatch.setattr(ops, "CACHE_VALUES", 1 << 12)
+    layer = make(BatchNormalization(momentum=0.0), (6, 6, 4), backend=Backend(np))
+    rng = np.random.default_rng(1)
+    x = (1000 + rng.normal(size=(50, 6, 6, 4)) * np.array([0.5, 1, 2, 3])).astype(np.float32)
+    y = layer.forward(x, training=True)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(layer.params["moving_mean"], x64.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(layer.params["moving_variance"], x64.var(axis=(0, 1, 2)), rtol=1e-3)
+    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), np.sqrt(x64.var(axis=(0, 1, 2)) / (x64.var(axis=(0, 1, 2)) + 1e-3)),
+                               rtol=1e-3)
+
+
 def test_batch_norm_weights_and_keras_defaults():
     layer = make(BatchNormalization(), (5, 5, 8))
     assert [(w.name, w.shape, w.trainable) for w in layer.weight_specs] == [

@@ -84,7 +84,11 @@ class Conv2D(Layer):
         def epilogue(zc: Any, rows: slice) -> None:  # bias and activation while the chunk is in cache
             if self.use_bias:
                 zc += self.params["bias"]
-            if not linear:
+            if linear:
+                return
+            if self.activation_name == "relu":
+                xp.maximum(zc, 0, out=a[rows])  # no temporary: one pass over the chunk
+            else:
                 a[rows] = self.activation.forward(zc)
 
         if self._pointwise:

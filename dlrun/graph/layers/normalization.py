@@ -5,7 +5,8 @@ from typing import Any, Callable
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.activations import xp_of
-from dlrun.engine.ops import CACHE_VALUES, Workspace, column_sums, parallel
+from dlrun.engine import ops
+from dlrun.engine.ops import Workspace, column_sums, parallel
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
@@ -106,20 +107,55 @@ class BatchNormalization(Layer):
         return xp_of(v).tile(v, self._r) if self._r > 1 else v
 
     @staticmethod
-    def _each_block(x2: Any, fn: Callable[[slice], Any]) -> list[Any]:
-        """fn(rows) over row blocks of about a megabyte (each pass works on a block while it is in
-        cache), spread over the CPU workers; the results in order. A GPU takes all rows at once."""
+    def _each_block(x2: Any, fn: Callable[[slice, int], Any]) -> list[Any]:
+        """fn(rows, worker) over row blocks of about a megabyte (each pass works on a block while it
+        is in cache), spread over the CPU workers; the results in order. A GPU takes all rows at once."""
         n = x2.shape[0]
         xp = xp_of(x2)
-        step = max(1, CACHE_VALUES // 2 // x2.shape[1]) if xp.__name__ == "numpy" else n
-        return parallel(xp, n, lambda first, last, worker: fn(slice(first, last)), step=step)
+        step = max(1, ops.CACHE_VALUES // 2 // x2.shape[1]) if xp.__name__ == "numpy" else n
+        return parallel(xp, n, lambda first, last, worker: fn(slice(first, last), worker), step=step)
 
-    def _centered_dot(self, a: Any, x2: Any, mean: Any) -> Any:
-        """Per-channel sum of a * (x - mean), with x - mean formed block by block."""
+    def _scratch(self, worker: int, like: Any) -> Any:
+        return self._ws.worker(worker).rows("block", like.shape[0], like.shape[1:], like.dtype, xp_of(like))
+
+    def _mean_and_variance(self, x2: Any) -> tuple[Any, Any]:
+        """Per-channel mean and biased variance in one pass over x: each block's column sums and
+        centred sum of squares while the block is in cache, combined exactly (Chan et al.'s
+        pairwise update) instead of the less accurate E[x^2] - mean^2."""
+        xp = xp_of(x2)
+
+        def block(rows: slice, worker: int) -> tuple[int, Any, Any]:
+            xb = x2[rows]
+            ws = self._ws.worker(worker)
+            mean_b = column_sums(xb, ws) * (1.0 / xb.shape[0])
+            centred = xp.subtract(xb, mean_b, out=self._scratch(worker, xb))
+            centred *= centred
+            return xb.shape[0], mean_b, column_sums(centred, ws)
+
+        counts, means, squares = zip(*self._each_block(x2, block))
+        rows = x2.shape[0]
+        # Blocks -> columns of the (M / r, r * C) view -> channels: two rounds of the same update.
+        mean = sum(n * m for n, m in zip(counts, means)) * (1.0 / rows)
+        m2 = sum(q + n * (m - mean) ** 2 for n, m, q in zip(counts, means, squares))
+        if self._r > 1:
+            mean_w, m2_w = mean.reshape(self._r, -1), m2.reshape(self._r, -1)
+            mean = mean_w.mean(axis=0)
+            m2 = (m2_w + rows * (mean_w - mean) ** 2).sum(axis=0)
+        return mean, m2 * (1.0 / (rows * self._r))
+
+    def _gradient_sums(self, dy2: Any, x2: Any, mean: Any) -> tuple[Any, Any]:
+        """Per-channel sum(dy) and sum(dy * (x - mean)), in one pass over blocks of dy and x."""
         xp = xp_of(x2)
         mean_t = self._tile(mean)
-        parts = self._each_block(x2, lambda rows: xp.einsum("ij,ij->j", a[rows], x2[rows] - mean_t))
-        return self._fold(sum(parts[1:], parts[0]))
+
+        def block(rows: slice, worker: int) -> tuple[Any, Any]:
+            ws = self._ws.worker(worker)
+            prod = xp.subtract(x2[rows], mean_t, out=self._scratch(worker, x2[rows]))
+            prod *= dy2[rows]
+            return column_sums(dy2[rows], ws), column_sums(prod, ws)
+
+        dy_sums, dot_sums = zip(*self._each_block(x2, block))
+        return self._fold(sum(dy_sums[1:], dy_sums[0])), self._fold(sum(dot_sums[1:], dot_sums[0]))
 
     def forward(self, x, training):
         xp = xp_of(x)
@@ -127,17 +163,7 @@ class BatchNormalization(Layer):
         self._batch_stats = training = bool(training) and self.trainable
         p = self.params
         if training:
-            m = x2.shape[0] * self._r
-            mean = self._fold(column_sums(x2, self._ws)) * (1.0 / m)
-            # The biased variance, from centred values (exact, unlike E[x^2] - mean^2).
-            mean_t = self._tile(mean)
-
-            def squares(rows: slice) -> Any:
-                xc = x2[rows] - mean_t
-                return xp.einsum("ij,ij->j", xc, xc)
-
-            parts = self._each_block(x2, squares)
-            var = self._fold(sum(parts[1:], parts[0])) * (1.0 / m)
+            mean, var = self._mean_and_variance(x2)
             for key, batch in (("moving_mean", mean), ("moving_variance", var)):
                 p[key] *= self.momentum
                 p[key] += batch * (1.0 - self.momentum)
@@ -151,7 +177,7 @@ class BatchNormalization(Layer):
         a_t, shift_t = self._tile(a), self._tile(shift)
         y2 = xp.empty_like(x2)
 
-        def normalize(rows: slice) -> None:  # y = x * a + (beta - mean * a)
+        def normalize(rows: slice, worker: int) -> None:  # y = x * a + (beta - mean * a)
             xp.multiply(x2[rows], a_t, out=y2[rows])
             y2[rows] += shift_t
 
@@ -163,10 +189,9 @@ class BatchNormalization(Layer):
         xp = xp_of(dy)
         dy2 = self._to_2d(dy)
         x2, mean, inv, a = self._x2, self._mean, self._inv, self._a
-        need_sums = self._batch_stats and self.needs_input_grad
-        dbeta = self._fold(column_sums(dy2, self._ws)) if (self.center or need_sums) else None
-        # sum(dy * xhat) per channel, xhat = (x - mean) * inv
-        dgamma_hat = self._centered_dot(dy2, x2, mean) * inv if ("gamma" in self.grads or need_sums) else None
+        # dbeta = sum(dy), dgamma_hat = sum(dy * xhat) per channel, xhat = (x - mean) * inv
+        dbeta, dot = self._gradient_sums(dy2, x2, mean)
+        dgamma_hat = dot * inv
         if "gamma" in self.grads:
             self.grads["gamma"][...] = dgamma_hat
         if "beta" in self.grads:
@@ -183,10 +208,10 @@ class BatchNormalization(Layer):
         mean_t = self._tile(mean)
         dx2 = xp.empty_like(dy2)
 
-        def input_grad(rows: slice) -> None:
+        def input_grad(rows: slice, worker: int) -> None:
             out = dx2[rows]
             xp.multiply(dy2[rows], a_t, out=out)
-            t = x2[rows] - mean_t
+            t = xp.subtract(x2[rows], mean_t, out=self._scratch(worker, out))
             t *= b_t
             t += c_t
             out += t
