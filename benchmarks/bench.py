@@ -7,7 +7,8 @@
 Each model is timed in its own subprocess (so peak RSS is per model): a warm-up, then steps of
 forward + backward + optimizer update on batches of random data of the dataset's shape, the same
 for both frameworks. Shared machines are noisy, so the frameworks take turns for `--repeat` rounds
-(default 3) and the table shows each one's best round, and the range of the per-round ratios. GFLOP/s counts the matrix-multiply work of Dense and Conv2D layers
+(default 3); the table shows each one's best round, their ratio, and the median and range of the
+per-round ratios. GFLOP/s counts the matrix-multiply work of Dense and Conv2D layers
 (forward, weight gradient and input gradient where needed) against the machine's measured
 float32 matrix-multiply ceiling.
 """
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -220,7 +222,7 @@ def main() -> None:
         have_torch = not args.no_torch
     except ImportError:
         have_torch = False
-    header = (f"{'model':<14}{'dlrun samples/s':>16}{'torch samples/s':>16}{'ratio':>7}{'rounds':>13}"
+    header = (f"{'model':<14}{'dlrun samples/s':>16}{'torch samples/s':>16}{'ratio':>7}{'per round: median (range)':>27}"
               f"{'GFLOP/s':>9}{'ceiling':>9}{'share':>7}{'RSS MB dlrun':>13}{'torch':>7}")
     print(f"device: {args.device}, cores: {os.cpu_count()}, best of {args.repeat} alternating rounds")
     print(header)
@@ -241,9 +243,10 @@ def main() -> None:
         t_sps = theirs["samples_per_s"] if theirs else None
         ratio = f"{ours['samples_per_s'] / t_sps:6.2f}x" if t_sps else "     -"
         per_round = [a["samples_per_s"] / b["samples_per_s"] for a, b in rounds if b and "error" not in b]
-        spread = f"{min(per_round):.2f}-{max(per_round):.2f}x" if per_round else "-"
+        spread = (f"{statistics.median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+                  if per_round else "-")
         print(f"{name:<14}{ours['samples_per_s']:>16,.0f}{(f'{t_sps:,.0f}' if t_sps else '-'):>16}{ratio:>7}"
-              f"{spread:>13}{gflops:>9.1f}{ours['ceiling_gflops']:>9.0f}{gflops / ours['ceiling_gflops']:>7.0%}{ours['peak_rss_mb']:>13.0f}"
+              f"{spread:>27}{gflops:>9.1f}{ours['ceiling_gflops']:>9.0f}{gflops / ours['ceiling_gflops']:>7.0%}{ours['peak_rss_mb']:>13.0f}"
               f"{(format(theirs['peak_rss_mb'], '.0f') if t_sps else '-'):>7}")
     if ours:
         print(f"ceiling: float32 2048x2048 matrix multiply on {ours.get('device', '')}, measured in the same "
