@@ -124,10 +124,10 @@ def load_yaml_file(path: str | Path) -> Any:
 
 
 def to_plain(value: Any) -> Any:
-    """LocDict/LocList trees back to plain dicts and lists (for dumping)."""
+    """LocDict/LocList trees back to plain dicts and lists, tuples as lists (for yaml.safe_dump)."""
     if isinstance(value, dict):
         return {k: to_plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     return value
 

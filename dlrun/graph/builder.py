@@ -12,6 +12,7 @@ from typing import Any
 
 
 import dlrun.graph.layers  # noqa: F401  (registers the catalogue)
+from dlrun.config.loader import to_plain
 from dlrun.config.schema import Config, section_node
 from dlrun.engine.backend import CPU, Backend
 from dlrun.engine.random import streams
@@ -126,8 +127,9 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, back
         previous = layer.name
         resolved = layer.get_config()
         if "inputs" in (args_node or {}):
-            resolved["inputs"] = node_inputs if len(node_inputs) > 1 else node_inputs[0]
-        resolved_layers.append({canonical: resolved})
+            resolved["inputs"] = list(node_inputs) if len(node_inputs) > 1 else node_inputs[0]
+        # Plain lists and dicts only: the resolved config is dumped with yaml.safe_dump.
+        resolved_layers.append({canonical: to_plain(resolved)})
 
     output = model_cfg["outputs"] or previous
     seed = cfg.resolved["seed"] if seed is None else seed
