@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,12 +129,21 @@ def train(source: str | Path | Config | dict[str, Any], *, runs_dir: str | Path 
     data, trainer = _make_trainer(setup, listener, download_progress)
     run_dir = new_run_dir(runs_dir, cfg.name)
     resolved = cfg.resolved
-    write_json(run_dir / "history.json", {})  # a run folder always holds a readable history
-    write_config(run_dir, resolved)
-    write_text(run_dir / "summary.txt", summary_text(setup.model, cfg.name))
-    manifest_mod.write(run_dir, manifest_mod.build(
-        seed=resolved["seed"], backend=setup.backend, device=setup.backend.describe(), data_cfg=resolved["data"],
-        data=data, config_file=cfg.file, overrides=overrides))
+    try:
+        write_json(run_dir / "history.json", {})  # a run folder always holds a readable history
+        write_config(run_dir, resolved)
+        write_text(run_dir / "summary.txt", summary_text(setup.model, cfg.name))
+        manifest_mod.write(run_dir, manifest_mod.build(
+            seed=resolved["seed"], backend=setup.backend, device=setup.backend.describe(), data_cfg=resolved["data"],
+            data=data, config_file=cfg.file, overrides=overrides))
+    except BaseException:
+        # Nothing trained yet: leave no folder that looks like a run.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            run_dir.parent.rmdir()  # the config's folder, unless earlier runs are in it
+        except OSError:
+            pass
+        raise
     return _fit_and_finish(setup, data, trainer, run_dir)
 
 

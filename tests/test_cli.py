@@ -87,6 +87,18 @@ def test_same_seed_same_history(tmp_path, synth_config):
     assert histories[0] == histories[1]
 
 
+def test_failure_while_setting_up_the_run_folder_leaves_no_folder(tmp_path, synth_config, monkeypatch):
+    from dlrun import api
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(api, "write_config", disk_full)
+    with pytest.raises(OSError):
+        api.train(synth_config, runs_dir=tmp_path / "runs")
+    assert list((tmp_path / "runs").rglob("*")) == []
+
+
 def test_config_error_exit_code_2_no_traceback_no_run_folder(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SYNTH.replace("units: 16", "units: -16"))
