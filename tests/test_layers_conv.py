@@ -225,6 +225,15 @@ def test_max_pooling_routes_ties_to_the_first_maximum():
     np.testing.assert_array_equal(dx[0, :, :, 0], [[5.0, 0.0], [0.0, 0.0]])
 
 
+def test_max_pooling_windows_wider_than_256_route_the_gradient_exactly():
+    layer = make(MaxPooling2D(pool_size=(1, 300)), (1, 300, 1))
+    x = np.zeros((1, 1, 300, 1))
+    x[0, 0, 280, 0] = 1.0                       # offset 280 does not fit in a byte
+    assert layer.forward(x, True)[0, 0, 0, 0] == 1.0
+    dx = layer.backward(np.full((1, 1, 1, 1), 3.0))
+    assert dx[0, 0, 280, 0] == 3.0 and dx.sum() == 3.0
+
+
 def test_pooling_stays_float32():
     for cls in (MaxPooling2D, AveragePooling2D):
         layer = make(cls(padding="same"), (5, 5, 2), backend=Backend(np))

@@ -361,10 +361,11 @@ def _max_1d(x: Any, axis: int, k: int, stride: int, out_len: int, out: Any = Non
     if k == 2:
         return xp.maximum(views[0], views[1], out=out), views[1] > views[0]
     out[...] = views[0]
-    arg = xp.zeros(out.shape, dtype=xp.uint8)
+    index = xp.uint8 if k <= 256 else xp.int32  # offsets 0 .. k-1, without wrapping around
+    arg = xp.zeros(out.shape, dtype=index)
     for i, v in enumerate(views[1:], start=1):
         # Indices only grow, so max(arg, i * greater) sets i exactly where v is a new strict maximum.
-        xp.maximum(arg, (v > out).astype(xp.uint8) * xp.uint8(i), out=arg)
+        xp.maximum(arg, (v > out).astype(index) * index(i), out=arg)
         xp.maximum(out, v, out=out)
     return out, arg
 
