@@ -193,6 +193,7 @@ def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | N
     if data.statistics:  # standardisation: into config.yaml and every checkpoint, for evaluate/predict
         cfg.resolved["data"]["statistics"] = data.statistics
     _check_data_fits(cfg, setup.model, data)
+    _check_loss_fits(cfg, setup.model, setup.loss.keras_name, data)
     tcfg = cfg.resolved["training"]
     trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data, batch_size=tcfg["batch_size"],
                       epochs=tcfg["epochs"], shuffle=tcfg["shuffle"], shuffle_rng=rngs.shuffle,
@@ -247,6 +248,38 @@ def _check_data_fits(cfg: Config, model: Model, data: Dataset) -> None:
         raise cfg.error(f"the model outputs {classes} values per sample but {data.name} has "
                         f"{data.num_classes} classes", cfg.raw.get("model"), "layers", "model.layers",
                         hint=f"make the last layer Dense with units: {data.num_classes}")
+
+
+def _check_loss_fits(cfg: Config, model: Model, loss: str, data: Dataset) -> None:
+    """The loss, the model's output and the dataset's targets must agree before training starts
+    (otherwise the first batch fails deep inside the loss with a shape error)."""
+    out = model.output_node.output_shape
+    units = out[-1] if out else 1
+    classes = data.num_classes  # None for regression targets
+    categorical = loss in ("sparse_categorical_crossentropy", "categorical_crossentropy")
+    problem = hint = None
+    if categorical and classes is None:
+        problem = f"{loss} needs class labels, but {data.name} holds regression targets"
+        hint = "use loss: mean_squared_error (or set data.task: classification)"
+    elif categorical and units < 2:
+        problem = f"{loss} needs one output per class ({classes}), but the model outputs {units} value per sample"
+        hint = (f"end the model with Dense: {{units: {classes}, activation: softmax}}, or use loss: "
+                "binary_crossentropy for two classes with one sigmoid output")
+    elif loss == "binary_crossentropy" and classes is not None and classes > 2:
+        problem = f"binary_crossentropy is for two classes (0 and 1), but {data.name} has {classes} classes"
+        hint = "use loss: sparse_categorical_crossentropy"
+    elif loss == "binary_crossentropy" and classes is not None and units != 1:
+        problem = f"binary_crossentropy with 0/1 labels needs one output per sample, but the model outputs {units}"
+        hint = "end the model with Dense: {units: 1, activation: sigmoid}"
+    elif not categorical and loss != "binary_crossentropy" and classes is not None and units != 1:
+        problem = (f"{loss} compares one output with each label, but the model outputs {units} values per "
+                   f"sample and {data.name} holds class labels")
+        hint = "for classes use loss: sparse_categorical_crossentropy"
+    elif classes is None and data.train.y.ndim == 2 and data.train.y.shape[1] != units:
+        problem = (f"{data.name} has {data.train.y.shape[1]} targets per sample, but the model outputs {units}")
+        hint = f"make the last layer Dense with units: {data.train.y.shape[1]}"
+    if problem:
+        raise cfg.error(problem, cfg.raw, "loss", "loss", hint=hint)
 
 
 def evaluate(checkpoint: str | Path, *, split: str = "test", device: str | None = "cpu",

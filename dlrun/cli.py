@@ -84,17 +84,22 @@ def _listener(mode: ProgressMode, quiet: bool) -> Any:
     return JsonProgress() if mode == ProgressMode.json else PlainProgress()
 
 
-@app.callback()
-def main_callback(
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    _state["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    """Eager: runs while the options are parsed, so `dlrun --version` needs no command after it."""
+    if value:
         from dlrun import __version__
 
         print(f"dlrun {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def main_callback(
+    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    _state["debug"] = debug
 
 
 @app.command()
@@ -181,9 +186,11 @@ def summary(
         from dlrun import api
 
         text, data = api.summary(source)
-        print(json.dumps(data, indent=2) if as_json else text, end="\n" if as_json else "")
-        if dot is not None:
+        if dot is not None:  # written before printing: a bad path fails with nothing on stdout
             _write_dot(api.graph(source), dot)
+        print(json.dumps(data, indent=2) if as_json else text, end="\n" if as_json else "")
+        if dot is not None:  # with --json, stdout holds the JSON alone
+            _render_dot(dot, sys.stderr if as_json else sys.stdout)
 
     _guard(body)
 
@@ -239,18 +246,31 @@ def validate(
 
 
 def _write_dot(text: str, path: Path) -> None:
+    """The .dot file, its folders created as `plot -o` does; an unwritable path is a DlrunError."""
+    from dlrun.errors import DlrunError
+
+    if path.is_dir():
+        raise DlrunError("is a folder; --dot takes a file name", path=str(path), hint=f"--dot {path / 'model.dot'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise DlrunError(f"cannot write the graph ({exc.strerror or exc})", path=str(path)) from None
+
+
+def _render_dot(path: Path, stream: Any) -> None:
+    """Name the .dot file, and render .png/.svg next to it when Graphviz is installed."""
     import shutil
     import subprocess
 
-    path.write_text(text)
-    print(f"graph: {path}")
+    print(f"graph: {path}", file=stream)
     if shutil.which("dot"):
         for fmt in ("png", "svg"):
             out = path.with_suffix(f".{fmt}")
             subprocess.run(["dot", f"-T{fmt}", str(path), "-o", str(out)], check=False)
-            print(f"graph: {out}")
+            print(f"graph: {out}", file=stream)
     else:
-        print("(install Graphviz to render it: apt-get install graphviz)")
+        print("(install Graphviz to render it: apt-get install graphviz)", file=stream)
 
 
 def _print_confusion(report: dict[str, Any]) -> None:
@@ -272,7 +292,7 @@ def _print_confusion(report: dict[str, Any]) -> None:
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file.")],
     input_: Annotated[Path, typer.Option("--input", "-i", help="An .npz of inputs (array 'x') or an image (PNG/JPEG).")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="How many classes to show per sample.")] = 3,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per sample.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the top-k classes with probabilities for each input.

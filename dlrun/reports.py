@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from dlrun.errors import DlrunError
 from dlrun.graph.model import Model
 from dlrun.graph.summary import readable_size, shape_text
 
@@ -146,8 +147,13 @@ def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, An
 def plot_history(histories: dict[str, dict[str, list[float]]], path: Path) -> Path:
     """Loss and metric curves (training solid, validation dashed), one panel per quantity.
 
-    Needs matplotlib (`pip install 'dlrun[plot]'`); raises ImportError otherwise.
+    Needs matplotlib (`pip install 'dlrun[plot]'`); raises ImportError otherwise. Raises DlrunError
+    for a run with no finished epoch (history.json is `{}` until the first epoch ends).
     """
+    for label, history in histories.items():
+        if not any(v for k, v in history.items() if k != "learning_rate"):
+            raise DlrunError(f"run {label} has no finished epoch to plot yet",
+                             hint="plot it after its first epoch ends (dlrun runs shows its epochs)")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -144,3 +144,28 @@ def test_weights_after_training_are_float32(tmp_path, synth_config):
     ck = load(run / "checkpoints/last.npz")
     assert ck.weights and all(w.dtype == np.float32 for w in ck.weights.values())
     assert textwrap.dedent(ck.config["loss"]) == "sparse_categorical_crossentropy"
+
+
+def test_runs_dir_that_is_a_file_is_a_clean_error(tmp_path, synth_config):
+    not_a_folder = tmp_path / "runs"
+    not_a_folder.write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    res = runner.invoke(app, ["train", str(synth_config), "--runs-dir", str(not_a_folder), "-q"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"{not_a_folder}: is a file" in res.output
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_version_needs_no_command():
+    from dlrun import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout == f"dlrun {__version__}\n"
+    assert runner.invoke(app, ["--debug", "--version"]).exit_code == 0
+
+
+def test_no_command_shows_usage():
+    res = runner.invoke(app, [])
+    assert res.exit_code == 2 and "Usage" in res.output
+    res = runner.invoke(app, ["--debug"])
+    assert res.exit_code == 2 and "Missing command" in res.output

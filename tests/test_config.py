@@ -155,3 +155,49 @@ def test_shipped_configs_resolve_to_yaml_that_builds_the_same_model(tmp_path, pa
     assert rebuilt.config.resolved == setup.config.resolved
     assert rebuilt.model.param_counts() == setup.model.param_counts()
     assert [n.inputs for n in rebuilt.model.nodes] == [n.inputs for n in setup.model.nodes]
+
+
+def _synthetic(loss, units, classes=3, activation="softmax", task="classification"):
+    return {"seed": 1, "data": {"dataset": "synthetic", "samples": 60, "features": 4, "classes": classes, "task": task},
+            "model": {"layers": [{"Dense": {"units": units, "activation": activation}}]},
+            "loss": loss, "optimizer": "adam", "training": {"epochs": 1, "batch_size": 16}}
+
+
+@pytest.mark.parametrize("loss, units, classes, activation, task, needle", [
+    ("mse", 3, 3, "softmax", "classification", "compares one output with each label"),
+    ("binary_crossentropy", 3, 3, "sigmoid", "classification", "is for two classes"),
+    ("binary_crossentropy", 2, 2, "sigmoid", "classification", "needs one output per sample"),
+    ("sparse_categorical_crossentropy", 1, 2, "sigmoid", "classification", r"needs one output per class \(2\)"),
+    ("categorical_crossentropy", 3, 3, "softmax", "regression", "needs class labels"),
+])
+def test_a_loss_that_does_not_fit_the_output_is_a_config_error_before_any_run_folder(
+        tmp_path, loss, units, classes, activation, task, needle):
+    with pytest.raises(ConfigError, match=needle) as err:
+        api.train(_synthetic(loss, units, classes, activation, task), runs_dir=tmp_path / "runs")
+    assert err.value.exit_code == 2
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("loss, units, classes, activation", [
+    ("sparse_categorical_crossentropy", 3, 3, "softmax"), ("categorical_crossentropy", 3, 3, "softmax"),
+    ("binary_crossentropy", 1, 2, "sigmoid"), ("mse", 1, 2, "sigmoid")])
+def test_losses_that_fit_the_output_train(tmp_path, loss, units, classes, activation):
+    api.train(_synthetic(loss, units, classes, activation), runs_dir=tmp_path / "runs")
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "", ".hidden", "run name"])
+def test_run_names_that_would_leave_the_runs_folder_are_refused(tmp_path, name):
+    cfg = {**_synthetic("sparse_categorical_crossentropy", 3), "name": name}
+    with pytest.raises(ConfigError, match="plain folder name"):
+        api.prepare(cfg)
+    assert not (tmp_path / "escape").exists()
+
+
+def test_an_unknown_device_is_refused():
+    from dlrun.engine.backend import get_backend
+    from dlrun.errors import DlrunError
+
+    with pytest.raises(DlrunError, match="unknown device 'tpu'"):
+        get_backend("tpu")
+    with pytest.raises(DlrunError, match="unknown device 'CPU'"):
+        get_backend("CPU")

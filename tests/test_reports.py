@@ -154,3 +154,42 @@ def test_help_is_fast():
     code = "import sys; import dlrun.cli; print('numpy' in sys.modules, 'dlrun.engine' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split()
     assert out == ["False", "False"]
+
+
+def test_summary_dot_creates_missing_folders(trained, tmp_path):
+    out = tmp_path / "graphs" / "deep" / "g.dot"
+    res = runner.invoke(app, ["summary", str(trained[0]), "--dot", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.read_text().startswith('digraph "synth"')
+
+
+def test_summary_dot_to_a_folder_is_a_clean_error(trained, tmp_path):
+    res = runner.invoke(app, ["summary", str(trained[0]), "--dot", str(tmp_path)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert f"{tmp_path}: is a folder" in res.output and res.stdout == ""
+
+
+def test_summary_json_with_dot_keeps_stdout_json(trained, tmp_path):
+    out = tmp_path / "g.dot"
+    res = runner.invoke(app, ["summary", str(trained[0]), "--json", "--dot", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["trainable_params"] == 12 * 16 + 16 + 16 * 3 + 3
+    assert f"graph: {out}" in res.stderr
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_predict_rejects_top_k_below_one(trained, tmp_path, k):
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 12), np.float32))
+    res = runner.invoke(app, ["predict", str(trained[1] / "checkpoints" / "best.npz"), "--input",
+                              str(tmp_path / "in.npz"), "-k", k])
+    assert res.exit_code == 2 and "top-k" in res.output
+
+
+def test_plot_of_a_run_without_finished_epochs_is_a_clean_error(trained, tmp_path):
+    run = tmp_path / "synth" / "20260101-120000"  # stopped during epoch 1: history.json is {}
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text((trained[1] / "config.yaml").read_text())
+    (run / "history.json").write_text("{}")
+    res = runner.invoke(app, ["plot", str(run)])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert "no finished epoch to plot yet" in res.output and not (run / "history.png").exists()

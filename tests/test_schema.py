@@ -35,6 +35,15 @@ def test_shipped_configs_validate(validator, path):
     assert errors == []
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_resolved_configs_validate(validator, path):
+    """The config.yaml a run writes (every argument spelled out, pairs as lists) is valid too."""
+    from dlrun import api
+
+    resolved = api.prepare(path, device="cpu").config.resolved
+    assert [e.message for e in validator.iter_errors(json.loads(json.dumps(resolved)))] == []
+
+
 BROKEN = sorted((ROOT / "tests" / "broken_configs").glob("*.yaml"))
 
 

@@ -54,8 +54,11 @@ def _arguments(cls: type, extra: dict[str, Any] | None = None) -> dict[str, Any]
                 props[name] = _ANNOTATED.get(str(p.annotation), {})
                 required.append(name)
             else:
-                props[name] = _json_type(p.default)
-                if p.default is not None and props[name]:
+                # `Any` arguments take several forms (an int or a pair, a name or a mapping): the
+                # default's type alone would refuse what dlrun accepts and writes itself.
+                loose = str(p.annotation) == "Any"
+                props[name] = {} if loose else _json_type(p.default)
+                if p.default is not None and (props[name] or loose):
                     props[name]["default"] = list(p.default) if isinstance(p.default, tuple) else p.default
         if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
             break

@@ -8,6 +8,7 @@ with the resolved values and the positions of the original keys. Parts owned by 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -55,6 +56,12 @@ def _fraction(v: Any) -> str | None:
     return None if 0 <= v < 1 else "must be in [0, 1)"
 
 
+def _run_name(v: Any) -> str | None:
+    # The run folder is runs/<name>/: a name must not reach outside it.
+    ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", v) is not None
+    return None if ok else "must be a plain folder name: letters, digits, _ . + -, e.g. fashion_mnist_mlp"
+
+
 def _shape(v: Any) -> str | None:
     ok = isinstance(v, list) and v and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
     return None if ok else "must be a list of positive integers, e.g. [28, 28, 1]"
@@ -89,7 +96,7 @@ NUMBER = (int, float)
 SPEC = (str, dict)
 
 SCHEMA: dict[str, Any] = {
-    "name": Key((str,), None, nullable=True, doc="run name; default: the config file's stem"),
+    "name": Key((str,), None, _run_name, nullable=True, doc="run name; default: the config file's stem"),
     "seed": Key((int,), 42, _non_negative, "seed for initialisation, dropout, shuffling and splits"),
     "device": Key((str,), "auto", _choices("auto", "cpu", "gpu"), "auto | cpu | gpu (CuPy)"),
     "data": {

@@ -82,6 +82,8 @@ def get_backend(device: str = "auto", dtype: Any = np.float32) -> tuple[Backend,
 
     `gpu` without a usable CuPy is an error; `auto` falls back to CPU and says why.
     """
+    if device not in ("auto", "cpu", "gpu"):
+        raise DlrunError(f"unknown device {device!r}", hint="use auto, cpu or gpu")
     if device == "cpu":
         return Backend(np, dtype), None
     cupy = _import_cupy()

@@ -9,14 +9,21 @@ from typing import Any
 
 import yaml
 
+from dlrun.errors import CheckpointError
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs.atomic import write_json, write_text
 from dlrun.training.callbacks import Callback
 
 
 def new_run_dir(runs_root: str | Path, name: str) -> Path:
-    """A fresh `runs_root/name/YYYYmmdd-HHMMSS[-N]` folder (created)."""
+    """A fresh `runs_root/name/YYYYmmdd-HHMMSS[-N]` folder (created).
+
+    Raises CheckpointError (creating nothing) when a file stands where a folder must go."""
     base = Path(runs_root) / name
+    blocker = _nearest_existing(base)
+    if blocker is not None and not blocker.is_dir():
+        raise CheckpointError("is a file, so no run folder can be created in it", path=str(blocker),
+                              hint="pass --runs-dir a folder (or a path where one can be created)")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         path = base / (stamp if i == 0 else f"{stamp}-{i}")
@@ -25,7 +32,14 @@ def new_run_dir(runs_root: str | Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
-    raise FileExistsError(f"cannot create a run folder under {base}")
+        except OSError as exc:  # permissions, read-only disk: the user's to fix, no traceback
+            raise CheckpointError(f"cannot create a run folder ({exc.strerror or exc})", path=str(path)) from None
+    raise CheckpointError("cannot create a run folder: 1000 names for this second are taken", path=str(base))
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    """`path` or its closest ancestor that exists: where mkdir(parents=True) would start creating."""
+    return next((p for p in (path, *path.parents) if p.exists()), None)
 
 
 def dump_config(config: dict[str, Any]) -> str:
