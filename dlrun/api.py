@@ -16,7 +16,8 @@ import numpy as np
 from dlrun.config.loader import from_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config, load_config, parse_config
-from dlrun.data.dataset import Dataset, dataset_input_shape, input_normalization, known_class_names, load_dataset
+from dlrun.data.dataset import (Dataset, Targets, dataset_input_shape, input_normalization, known_class_names,
+                                known_targets, load_dataset)
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.backend import Backend, get_backend
 from dlrun.engine.random import streams
@@ -193,7 +194,7 @@ def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | N
     if data.statistics:  # standardisation: into config.yaml and every checkpoint, for evaluate/predict
         cfg.resolved["data"]["statistics"] = data.statistics
     _check_data_fits(cfg, setup.model, data)
-    _check_loss_fits(cfg, setup.model, setup.loss.keras_name, data)
+    _check_targets(cfg, setup.model, setup.loss.keras_name, data.name, data.targets)
     tcfg = cfg.resolved["training"]
     trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data, batch_size=tcfg["batch_size"],
                       epochs=tcfg["epochs"], shuffle=tcfg["shuffle"], shuffle_rng=rngs.shuffle,
@@ -243,43 +244,53 @@ def _check_data_fits(cfg: Config, model: Model, data: Dataset) -> None:
         raise cfg.error(f"the model expects inputs of shape {list(expected)} but {data.name} provides "
                         f"{list(data.input_shape)}", cfg.raw.get("model"), "input_shape", "model.input_shape",
                         hint="remove model.input_shape to take the dataset's, or add a Reshape layer")
-    classes = model.output_node.output_shape[-1]
-    if data.num_classes and data.num_classes > 1 and model.output_node.output_shape and classes not in (1, data.num_classes):
-        raise cfg.error(f"the model outputs {classes} values per sample but {data.name} has "
-                        f"{data.num_classes} classes", cfg.raw.get("model"), "layers", "model.layers",
-                        hint=f"make the last layer Dense with units: {data.num_classes}")
 
 
-def _check_loss_fits(cfg: Config, model: Model, loss: str, data: Dataset) -> None:
-    """The loss, the model's output and the dataset's targets must agree before training starts
+def _check_targets(cfg: Config, model: Model, loss: str, dataset: str, targets: Targets) -> None:
+    """The model's output, the loss and the dataset's targets must agree before training starts
     (otherwise the first batch fails deep inside the loss with a shape error)."""
     out = model.output_node.output_shape
     units = out[-1] if out else 1
-    classes = data.num_classes  # None for regression targets
+    classes = targets.classes
+    if classes and classes > 1 and units not in (1, classes):
+        raise cfg.error(f"the model outputs {units} values per sample but {dataset} has {classes} classes",
+                        cfg.raw.get("model"), "layers", "model.layers",
+                        hint=f"make the last layer Dense with units: {classes}")
     categorical = loss in ("sparse_categorical_crossentropy", "categorical_crossentropy")
     problem = hint = None
     if categorical and classes is None:
-        problem = f"{loss} needs class labels, but {data.name} holds regression targets"
+        problem = f"{loss} needs class labels, but {dataset} holds regression targets"
         hint = "use loss: mean_squared_error (or set data.task: classification)"
     elif categorical and units < 2:
         problem = f"{loss} needs one output per class ({classes}), but the model outputs {units} value per sample"
         hint = (f"end the model with Dense: {{units: {classes}, activation: softmax}}, or use loss: "
                 "binary_crossentropy for two classes with one sigmoid output")
     elif loss == "binary_crossentropy" and classes is not None and classes > 2:
-        problem = f"binary_crossentropy is for two classes (0 and 1), but {data.name} has {classes} classes"
+        problem = f"binary_crossentropy is for two classes (0 and 1), but {dataset} has {classes} classes"
         hint = "use loss: sparse_categorical_crossentropy"
     elif loss == "binary_crossentropy" and classes is not None and units != 1:
         problem = f"binary_crossentropy with 0/1 labels needs one output per sample, but the model outputs {units}"
         hint = "end the model with Dense: {units: 1, activation: sigmoid}"
     elif not categorical and loss != "binary_crossentropy" and classes is not None and units != 1:
         problem = (f"{loss} compares one output with each label, but the model outputs {units} values per "
-                   f"sample and {data.name} holds class labels")
+                   f"sample and {dataset} holds class labels")
         hint = "for classes use loss: sparse_categorical_crossentropy"
-    elif classes is None and data.train.y.ndim == 2 and data.train.y.shape[1] != units:
-        problem = (f"{data.name} has {data.train.y.shape[1]} targets per sample, but the model outputs {units}")
-        hint = f"make the last layer Dense with units: {data.train.y.shape[1]}"
+    elif classes is None and targets.per_sample != units:
+        problem = f"{dataset} has {targets.per_sample} targets per sample, but the model outputs {units}"
+        hint = f"make the last layer Dense with units: {targets.per_sample}"
     if problem:
         raise cfg.error(problem, cfg.raw, "loss", "loss", hint=hint)
+
+
+def validate(source: str | Path, overrides: list[str] | None = None) -> Setup:
+    """Everything `train` checks before it trains that needs no data: the config, the model, and
+    (for datasets whose targets are known without loading them) that output, loss and targets agree."""
+    setup = prepare(source, device="cpu", overrides=overrides)
+    targets = known_targets(setup.config.resolved["data"])
+    if targets is not None:
+        _check_targets(setup.config, setup.model, setup.loss.keras_name, setup.config.resolved["data"]["dataset"],
+                       targets)
+    return setup
 
 
 def evaluate(checkpoint: str | Path, *, split: str = "test", device: str | None = "cpu",

@@ -238,7 +238,7 @@ def validate(
     def body() -> None:
         from dlrun import api
 
-        setup = api.prepare(config, device="cpu", overrides=set_)
+        setup = api.validate(config, overrides=set_)
         trainable, frozen = setup.model.param_counts()
         print(f"ok: {config} ({len(setup.model.nodes)} layers, {trainable + frozen:,} parameters)")
 

@@ -141,7 +141,8 @@ def test_readme_config_reference_is_a_valid_config(tmp_path):
     assert setup.model.param_counts() == (79_510, 0)
 
 
-SHIPPED = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHIPPED = sorted(CONFIGS.glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
@@ -201,3 +202,11 @@ def test_an_unknown_device_is_refused():
         get_backend("tpu")
     with pytest.raises(DlrunError, match="unknown device 'CPU'"):
         get_backend("CPU")
+
+
+def test_validate_catches_what_needs_only_the_known_class_count():
+    with pytest.raises(ConfigError, match="compares one output with each label"):
+        api.validate(CONFIGS / "fashion_mnist_mlp.yaml", overrides=["loss=mse"])
+    with pytest.raises(ConfigError, match="outputs 3 values per sample but fashion_mnist has 10 classes"):
+        api.validate(CONFIGS / "fashion_mnist_mlp.yaml", overrides=["model.layers[2].Dense.units=3"])
+    assert api.validate(CONFIGS / "fashion_mnist_cnn.yaml").model.param_counts() == (1_676_650, 384)

@@ -45,6 +45,15 @@ class Split:
         return Split(self.x[idx], self.y[idx])
 
 
+@dataclass(frozen=True)
+class Targets:
+    """What a model must predict: a class count (integer labels), or for regression
+    `classes` None and the number of values per sample."""
+
+    classes: int | None
+    per_sample: int = 1
+
+
 @dataclass
 class Dataset:
     name: str
@@ -58,6 +67,11 @@ class Dataset:
     augmenter: Augmenter | None = None
     prefetch: int = 0
     files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def targets(self) -> Targets:
+        y = self.train.y
+        return Targets(self.num_classes, int(y.shape[1]) if y.ndim == 2 else 1)
 
     @property
     def scale(self) -> Normalization:
@@ -191,6 +205,16 @@ def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:
     return Normalization("none")
 
 
+def known_targets(data_cfg: dict[str, Any]) -> Targets | None:
+    """The targets a dataset holds, known without loading it; None when only its files can tell."""
+    name = data_cfg["dataset"]
+    if name in ("fashion_mnist", "cifar10"):
+        return Targets(10)
+    if name == "synthetic":
+        return Targets(None if data_cfg["task"] == "regression" else data_cfg["classes"])
+    return None
+
+
 def known_class_names(data_cfg: dict[str, Any]) -> list[str] | None:
     """Class names known without loading data (for predict)."""
     return {"fashion_mnist": list(fashion_mnist.CLASS_NAMES), "cifar10": list(cifar10.DEFAULT_CLASS_NAMES)
@@ -198,4 +222,4 @@ def known_class_names(data_cfg: dict[str, Any]) -> list[str] | None:
 
 
 __all__ = ["Batches", "Dataset", "Split", "load_dataset", "dataset_input_shape", "PipelineStats", "Prefetcher",
-           "default_normalization", "input_normalization", "known_class_names"]
+           "default_normalization", "input_normalization", "known_class_names", "known_targets", "Targets"]
