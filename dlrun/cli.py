@@ -38,9 +38,9 @@ def _guard(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except DlrunError as exc:
-        if _state["debug"]:
-            raise
         console = _stderr()
+        if _state["debug"]:  # the traceback as well, with the same message and exit code
+            console.print_exception()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         snippet = _source_snippet(exc.file, exc.line, exc.column)
         if snippet:
@@ -141,7 +141,7 @@ def train(
         finally:
             if bar is not None:
                 bar.close()
-        if progress == ProgressMode.json and not quiet:
+        if progress == ProgressMode.json:  # with -q too: scripts read this line
             print(json.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
             return
         lines = [f"run folder: {result.run_dir}"]
@@ -388,7 +388,8 @@ def compare(
         for key, a, b in reports.config_diff(cfg_a, cfg_b):
             diff.add_row(key, repr(a), repr(b))
         console.print(diff if diff.row_count else "configs are identical")
-        keys = [k for k in hist_a if k in hist_b and k != "learning_rate"]
+        # Every quantity either run recorded ("-" where one lacks it).
+        keys = [k for k in dict.fromkeys([*hist_a, *hist_b]) if k != "learning_rate"]
         curves = Table(title="per-epoch metrics (A | B)", title_justify="left")
         curves.add_column("epoch", justify="right")
         for k in keys:

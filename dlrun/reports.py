@@ -134,14 +134,9 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(key, value in a, value in b) where they differ; a key one config lacks counts as None."""
     fa, fb = flatten(a), flatten(b)
-    missing = object()
-    rows = []
-    for key in sorted(set(fa) | set(fb)):
-        va, vb = fa.get(key, missing), fb.get(key, missing)
-        if va != vb:
-            rows.append((key, None if va is missing else va, None if vb is missing else vb))
-    return rows
+    return [(key, fa.get(key), fb.get(key)) for key in sorted(set(fa) | set(fb)) if fa.get(key) != fb.get(key)]
 
 
 def plot_history(histories: dict[str, dict[str, list[float]]], path: Path) -> Path:

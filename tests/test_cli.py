@@ -169,3 +169,18 @@ def test_no_command_shows_usage():
     assert res.exit_code == 2 and "Usage" in res.output
     res = runner.invoke(app, ["--debug"])
     assert res.exit_code == 2 and "Missing command" in res.output
+
+
+def test_debug_adds_the_traceback_but_keeps_the_exit_code(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    res = runner.invoke(app, ["--debug", "summary", str(empty)])
+    assert res.exit_code == 2
+    assert "Traceback" in res.output and "the config file is empty" in res.output
+
+
+def test_json_progress_with_quiet_prints_only_the_end_object(tmp_path, synth_config):
+    res = runner.invoke(app, ["train", str(synth_config), "--runs-dir", str(tmp_path), "--progress", "json", "-q"])
+    assert res.exit_code == 0
+    lines = [line for line in res.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and json.loads(lines[0])["event"] == "end"

@@ -95,6 +95,10 @@ def test_npz_problems_are_data_errors(tmp_path):
         load_dataset({"dataset": "npz", "path": str(tmp_path / "float.npz"), "task": "classification"}, 0)
     with pytest.raises(DataError, match="not a file"):
         load_dataset({"dataset": "npz", "path": str(tmp_path / "missing.npz"), "task": "classification"}, 0)
+    (tmp_path / "table.csv").write_text("a,b,y\n1,2,0\n")
+    with pytest.raises(DataError, match="is not an .npz file") as err:
+        load_dataset({"dataset": "npz", "path": str(tmp_path / "table.csv"), "task": "classification"}, 0)
+    assert "pickle" not in str(err.value)
 
 
 # -- csv -----------------------------------------------------------------------------------------

@@ -110,6 +110,26 @@ def test_compare_shows_config_differences(trained):
     assert "val_loss" in res.output
 
 
+def test_config_diff_treats_a_missing_key_as_none():
+    from dlrun import reports
+
+    a = {"layer": {"units": 3, "bias_regularizer": None}, "lr": 0.1}
+    b = {"layer": {"units": 4}, "lr": 0.1}
+    assert reports.config_diff(a, b) == [("layer.units", 3, 4)]
+
+
+def test_compare_keeps_metrics_only_one_run_has(trained, tmp_path):
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(trained[2], other)
+    history = json.loads((other / "history.json").read_text())
+    (other / "history.json").write_text(json.dumps({"loss": history["loss"]}))
+    res = runner.invoke(app, ["compare", str(trained[1]), str(other)])
+    assert res.exit_code == 0, res.output
+    assert "val_loss" in res.output and "accuracy" in res.output
+
+
 def test_plot_writes_png(trained, tmp_path):
     pytest.importorskip("matplotlib")
     assert (trained[1] / "history.png").is_file()  # written by training itself

@@ -86,6 +86,9 @@ def _inputs(x: np.ndarray, source: str) -> np.ndarray:
 
 def load_npz(path: str | None, task: str) -> Arrays:
     p = _existing(path, "npz")
+    if not zipfile.is_zipfile(p):  # np.load would take any other file for a pickle and say so
+        raise DataError(f"{p} is not an .npz file (a zip archive of .npy arrays)",
+                        hint="save it with np.savez(path, x_train=..., y_train=...); for a table use dataset: csv")
     try:
         with np.load(p, allow_pickle=False) as npz:
             names = set(npz.files)
