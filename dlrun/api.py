@@ -181,8 +181,10 @@ def resume(run_dir: str | Path, *, listener: Any = None, device: str | None = No
         listener.message(f"Resuming {run_dir}: training had finished after epoch {trainer.epoch}; "
                          "completing the run's results")
     else:
-        where = f"epoch {trainer.epoch + 1}, batch {partial['batch'] + 1}" if partial else f"epoch {trainer.epoch + 1}"
-        listener.message(f"Resuming {run_dir} at {where} of {trainer.epochs}")
+        where = f"epoch {trainer.epoch + 1} of {trainer.epochs}"
+        if partial:
+            where += f", batch {partial['batch'] + 1}"
+        listener.message(f"Resuming {run_dir} at {where}")
     return _fit_and_finish(setup, data, trainer, run_dir)
 
 
@@ -300,8 +302,19 @@ def evaluate(checkpoint: str | Path, *, split: str = "test", device: str | None 
 
 
 # -- reports ---------------------------------------------------------------------------------------
+def _checkpoint_file(path: Path) -> Path:
+    """A checkpoint file, or a run folder standing for its best checkpoint (else its last)."""
+    if path.is_dir():
+        for name in ("best.npz", "last.npz"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CheckpointError(f"{path} is a folder without checkpoints/best.npz or checkpoints/last.npz",
+                              hint="pass a checkpoint file, or a run folder whose first epoch has ended")
+    return path
+
+
 def _load_for_inference(checkpoint: str | Path, device: str | None, data_path: str | None = None) -> tuple[Setup, Path]:
-    path = Path(checkpoint)
+    path = _checkpoint_file(Path(checkpoint))
     ckpt = ckpt_mod.load(path)
     cfg = config_from_checkpoint(path, ckpt)
     if data_path is not None:
@@ -396,6 +409,9 @@ def predict(checkpoint: str | Path, inputs: str | Path, *, top_k: int = 3, devic
 
 
 def runs(root: str | Path = "runs") -> list[reports.RunInfo]:
+    """The run folders under `root` (or `root` itself when it is one), newest first."""
+    if not Path(root).is_dir():
+        raise DlrunError(f"{root}: no such folder", hint="pass the folder runs were written to (--runs-dir)")
     return reports.list_runs(Path(root))
 
 

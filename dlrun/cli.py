@@ -197,7 +197,7 @@ def summary(
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file from a run's checkpoints/ folder.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder (its best checkpoint).")],
     split: Annotated[str, typer.Option(help="test or val.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
@@ -290,7 +290,7 @@ def _print_confusion(report: dict[str, Any]) -> None:
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file.")],
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder (its best checkpoint).")],
     input_: Annotated[Path, typer.Option("--input", "-i", help="An .npz of inputs (array 'x') or an image (PNG/JPEG).")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per sample.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

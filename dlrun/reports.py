@@ -115,7 +115,7 @@ def run_info(run_dir: Path) -> RunInfo:
 
 def list_runs(root: Path) -> list[RunInfo]:
     """Every run folder (one holding config.yaml) under `root`, newest first."""
-    runs = [p.parent for p in root.glob("*/*/config.yaml")] + [p.parent for p in root.glob("*/config.yaml")]
+    runs = [p.parent for p in (*root.glob("*/*/config.yaml"), *root.glob("*/config.yaml"), *root.glob("config.yaml"))]
     return sorted((run_info(r) for r in set(runs)), key=lambda r: r.path.name, reverse=True)
 
 

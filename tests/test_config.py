@@ -210,3 +210,10 @@ def test_validate_catches_what_needs_only_the_known_class_count():
     with pytest.raises(ConfigError, match="outputs 3 values per sample but fashion_mnist has 10 classes"):
         api.validate(CONFIGS / "fashion_mnist_mlp.yaml", overrides=["model.layers[2].Dense.units=3"])
     assert api.validate(CONFIGS / "fashion_mnist_cnn.yaml").model.param_counts() == (1_676_650, 384)
+
+
+def test_a_yaml_list_is_not_a_config(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping of sections .* got a list$"):
+        load_config(path)

@@ -213,3 +213,13 @@ def test_plot_of_a_run_without_finished_epochs_is_a_clean_error(trained, tmp_pat
     res = runner.invoke(app, ["plot", str(run)])
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert "no finished epoch to plot yet" in res.output and not (run / "history.png").exists()
+
+
+def test_evaluate_and_runs_take_a_run_folder(trained, tmp_path):
+    res = runner.invoke(app, ["evaluate", str(trained[1]), "--json"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" in json.loads(res.stdout)
+    res = runner.invoke(app, ["runs", str(trained[1]), "--json"])
+    assert res.exit_code == 0 and [r["path"] for r in json.loads(res.output)] == [str(trained[1])]
+    res = runner.invoke(app, ["runs", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "no such folder" in res.output

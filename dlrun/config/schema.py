@@ -221,7 +221,9 @@ def parse_config(tree: Any, file: str | None = None) -> Config:
         if tree is None:
             raise ConfigError("the config file is empty", file=file,
                               hint="start from one of the files in configs/")
-        raise ConfigError(f"the config must be a mapping of sections, got {type(tree).__name__}", file=file)
+        kind = "a list" if isinstance(tree, list) else f"a {type(tree).__name__}"
+        raise ConfigError(f"the config must be a mapping of sections (name:, data:, model:, ...), got {kind}",
+                          file=file)
     cfg = Config(tree, {}, file)
     resolved = _check_section(cfg, SCHEMA, tree, "")
     if resolved["name"] is None:
