@@ -29,8 +29,34 @@ def _axis(layer: Layer, axis: int, input_shape: Any) -> int:
     return full - 1
 
 
+class _Normalization(Layer):
+    """What BatchNormalization and LayerNormalization share: epsilon and the learned scale (gamma)
+    and offset (beta) with their initializers and regularizers."""
+
+    def _set_affine_options(self, epsilon: float, center: bool, scale: bool, beta_initializer: Any,
+                            gamma_initializer: Any, beta_regularizer: Any, gamma_regularizer: Any) -> None:
+        self.epsilon = _number("epsilon", epsilon, 0.0, low_open=True)
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.beta_regularizer = regularizers.get(beta_regularizer)
+        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+
+    def _add_gamma_and_beta(self, shape: tuple[int, ...]) -> None:
+        if self.scale:
+            self.add_weight("gamma", shape, self.gamma_initializer, regularizer=self.gamma_regularizer)
+        if self.center:
+            self.add_weight("beta", shape, self.beta_initializer, regularizer=self.beta_regularizer)
+
+    def _affine_config(self) -> dict[str, Any]:
+        return {"epsilon": self.epsilon, "center": self.center, "scale": self.scale,
+                "beta_initializer": self.beta_initializer.spec(), "gamma_initializer": self.gamma_initializer.spec(),
+                "beta_regularizer": self.beta_regularizer and self.beta_regularizer.spec(),
+                "gamma_regularizer": self.gamma_regularizer and self.gamma_regularizer.spec()}
+
+
 @LAYERS.register("BatchNormalization")
-class BatchNormalization(Layer):
+class BatchNormalization(_Normalization):
     """Normalizes each feature (channel) over the batch: gamma * (x - mean) / sqrt(var + epsilon) + beta.
 
     Training uses the batch mean and (biased) variance and updates the moving statistics,
@@ -57,14 +83,10 @@ class BatchNormalization(Layer):
             raise ValueError(f"axis must be an integer. Received: axis={axis!r}")
         self.axis = axis
         self.momentum = _number("momentum", momentum, 0.0, 1.0)
-        self.epsilon = _number("epsilon", epsilon, 0.0, low_open=True)
-        self.center, self.scale = bool(center), bool(scale)
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
+        self._set_affine_options(epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
+                                 gamma_regularizer)
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
         self._ws = Workspace()
 
     def build(self, input_shape):
@@ -72,10 +94,7 @@ class BatchNormalization(Layer):
         self._feature = _axis(self, self.axis, input_shape)
         self._last = self._feature == len(input_shape) - 1
         c = (input_shape[self._feature],)
-        if self.scale:
-            self.add_weight("gamma", c, self.gamma_initializer, regularizer=self.gamma_regularizer)
-        if self.center:
-            self.add_weight("beta", c, self.beta_initializer, regularizer=self.beta_regularizer)
+        self._add_gamma_and_beta(c)
         self.add_weight("moving_mean", c, self.moving_mean_initializer, trainable=False)
         self.add_weight("moving_variance", c, self.moving_variance_initializer, trainable=False)
         return out
@@ -220,17 +239,13 @@ class BatchNormalization(Layer):
         return self._from_2d(dx2, dy.shape)
 
     def get_config(self):
-        spec = lambda r: r and r.spec()  # noqa: E731
-        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, "epsilon": self.epsilon,
-                "center": self.center, "scale": self.scale, "beta_initializer": self.beta_initializer.spec(),
-                "gamma_initializer": self.gamma_initializer.spec(),
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, **self._affine_config(),
                 "moving_mean_initializer": self.moving_mean_initializer.spec(),
-                "moving_variance_initializer": self.moving_variance_initializer.spec(),
-                "beta_regularizer": spec(self.beta_regularizer), "gamma_regularizer": spec(self.gamma_regularizer)}
+                "moving_variance_initializer": self.moving_variance_initializer.spec()}
 
 
 @LAYERS.register("LayerNormalization")
-class LayerNormalization(Layer):
+class LayerNormalization(_Normalization):
     """Normalizes each sample over `axis`: gamma * (x - mean) / sqrt(var + epsilon) + beta.
 
     Args:
@@ -251,12 +266,8 @@ class LayerNormalization(Layer):
                 isinstance(a, int) and not isinstance(a, bool) for a in axes)):
             raise ValueError(f"axis must be an integer or a list of integers. Received: axis={axis!r}")
         self.axis = axis if isinstance(axis, int) else list(axis)
-        self.epsilon = _number("epsilon", epsilon, 0.0, low_open=True)
-        self.center, self.scale = bool(center), bool(scale)
-        self.beta_initializer = initializers.get(beta_initializer)
-        self.gamma_initializer = initializers.get(gamma_initializer)
-        self.beta_regularizer = regularizers.get(beta_regularizer)
-        self.gamma_regularizer = regularizers.get(gamma_regularizer)
+        self._set_affine_options(epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
+                                 gamma_regularizer)
 
     def build(self, input_shape):
         out = super().build(input_shape)
@@ -265,11 +276,7 @@ class LayerNormalization(Layer):
         self._axes = tuple(i + 1 for i in idx)  # in the batched array
         self._others = tuple(i for i in range(len(input_shape) + 1) if i not in self._axes)
         self._bshape = tuple(input_shape[i] if i in idx else 1 for i in range(len(input_shape)))
-        shape = tuple(input_shape[i] for i in idx)
-        if self.scale:
-            self.add_weight("gamma", shape, self.gamma_initializer, regularizer=self.gamma_regularizer)
-        if self.center:
-            self.add_weight("beta", shape, self.beta_initializer, regularizer=self.beta_regularizer)
+        self._add_gamma_and_beta(tuple(input_shape[i] for i in idx))
         return out
 
     def forward(self, x, training):
@@ -299,8 +306,4 @@ class LayerNormalization(Layer):
         return dx
 
     def get_config(self):
-        spec = lambda r: r and r.spec()  # noqa: E731
-        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon, "center": self.center,
-                "scale": self.scale, "beta_initializer": self.beta_initializer.spec(),
-                "gamma_initializer": self.gamma_initializer.spec(),
-                "beta_regularizer": spec(self.beta_regularizer), "gamma_regularizer": spec(self.gamma_regularizer)}
+        return {**super().get_config(), "axis": self.axis, **self._affine_config()}
