@@ -20,6 +20,7 @@ from dlrun.data.dataset import (Dataset, Targets, dataset_input_shape, input_nor
                                 known_targets, load_dataset)
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.backend import Backend, get_backend
+from dlrun.engine.losses import BinaryCrossentropy, CategoricalCrossentropy, Loss, SparseCategoricalCrossentropy
 from dlrun.engine.random import streams
 from dlrun.errors import CheckpointError, ConfigError, DlrunError, TrainingInterrupted
 from dlrun.graph.builder import build_model
@@ -196,7 +197,7 @@ def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | N
     if data.statistics:  # standardisation: into config.yaml and every checkpoint, for evaluate/predict
         cfg.resolved["data"]["statistics"] = data.statistics
     _check_data_fits(cfg, setup.model, data)
-    _check_targets(cfg, setup.model, setup.loss.keras_name, data.name, data.targets)
+    _check_targets(cfg, setup.model, setup.loss, data.name, data.targets)
     tcfg = cfg.resolved["training"]
     trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data, batch_size=tcfg["batch_size"],
                       epochs=tcfg["epochs"], shuffle=tcfg["shuffle"], shuffle_rng=rngs.shuffle,
@@ -248,9 +249,10 @@ def _check_data_fits(cfg: Config, model: Model, data: Dataset) -> None:
                         hint="remove model.input_shape to take the dataset's, or add a Reshape layer")
 
 
-def _check_targets(cfg: Config, model: Model, loss: str, dataset: str, targets: Targets) -> None:
+def _check_targets(cfg: Config, model: Model, loss_fn: Loss, dataset: str, targets: Targets) -> None:
     """The model's output, the loss and the dataset's targets must agree before training starts
     (otherwise the first batch fails deep inside the loss with a shape error)."""
+    loss = loss_fn.keras_name
     out = model.output_node.output_shape
     units = out[-1] if out else 1
     classes = targets.classes
@@ -258,7 +260,8 @@ def _check_targets(cfg: Config, model: Model, loss: str, dataset: str, targets: 
         raise cfg.error(f"the model outputs {units} values per sample but {dataset} has {classes} classes",
                         cfg.raw.get("model"), "layers", "model.layers",
                         hint=f"make the last layer Dense with units: {classes}")
-    categorical = loss in ("sparse_categorical_crossentropy", "categorical_crossentropy")
+    categorical = isinstance(loss_fn, (CategoricalCrossentropy, SparseCategoricalCrossentropy))
+    binary = isinstance(loss_fn, BinaryCrossentropy)
     problem = hint = None
     if categorical and classes is None:
         problem = f"{loss} needs class labels, but {dataset} holds regression targets"
@@ -267,13 +270,13 @@ def _check_targets(cfg: Config, model: Model, loss: str, dataset: str, targets: 
         problem = f"{loss} needs one output per class ({classes}), but the model outputs {units} value per sample"
         hint = (f"end the model with Dense: {{units: {classes}, activation: softmax}}, or use loss: "
                 "binary_crossentropy for two classes with one sigmoid output")
-    elif loss == "binary_crossentropy" and classes is not None and classes > 2:
+    elif binary and classes is not None and classes > 2:
         problem = f"binary_crossentropy is for two classes (0 and 1), but {dataset} has {classes} classes"
         hint = "use loss: sparse_categorical_crossentropy"
-    elif loss == "binary_crossentropy" and classes is not None and units != 1:
+    elif binary and classes is not None and units != 1:
         problem = f"binary_crossentropy with 0/1 labels needs one output per sample, but the model outputs {units}"
         hint = "end the model with Dense: {units: 1, activation: sigmoid}"
-    elif not categorical and loss != "binary_crossentropy" and classes is not None and units != 1:
+    elif not (categorical or binary) and classes is not None and units != 1:
         problem = (f"{loss} compares one output with each label, but the model outputs {units} values per "
                    f"sample and {dataset} holds class labels")
         hint = "for classes use loss: sparse_categorical_crossentropy"
@@ -290,8 +293,7 @@ def validate(source: str | Path, overrides: list[str] | None = None) -> Setup:
     setup = prepare(source, device="cpu", overrides=overrides)
     targets = known_targets(setup.config.resolved["data"])
     if targets is not None:
-        _check_targets(setup.config, setup.model, setup.loss.keras_name, setup.config.resolved["data"]["dataset"],
-                       targets)
+        _check_targets(setup.config, setup.model, setup.loss, setup.config.resolved["data"]["dataset"], targets)
     return setup
 
 

@@ -207,10 +207,10 @@ def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:
 
 def known_targets(data_cfg: dict[str, Any]) -> Targets | None:
     """The targets a dataset holds, known without loading it; None when only its files can tell."""
-    name = data_cfg["dataset"]
-    if name in ("fashion_mnist", "cifar10"):
-        return Targets(10)
-    if name == "synthetic":
+    names = known_class_names(data_cfg)
+    if names is not None:
+        return Targets(len(names))
+    if data_cfg["dataset"] == "synthetic":
         return Targets(None if data_cfg["task"] == "regression" else data_cfg["classes"])
     return None
 

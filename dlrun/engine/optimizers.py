@@ -97,9 +97,9 @@ class Optimizer:
                          self.learning_rate)
 
         # Element-wise, so updating piece by piece gives exactly the whole-buffer result.
-        n = params.shape[0]
-        pieces = xp_of(params).__name__ == "numpy" and workers_started() and n > 4 * UPDATE_PIECE
-        parallel(xp_of(params), n, update, step=UPDATE_PIECE if pieces else n)
+        xp, n = xp_of(params), params.shape[0]
+        pieces = xp.__name__ == "numpy" and workers_started() and n > 4 * UPDATE_PIECE
+        parallel(xp, n, update, step=UPDATE_PIECE if pieces else n)
 
     def _update(self, w: Any, g: Any, slots: dict[str, Any], tmp: Any, lr: float) -> None:
         """Update the parameters `w` in place from gradients `g`; `slots` are the optimizer's
