@@ -12,6 +12,7 @@ per-round ratios. GFLOP/s counts the matrix-multiply work of Dense and Conv2D la
 (forward, weight gradient and input gradient where needed) against the machine's measured
 float32 matrix-multiply ceiling.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,20 +25,48 @@ import subprocess
 import sys
 import time
 
-MLP = [{"Flatten": {}}, {"Dense": {"units": 100, "activation": "relu"}}, {"Dense": {"units": 10, "activation": "softmax"}}]
-CNN = ([{"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"}}, {"BatchNormalization": {}},
-        {"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"}}, {"BatchNormalization": {}},
-        {"MaxPooling2D": {"pool_size": 2}}, {"Dropout": {"rate": 0.25}},
-        {"Conv2D": {"filters": 64, "kernel_size": 3, "padding": "same", "activation": "relu"}}, {"BatchNormalization": {}},
-        {"Conv2D": {"filters": 64, "kernel_size": 3, "padding": "same", "activation": "relu"}}, {"BatchNormalization": {}},
-        {"MaxPooling2D": {"pool_size": 2}}, {"Dropout": {"rate": 0.25}},
-        {"Flatten": {}}, {"Dense": {"units": 512, "activation": "relu"}}, {"Dense": {"units": 10, "activation": "softmax"}}])
-CIFAR_CNN = ([{"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same"}}, {"BatchNormalization": {}}, {"LeakyReLU": {}},
-              {"Conv2D": {"filters": 32, "kernel_size": 3, "strides": 2, "padding": "same"}}, {"BatchNormalization": {}}, {"LeakyReLU": {}},
-              {"Conv2D": {"filters": 64, "kernel_size": 3, "padding": "same"}}, {"BatchNormalization": {}}, {"LeakyReLU": {}},
-              {"Conv2D": {"filters": 64, "kernel_size": 3, "strides": 2, "padding": "same"}}, {"BatchNormalization": {}}, {"LeakyReLU": {}},
-              {"Flatten": {}}, {"Dense": {"units": 128}}, {"BatchNormalization": {}}, {"LeakyReLU": {}}, {"Dropout": {"rate": 0.5}},
-              {"Dense": {"units": 10, "activation": "softmax"}}])
+MLP = [
+    {"Flatten": {}},
+    {"Dense": {"units": 100, "activation": "relu"}},
+    {"Dense": {"units": 10, "activation": "softmax"}},
+]
+CNN = [
+    {"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+    {"BatchNormalization": {}},
+    {"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+    {"BatchNormalization": {}},
+    {"MaxPooling2D": {"pool_size": 2}},
+    {"Dropout": {"rate": 0.25}},
+    {"Conv2D": {"filters": 64, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+    {"BatchNormalization": {}},
+    {"Conv2D": {"filters": 64, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+    {"BatchNormalization": {}},
+    {"MaxPooling2D": {"pool_size": 2}},
+    {"Dropout": {"rate": 0.25}},
+    {"Flatten": {}},
+    {"Dense": {"units": 512, "activation": "relu"}},
+    {"Dense": {"units": 10, "activation": "softmax"}},
+]
+CIFAR_CNN = [
+    {"Conv2D": {"filters": 32, "kernel_size": 3, "padding": "same"}},
+    {"BatchNormalization": {}},
+    {"LeakyReLU": {}},
+    {"Conv2D": {"filters": 32, "kernel_size": 3, "strides": 2, "padding": "same"}},
+    {"BatchNormalization": {}},
+    {"LeakyReLU": {}},
+    {"Conv2D": {"filters": 64, "kernel_size": 3, "padding": "same"}},
+    {"BatchNormalization": {}},
+    {"LeakyReLU": {}},
+    {"Conv2D": {"filters": 64, "kernel_size": 3, "strides": 2, "padding": "same"}},
+    {"BatchNormalization": {}},
+    {"LeakyReLU": {}},
+    {"Flatten": {}},
+    {"Dense": {"units": 128}},
+    {"BatchNormalization": {}},
+    {"LeakyReLU": {}},
+    {"Dropout": {"rate": 0.5}},
+    {"Dense": {"units": 10, "activation": "softmax"}},
+]
 
 MODELS = {
     "mlp32": dict(layers=MLP, shape=(28, 28, 1), batch=32, steps=3000),
@@ -61,7 +90,7 @@ def matmul_ceiling(xp) -> float:
             xp.cuda.Device().synchronize()
         float(c[0, 0])
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def model_flops(model) -> float:
@@ -92,8 +121,15 @@ def run_dlrun(name: str, device: str) -> dict:
     import numpy as xp_host
 
     ceiling = matmul_ceiling(xp_host) if device == "cpu" else None
-    cfg = {"seed": 0, "device": device, "data": {"dataset": "synthetic"}, "model": {"input_shape": list(spec["shape"]), "layers": spec["layers"]},
-           "loss": "sparse_categorical_crossentropy", "optimizer": "adam", "metrics": ["accuracy"]}
+    cfg = {
+        "seed": 0,
+        "device": device,
+        "data": {"dataset": "synthetic"},
+        "model": {"input_shape": list(spec["shape"]), "layers": spec["layers"]},
+        "loss": "sparse_categorical_crossentropy",
+        "optimizer": "adam",
+        "metrics": ["accuracy"],
+    }
     setup = api.prepare(cfg)
     from dlrun.data.dataset import Dataset, Split
     from dlrun.training.loop import Trainer
@@ -105,7 +141,9 @@ def run_dlrun(name: str, device: str) -> dict:
     data = Dataset("bench", Split(x, y), None, None, spec["shape"], 10)
     trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data, batch_size=spec["batch"])
     be = setup.backend
-    batches = [(be.asarray(x[i:i + spec["batch"]]), be.asarray(y[i:i + spec["batch"]])) for i in range(0, n, spec["batch"])]
+    batches = [
+        (be.asarray(x[i : i + spec["batch"]]), be.asarray(y[i : i + spec["batch"]])) for i in range(0, n, spec["batch"])
+    ]
     sums = be.xp.zeros(2, dtype=be.xp.float64)
     steps = spec["steps"]
     for i in range(max(3, steps // 10)):
@@ -116,8 +154,12 @@ def run_dlrun(name: str, device: str) -> dict:
         trainer.train_step(*batches[i % len(batches)], sums)
     be.to_host(sums)
     secs = time.perf_counter() - t
-    return {"samples_per_s": steps * spec["batch"] / secs, "flops_per_sample": model_flops(setup.model),
-            "ceiling_gflops": ceiling or matmul_ceiling(be.xp), "device": be.describe()}
+    return {
+        "samples_per_s": steps * spec["batch"] / secs,
+        "flops_per_sample": model_flops(setup.model),
+        "ceiling_gflops": ceiling or matmul_ceiling(be.xp),
+        "device": be.describe(),
+    }
 
 
 def torch_model(layers, shape):
@@ -126,7 +168,7 @@ def torch_model(layers, shape):
     mods, c, h, w = [], shape[-1], shape[0], shape[1]
     flat = None
     for entry in layers:
-        (kind, a), = entry.items()
+        ((kind, a),) = entry.items()
         if kind == "Flatten":
             mods.append(nn.Flatten())
             flat = c * h * w
@@ -138,11 +180,19 @@ def torch_model(layers, shape):
             if a.get("padding") == "same" and s == 1:
                 mods.append(nn.Conv2d(c, a["filters"], a["kernel_size"], padding="same"))
             else:
-                mods.append(nn.Conv2d(c, a["filters"], a["kernel_size"], stride=s, padding=1 if a.get("padding") == "same" else 0))
+                mods.append(
+                    nn.Conv2d(
+                        c, a["filters"], a["kernel_size"], stride=s, padding=1 if a.get("padding") == "same" else 0
+                    )
+                )
                 h, w = (h + 2 - 3) // s + 1, (w + 2 - 3) // s + 1
             c = a["filters"]
         elif kind == "BatchNormalization":
-            mods.append(nn.BatchNorm2d(c, eps=1e-3, momentum=0.01) if flat is None else nn.BatchNorm1d(flat, eps=1e-3, momentum=0.01))
+            mods.append(
+                nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+                if flat is None
+                else nn.BatchNorm1d(flat, eps=1e-3, momentum=0.01)
+            )
         elif kind == "MaxPooling2D":
             mods.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
@@ -170,7 +220,7 @@ def run_torch(name: str, device: str) -> dict:
     x = torch.rand(n, c, h, w, device=dev)
     y = torch.randint(0, 10, (n,), device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    batches = [(x[i:i + spec["batch"]], y[i:i + spec["batch"]]) for i in range(0, n, spec["batch"])]
+    batches = [(x[i : i + spec["batch"]], y[i : i + spec["batch"]]) for i in range(0, n, spec["batch"])]
 
     def step(i):
         xb, yb = batches[i % len(batches)]
@@ -188,7 +238,11 @@ def run_torch(name: str, device: str) -> dict:
         step(i)
     sync()
     secs = time.perf_counter() - t
-    return {"samples_per_s": steps * spec["batch"] / secs, "threads": torch.get_num_threads(), "version": torch.__version__}
+    return {
+        "samples_per_s": steps * spec["batch"] / secs,
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
+    }
 
 
 def child(framework: str, name: str, device: str) -> None:
@@ -198,7 +252,9 @@ def child(framework: str, name: str, device: str) -> None:
 
 
 def measure(framework: str, name: str, device: str) -> dict | None:
-    proc = subprocess.run([sys.executable, __file__, "--child", framework, name, device], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", framework, name, device], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         err = proc.stderr.strip().splitlines()
         return {"error": err[-1] if err else f"exit {proc.returncode}"}
@@ -222,16 +278,19 @@ def main() -> None:
         have_torch = not args.no_torch
     except ImportError:
         have_torch = False
-    header = (f"{'model':<14}{'dlrun samples/s':>16}{'torch samples/s':>16}{'ratio':>7}{'per round: median (range)':>27}"
-              f"{'GFLOP/s':>9}{'ceiling':>9}{'share':>7}{'RSS MB dlrun':>13}{'torch':>7}")
+    header = (
+        f"{'model':<14}{'dlrun samples/s':>16}{'torch samples/s':>16}{'ratio':>7}{'per round: median (range)':>27}"
+        f"{'GFLOP/s':>9}{'ceiling':>9}{'share':>7}{'RSS MB dlrun':>13}{'torch':>7}"
+    )
     print(f"device: {args.device}, cores: {os.cpu_count()}, best of {args.repeat} alternating rounds")
     print(header)
     ours: dict = {}
     for name in args.models:
         rounds = []
         for _ in range(max(1, args.repeat)):
-            rounds.append((measure("dlrun", name, args.device),
-                           measure("torch", name, args.device) if have_torch else None))
+            rounds.append(
+                (measure("dlrun", name, args.device), measure("torch", name, args.device) if have_torch else None)
+            )
         failed = next((r[0] for r in rounds if "error" in r[0]), None)
         if failed:
             print(f"{name:<14} dlrun failed: {failed['error']}")
@@ -243,14 +302,17 @@ def main() -> None:
         t_sps = theirs["samples_per_s"] if theirs else None
         ratio = f"{ours['samples_per_s'] / t_sps:6.2f}x" if t_sps else "     -"
         per_round = [a["samples_per_s"] / b["samples_per_s"] for a, b in rounds if b and "error" not in b]
-        spread = (f"{statistics.median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
-                  if per_round else "-")
-        print(f"{name:<14}{ours['samples_per_s']:>16,.0f}{(f'{t_sps:,.0f}' if t_sps else '-'):>16}{ratio:>7}"
-              f"{spread:>27}{gflops:>9.1f}{ours['ceiling_gflops']:>9.0f}{gflops / ours['ceiling_gflops']:>7.0%}{ours['peak_rss_mb']:>13.0f}"
-              f"{(format(theirs['peak_rss_mb'], '.0f') if t_sps else '-'):>7}")
+        spread = f"{statistics.median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})" if per_round else "-"
+        print(
+            f"{name:<14}{ours['samples_per_s']:>16,.0f}{(f'{t_sps:,.0f}' if t_sps else '-'):>16}{ratio:>7}"
+            f"{spread:>27}{gflops:>9.1f}{ours['ceiling_gflops']:>9.0f}{gflops / ours['ceiling_gflops']:>7.0%}{ours['peak_rss_mb']:>13.0f}"
+            f"{(format(theirs['peak_rss_mb'], '.0f') if t_sps else '-'):>7}"
+        )
     if ours:
-        print(f"ceiling: float32 2048x2048 matrix multiply on {ours.get('device', '')}, measured in the same "
-              "process as the model's best round")
+        print(
+            f"ceiling: float32 2048x2048 matrix multiply on {ours.get('device', '')}, measured in the same "
+            "process as the model's best round"
+        )
 
 
 if __name__ == "__main__":

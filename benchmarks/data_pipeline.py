@@ -16,6 +16,7 @@ process loads them (`cifar10.load` from the folder and from the .tar.gz; `load_d
 validation split) and reports its peak RSS next to that of a process that only imports dlrun. The images are 50,000 x 3,072 bytes = 153.6 MB as uint8
 (float32 would be 614 MB).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-AUGMENTATION = [{"RandomFlip": {"mode": "horizontal"}}, {"RandomCrop": {"padding": 4}},
-                {"RandomBrightness": {"factor": 0.1}}, {"RandomContrast": {"factor": 0.1}}]
-MLP = [{"Flatten": {}}, {"Dense": {"units": 256, "activation": "relu"}}, {"Dense": {"units": 10, "activation": "softmax"}}]
+AUGMENTATION = [
+    {"RandomFlip": {"mode": "horizontal"}},
+    {"RandomCrop": {"padding": 4}},
+    {"RandomBrightness": {"factor": 0.1}},
+    {"RandomContrast": {"factor": 0.1}},
+]
+MLP = [
+    {"Flatten": {}},
+    {"Dense": {"units": 256, "activation": "relu"}},
+    {"Dense": {"units": 10, "activation": "softmax"}},
+]
 
 
 def write_official(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
@@ -47,7 +56,7 @@ def write_official(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Pa
     out = folder / cifar10.FOLDER
     out.mkdir(parents=True, exist_ok=True)
     per = n_train // 5
-    for i, name in enumerate([*cifar10.TRAIN_FILES, cifar10.TEST_FILE]):
+    for name in [*cifar10.TRAIN_FILES, cifar10.TEST_FILE]:
         n = n_test if name == cifar10.TEST_FILE else per
         x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
         (out / name).write_bytes(cifar10.records(x, rng.integers(0, 10, n)))
@@ -62,7 +71,9 @@ class EpochTimes:
         self.rows: list[dict[str, float]] = []
         self.trainer = None
 
-    def on_train_begin(self, trainer): self.trainer = trainer
+    def on_train_begin(self, trainer):
+        self.trainer = trainer
+
     def on_epoch_begin(self, epoch, epochs, batches): ...
     def on_batch_end(self, batch, batches, samples, running): ...
     def on_train_end(self, history): ...
@@ -85,16 +96,30 @@ def wait_fraction(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         write_official(Path(tmp), args.samples, 100)
         for prefetch in (0, 2):
-            cfg = {"seed": 0, "device": args.device,
-                   "data": {"dataset": "cifar10", "path": tmp, "augmentation": AUGMENTATION, "prefetch": prefetch},
-                   "model": {"layers": CIFAR_CNN if args.model == "cnn" else MLP},
-                   "loss": "sparse_categorical_crossentropy", "optimizer": "adam", "metrics": ["accuracy"],
-                   "training": {"epochs": 2, "batch_size": args.batch_size}}
+            cfg = {
+                "seed": 0,
+                "device": args.device,
+                "data": {"dataset": "cifar10", "path": tmp, "augmentation": AUGMENTATION, "prefetch": prefetch},
+                "model": {"layers": CIFAR_CNN if args.model == "cnn" else MLP},
+                "loss": "sparse_categorical_crossentropy",
+                "optimizer": "adam",
+                "metrics": ["accuracy"],
+                "training": {"epochs": 2, "batch_size": args.batch_size},
+            }
             setup = api.prepare(cfg)
             data = load_dataset(setup.config.resolved["data"], 0, allow_download=False)
             listener = EpochTimes()
-            trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data,
-                              batch_size=args.batch_size, epochs=2, shuffle_rng=streams(0).shuffle, listener=listener)
+            trainer = Trainer(
+                setup.model,
+                setup.loss,
+                setup.optimizer,
+                setup.metrics,
+                data,
+                batch_size=args.batch_size,
+                epochs=2,
+                shuffle_rng=streams(0).shuffle,
+                listener=listener,
+            )
             trainer.fit()
             row = listener.rows[-1]
             # The data work alone: every batch of an epoch made with nothing else running.
@@ -102,12 +127,20 @@ def wait_fraction(args: argparse.Namespace) -> list[dict]:
             for _ in data.batches(data.train, args.batch_size, setup.backend, training=True).epoch(epoch=9):
                 pass
             make_s = time.perf_counter() - start
-            results.append({"model": args.model, "device": setup.backend.describe(), "prefetch": prefetch,
-                            "samples": len(data.train), "batch_size": args.batch_size,
-                            "epoch_s": round(row["epoch_s"], 3), "data_wait_s": round(row["wait_s"], 4),
-                            "data_wait_fraction": round(row["wait_s"] / row["epoch_s"], 4),
-                            "data_work_alone_s": round(make_s, 3),
-                            "data_ms_per_batch": round(1000 * make_s / row["batches"], 2)})
+            results.append(
+                {
+                    "model": args.model,
+                    "device": setup.backend.describe(),
+                    "prefetch": prefetch,
+                    "samples": len(data.train),
+                    "batch_size": args.batch_size,
+                    "epoch_s": round(row["epoch_s"], 3),
+                    "data_wait_s": round(row["wait_s"], 4),
+                    "data_wait_fraction": round(row["wait_s"] / row["epoch_s"], 4),
+                    "data_work_alone_s": round(make_s, 3),
+                    "data_ms_per_batch": round(1000 * make_s / row["batches"], 2),
+                }
+            )
     return results
 
 
@@ -147,10 +180,19 @@ def memory(args: argparse.Namespace) -> dict:
             for f in cifar10.FILES:
                 tar.add(folder / f, arcname=f"{cifar10.FOLDER}/{f}")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        for mode, path in (("baseline", ""), ("folder", folder.parent), ("archive", archive),
-                           ("load_dataset", folder.parent)):
-            proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, mode, str(path)], capture_output=True,
-                                  text=True, env=env, check=True)
+        for mode, path in (
+            ("baseline", ""),
+            ("folder", folder.parent),
+            ("archive", archive),
+            ("load_dataset", folder.parent),
+        ):
+            proc = subprocess.run(
+                [sys.executable, "-c", MEMORY_CHILD, mode, str(path)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
             out[mode] = json.loads(proc.stdout)
     for mode in ("folder", "archive", "load_dataset"):
         out[mode]["above_baseline_mb"] = round(out[mode]["peak_rss_mb"] - out["baseline"]["peak_rss_mb"], 1)
@@ -170,8 +212,9 @@ def main() -> None:
         return
     for row in wait_fraction(args):
         print(json.dumps(row))
-    print(f"(this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)",
-          file=sys.stderr)
+    print(
+        f"(this process: peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)", file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

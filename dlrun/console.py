@@ -3,13 +3,15 @@
 Both are ProgressListeners of the training loop. Running means are read from the device only at a
 display refresh (a few times a second), never per batch.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -65,8 +67,11 @@ class JsonProgress(PlainProgress):
         print(json.dumps({"event": "message", "text": text}), file=self.out, flush=True)
 
     def on_epoch_end(self, epoch, logs, seconds):
-        print(json.dumps({"event": "epoch", "epoch": epoch + 1, "seconds": round(seconds, 3), **logs}),
-              file=self.out, flush=True)
+        print(
+            json.dumps({"event": "epoch", "epoch": epoch + 1, "seconds": round(seconds, 3), **logs}),
+            file=self.out,
+            flush=True,
+        )
 
 
 class RichProgress:
@@ -75,10 +80,16 @@ class RichProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.rows: list[tuple[int, dict[str, float], float]] = []
-        self.progress = Progress(TextColumn("[bold]Epoch {task.fields[epoch]}"), BarColumn(),
-                                 MofNCompleteColumn(), TextColumn("{task.fields[speed]}"),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[metrics]}"),
-                                 console=console, transient=False)
+        self.progress = Progress(
+            TextColumn("[bold]Epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[speed]}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=console,
+            transient=False,
+        )
         self.task = None
         self.live: Live | None = None
         self._last = 0.0
@@ -116,8 +127,7 @@ class RichProgress:
     def on_epoch_begin(self, epoch: int, epochs: int, batches: int) -> None:
         if self.task is not None:
             self.progress.remove_task(self.task)
-        self.task = self.progress.add_task("train", total=batches, epoch=f"{epoch + 1}/{epochs}", speed="",
-                                           metrics="")
+        self.task = self.progress.add_task("train", total=batches, epoch=f"{epoch + 1}/{epochs}", speed="", metrics="")
         self._start = time.perf_counter()
         self._last = 0.0
 
@@ -151,8 +161,15 @@ class DownloadBar:
     def __init__(self, console: Console, description: str = "download") -> None:
         from rich.progress import DownloadColumn, TransferSpeedColumn
 
-        self.progress = Progress(TextColumn(description), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                                 TimeRemainingColumn(), console=console, transient=True)
+        self.progress = Progress(
+            TextColumn(description),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
         self.task = None
 
     def __call__(self, done: int, total: int | None) -> None:

@@ -2,6 +2,7 @@
 
 Library code raises these; only the CLI turns them into a message and an exit code.
 """
+
 from __future__ import annotations
 
 
@@ -10,8 +11,16 @@ class DlrunError(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None, file: str | None = None,
-                 line: int | None = None, column: int | None = None, path: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        file: str | None = None,
+        line: int | None = None,
+        column: int | None = None,
+        path: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint

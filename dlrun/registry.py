@@ -4,11 +4,13 @@ One generic piece serves layers, losses, optimizers, metrics, initializers, regu
 callbacks: an identifier is a name (`"adam"`) or a mapping with a `type` (`{type: adam, ...}`),
 matched case-insensitively, ignoring underscores.
 """
+
 from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -66,16 +68,16 @@ class Registry(Generic[T]):
             return self._by_key[_key(name)]
         except KeyError:
             hint = did_you_mean(name, self._canonical)
-            raise ValueError(f"unknown {self.kind} {name!r}. {hint or 'Valid: ' + ', '.join(self._canonical)}"
-                             .rstrip()) from None
+            raise ValueError(
+                f"unknown {self.kind} {name!r}. {hint or 'Valid: ' + ', '.join(self._canonical)}".rstrip()
+            ) from None
 
 
-def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str,
-                 ignore: Iterable[str] = ()) -> None:
+def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str, ignore: Iterable[str] = ()) -> None:
     """Reject unknown and missing keyword arguments before calling, naming them (with a hint)."""
     params: dict[str, inspect.Parameter] = {}
     # A class whose __init__ forwards **kwargs accepts its bases' keywords too (Adam -> Optimizer).
-    for init in ([c.__init__ for c in func.__mro__ if "__init__" in vars(c)] if inspect.isclass(func) else [func]):
+    for init in [c.__init__ for c in func.__mro__ if "__init__" in vars(c)] if inspect.isclass(func) else [func]:
         sig = inspect.signature(init)
         for n, p in sig.parameters.items():
             if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -88,8 +90,10 @@ def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str,
             raise TypeError(f"{what} has no argument {key!r}. {hint or 'Valid: ' + ', '.join(params)}".rstrip())
     missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
     if missing:
-        raise TypeError(f"{what} is missing the required argument{'s' if len(missing) > 1 else ''} "
-                        f"{', '.join(repr(m) for m in missing)}")
+        raise TypeError(
+            f"{what} is missing the required argument{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(repr(m) for m in missing)}"
+        )
 
 
 def split_spec(spec: Any, kind: str) -> tuple[str, dict[str, Any]]:
@@ -98,8 +102,9 @@ def split_spec(spec: Any, kind: str) -> tuple[str, dict[str, Any]]:
         return spec, {}
     if isinstance(spec, dict):
         if "type" not in spec:
-            raise ValueError(f"a {kind} given as a mapping needs a 'type' key, e.g. {{type: ..., ...}}. "
-                             f"Received: {dict(spec)!r}")
+            raise ValueError(
+                f"a {kind} given as a mapping needs a 'type' key, e.g. {{type: ..., ...}}. Received: {dict(spec)!r}"
+            )
         args = {k: v for k, v in spec.items() if k != "type"}
         if not isinstance(spec["type"], str):
             raise ValueError(f"{kind} 'type' must be a name. Received: type={spec['type']!r}")

@@ -1,7 +1,9 @@
 """Shared helpers for the numerics tests: a float64 finite-difference checker and tiny float64 models."""
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,16 +42,23 @@ def assert_grad_close(analytic: Any, numeric: np.ndarray, rtol: float = 1e-5, at
     np.testing.assert_allclose(analytic, numeric, rtol=rtol, atol=atol)
 
 
-def build_model(layers: Sequence[Layer], input_shape: tuple[int, ...], *, seed: int = 0,
-                backend: Backend = F64) -> Model:
+def build_model(
+    layers: Sequence[Layer], input_shape: tuple[int, ...], *, seed: int = 0, backend: Backend = F64
+) -> Model:
     """A chain `input -> layers[0] -> ... -> layers[-1]` as a float64 dlrun Model."""
     nodes, prev = [], "input"
     for i, layer in enumerate(layers):
         name = f"n{i}"
         nodes.append(Node(name=name, layer=layer, inputs=[prev]))
         prev = name
-    return Model(inputs={"input": tuple(input_shape)}, nodes=nodes, output=prev, backend=backend,
-                 init_rng=np.random.default_rng(seed), noise_rng=np.random.default_rng(seed + 1))
+    return Model(
+        inputs={"input": tuple(input_shape)},
+        nodes=nodes,
+        output=prev,
+        backend=backend,
+        init_rng=np.random.default_rng(seed),
+        noise_rng=np.random.default_rng(seed + 1),
+    )
 
 
 def chain_input_grad(model: Model, x: np.ndarray, dout: np.ndarray, training: bool = False) -> np.ndarray:
@@ -71,7 +80,13 @@ def rng() -> np.random.Generator:
 def make(layer, *shapes, backend=F64, seed=0):
     """`layer` inside a tiny Model (which allocates its weights, float64 by default), input grads on."""
     names = [f"in{i}" for i in range(len(shapes))]
-    Model(dict(zip(names, shapes)), [Node("layer", layer, names)], "layer", backend=backend,
-          init_rng=np.random.default_rng(seed), noise_rng=np.random.default_rng(seed + 1))
+    Model(
+        dict(zip(names, shapes)),
+        [Node("layer", layer, names)],
+        "layer",
+        backend=backend,
+        init_rng=np.random.default_rng(seed),
+        noise_rng=np.random.default_rng(seed + 1),
+    )
     layer.needs_input_grad = True
     return layer

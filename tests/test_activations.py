@@ -1,15 +1,15 @@
 """Activations: forward values against Keras's definitions, backward against float64 finite differences."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+from conftest import assert_grad_close, numeric_grad
 
 from dlrun.engine import activations
 from dlrun.engine.activations import ELU, GELU, LeakyReLU, Sigmoid, Softmax
-
-from conftest import assert_grad_close, numeric_grad
 
 
 def _phi(v: float) -> float:
@@ -28,7 +28,7 @@ def _reference(name: str, x: np.ndarray) -> np.ndarray:
     if name == "gelu":
         return x * np.vectorize(_phi)(x)
     if name == "gelu_approx":
-        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     if name == "sigmoid":
         return sig
     if name == "softmax":
@@ -98,7 +98,7 @@ def test_known_values():
     np.testing.assert_allclose(activations.get("leaky_relu").forward(x), [-0.4, -0.2, 0, 1, 3])
     np.testing.assert_allclose(activations.get("elu").forward(x), [math.expm1(-2), math.expm1(-1), 0, 1, 3])
     np.testing.assert_allclose(activations.get("sigmoid").forward(np.array([0.0, math.log(3)])), [0.5, 0.75])
-    np.testing.assert_allclose(activations.get("swish").forward(np.array([0.0, 1.0])), [0.0, 1 / (1 + math.e ** -1)])
+    np.testing.assert_allclose(activations.get("swish").forward(np.array([0.0, 1.0])), [0.0, 1 / (1 + math.e**-1)])
     np.testing.assert_allclose(activations.get("tanh").forward(np.array([0.5])), [math.tanh(0.5)])
     np.testing.assert_allclose(activations.get("softmax").forward(np.array([[0.0, math.log(3)]])), [[0.25, 0.75]])
     np.testing.assert_array_equal(activations.get(None).forward(x), x)
@@ -139,7 +139,7 @@ def test_lookup_aliases_and_errors():
     assert activations.get("none").name == "linear"
     assert activations.get(None).name == "linear"
     gelu = activations.get("gelu")
-    assert isinstance(gelu, GELU) and gelu.approximate is False   # Keras's default is the exact GELU
+    assert isinstance(gelu, GELU) and gelu.approximate is False  # Keras's default is the exact GELU
     with pytest.raises(ValueError, match="relu"):
         activations.get("rellu")
     with pytest.raises(ValueError, match="activation=3"):

@@ -1,5 +1,6 @@
 """Every broken config in tests/broken_configs/ must give one clean error: exit code 2, the right
 YAML line, the expected words, no traceback, and no run folder."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,7 @@ def test_broken_config_fails_cleanly(path, tmp_path):
     res = runner.invoke(app, ["train", str(path), "--runs-dir", str(runs)])
     out = res.output
     assert res.exit_code == 2, out
-    assert "Traceback" not in out and res.exception is None or isinstance(res.exception, SystemExit)
+    assert ("Traceback" not in out and res.exception is None) or isinstance(res.exception, SystemExit)
     assert expect in out, out
     if line is not None:
         assert f"{path}:{line}:" in out, out
@@ -47,7 +48,10 @@ def test_broken_config_fails_cleanly(path, tmp_path):
 
 def test_one_broken_config_as_a_real_process(tmp_path):
     path = CORPUS[0]
-    proc = subprocess.run([sys.executable, "-m", "dlrun", "train", str(path), "--runs-dir", str(tmp_path / "r")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlrun", "train", str(path), "--runs-dir", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.startswith("error: ")
     assert len(proc.stderr.strip().splitlines()) <= 3

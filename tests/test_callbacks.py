@@ -3,6 +3,7 @@
 Unit tests drive each callback with chosen per-epoch values through a small stand-in trainer; the
 config tests check that every mistake is a ConfigError at the entry's line.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,14 @@ from dlrun import api
 from dlrun.cli import app
 from dlrun.errors import ConfigError, DlrunError
 from dlrun.runs import checkpoint as ckpt_mod
-from dlrun.training.callbacks_builtin import (CSVLogger, EarlyStopping, LearningRateScheduler, ModelCheckpoint,
-                                              ReduceLROnPlateau, TerminateOnNaN)
+from dlrun.training.callbacks_builtin import (
+    CSVLogger,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+)
 from dlrun.training.loop import SilentListener
 from dlrun.training.schedules import CosineDecay, ExponentialDecay, PiecewiseConstantDecay
 
@@ -61,6 +68,11 @@ class FakeTrainer:
     def __init__(self, run_dir=None, lr=0.1):
         self.model, self.optimizer, self.listener = Model(), Optimizer(lr), Listener()
         self.stop_training, self.run_dir, self.epoch, self.config = False, run_dir, 0, {"name": "t"}
+
+    def checkpoint(self, weights_only=False):
+        return ckpt_mod.Checkpoint(
+            self.config, self.model.get_weights(), {}, {"epoch": self.epoch, "weights_only": True}
+        )
 
 
 def drive(cb, values, monitor="val_loss", trainer=None, fresh=True):
@@ -139,10 +151,10 @@ def test_early_stopping_baseline():
 def test_early_stopping_restores_best_weights_at_the_end_even_without_stopping():
     trainer, epochs, _ = drive(EarlyStopping(patience=5, restore_best_weights=True), [3.0, 1.0, 2.0, 2.5])
     assert epochs == 4 and not trainer.stop_training
-    assert np.all(trainer.model.w["dense/kernel"] == 1)          # the weights of epoch 2 (index 1)
+    assert np.all(trainer.model.w["dense/kernel"] == 1)  # the weights of epoch 2 (index 1)
     assert trainer.listener.messages == ["Restoring model weights from the end of the best epoch: 2."]
     trainer, _, _ = drive(EarlyStopping(patience=5), [3.0, 1.0, 2.0, 2.5])
-    assert np.all(trainer.model.w["dense/kernel"] == 3)          # not asked: the last weights stay
+    assert np.all(trainer.model.w["dense/kernel"] == 3)  # not asked: the last weights stay
 
 
 def test_early_stopping_start_from_epoch_and_verbose():
@@ -160,8 +172,9 @@ def test_early_stopping_state_survives_a_checkpoint(tmp_path):
     for epoch, v in enumerate(values[:3]):
         trainer.model.w["dense/kernel"][:] = epoch
         cb.on_epoch_end(epoch, {"val_loss": v})
-    ckpt_mod.save(tmp_path / "c.npz", ckpt_mod.Checkpoint({}, trainer.model.get_weights(), {},
-                                                          {"callbacks": [cb.get_state()]}))
+    ckpt_mod.save(
+        tmp_path / "c.npz", ckpt_mod.Checkpoint({}, trainer.model.get_weights(), {}, {"callbacks": [cb.get_state()]})
+    )
     state = ckpt_mod.load(tmp_path / "c.npz").meta["callbacks"][0]
     assert state["wait"] == 1 and state["best"] == 1.0 and isinstance(state["best_weights"]["dense/kernel"], np.ndarray)
     cb2 = EarlyStopping(patience=2, restore_best_weights=True)
@@ -182,8 +195,10 @@ def test_early_stopping_state_survives_a_checkpoint(tmp_path):
 def test_reduce_lr_patience_factor_and_message():
     trainer, _, lrs = drive(ReduceLROnPlateau(factor=0.5, patience=2), [1.0] * 6)
     assert lrs == [0.1, 0.1, 0.1, 0.05, 0.05, 0.025]
-    assert trainer.listener.messages == ["Epoch 3: ReduceLROnPlateau reducing learning rate to 0.05.",
-                                         "Epoch 5: ReduceLROnPlateau reducing learning rate to 0.025."]
+    assert trainer.listener.messages == [
+        "Epoch 3: ReduceLROnPlateau reducing learning rate to 0.05.",
+        "Epoch 5: ReduceLROnPlateau reducing learning rate to 0.025.",
+    ]
     assert ReduceLROnPlateau().factor == 0.1 and ReduceLROnPlateau().patience == 10
     assert ReduceLROnPlateau().min_delta == 1e-4
 
@@ -205,8 +220,9 @@ def test_reduce_lr_min_lr_min_delta_and_mode():
     assert lrs[-1] == 0.005 and len(trainer.listener.messages) == 2
     _, _, lrs = drive(ReduceLROnPlateau(factor=0.5, patience=1), [1.0, 0.99995, 0.9999])
     assert lrs == [0.1, 0.1, 0.05]  # 0.99995 is within min_delta 1e-4: no improvement
-    _, _, lrs = drive(ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=1), [0.5, 0.6, 0.7],
-                      "val_accuracy")
+    _, _, lrs = drive(
+        ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=1), [0.5, 0.6, 0.7], "val_accuracy"
+    )
     assert lrs == [0.1, 0.1, 0.1]  # "acc" in the name: higher is better
 
 
@@ -232,7 +248,8 @@ def test_model_checkpoint_best_only_messages_and_files(tmp_path):
     assert trainer.listener.messages == [
         f"Epoch 1: val_loss improved from inf to 0.50000, saving model to {tmp_path / 'ck/e01-0.50.npz'}",
         f"Epoch 2: val_loss improved from 0.50000 to 0.25000, saving model to {tmp_path / 'ck/e02-0.25.npz'}",
-        "Epoch 3: val_loss did not improve from 0.25000"]
+        "Epoch 3: val_loss did not improve from 0.25000",
+    ]
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["e01-0.50.npz", "e02-0.25.npz"]
     ck = ckpt_mod.load(tmp_path / "ck/e02-0.25.npz")
     assert ck.epoch == 2 and ck.meta["weights_only"] and np.all(ck.weights["dense/kernel"] == 1)
@@ -242,8 +259,9 @@ def test_model_checkpoint_every_epoch_max_mode_and_threshold(tmp_path):
     cb = ModelCheckpoint("m{epoch}.npz", save_weights_only=True, verbose=0)
     drive(cb, [1.0, 2.0], trainer=FakeTrainer(tmp_path))
     assert sorted(p.name for p in tmp_path.glob("m*.npz")) == ["m1.npz", "m2.npz"]
-    cb = ModelCheckpoint("a{epoch}.npz", monitor="val_accuracy", save_best_only=True, save_weights_only=True,
-                         initial_value_threshold=0.6)
+    cb = ModelCheckpoint(
+        "a{epoch}.npz", monitor="val_accuracy", save_best_only=True, save_weights_only=True, initial_value_threshold=0.6
+    )
     trainer, _, _ = drive(cb, [0.5, 0.7, 0.65], "val_accuracy", trainer=FakeTrainer(tmp_path))
     assert [p.name for p in tmp_path.glob("a*.npz")] == ["a2.npz"]
     assert trainer.listener.messages[0] == "Epoch 1: val_accuracy did not improve from 0.60000"
@@ -264,7 +282,7 @@ def test_schedules_follow_keras_formulas():
     pw = PiecewiseConstantDecay(boundaries=[2, 4], values=[1.0, 0.5, 0.1])
     assert [pw(e) for e in range(6)] == [1.0, 1.0, 1.0, 0.5, 0.5, 0.1]
     ex = ExponentialDecay(initial_learning_rate=0.1, decay_steps=2, decay_rate=0.5)
-    assert [ex(e) for e in range(3)] == pytest.approx([0.1, 0.1 * 0.5 ** 0.5, 0.05])
+    assert [ex(e) for e in range(3)] == pytest.approx([0.1, 0.1 * 0.5**0.5, 0.05])
     st = ExponentialDecay(initial_learning_rate=0.1, decay_steps=2, decay_rate=0.5, staircase=True)
     assert [st(e) for e in range(5)] == [0.1, 0.1, 0.05, 0.05, 0.025]
     cos = CosineDecay(initial_learning_rate=1.0, decay_steps=2)
@@ -272,8 +290,16 @@ def test_schedules_follow_keras_formulas():
     cos = CosineDecay(initial_learning_rate=1.0, decay_steps=4, alpha=0.1)
     assert cos(4) == pytest.approx(0.1) and cos(2) == pytest.approx(0.55)
     warm = CosineDecay(initial_learning_rate=0.0, decay_steps=4, warmup_target=0.1, warmup_steps=2)
-    expected = [0.0, 0.05, 0.1, 0.05 * (1 + math.cos(math.pi / 4)), 0.05, 0.05 * (1 + math.cos(3 * math.pi / 4)),
-                0.0, 0.0]
+    expected = [
+        0.0,
+        0.05,
+        0.1,
+        0.05 * (1 + math.cos(math.pi / 4)),
+        0.05,
+        0.05 * (1 + math.cos(3 * math.pi / 4)),
+        0.0,
+        0.0,
+    ]
     assert [warm(e) for e in range(8)] == pytest.approx(expected)
     with pytest.raises(ValueError, match="one longer than boundaries"):
         PiecewiseConstantDecay(boundaries=[2], values=[1.0])
@@ -305,10 +331,15 @@ def test_terminate_on_nan_checks_every_batch():
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_terminate_on_nan_in_a_real_run(tmp_path):
-    cfg = {"name": "nan", "data": {"dataset": "synthetic", "samples": 256, "features": 4, "task": "regression"},
-           "model": {"layers": [{"Dense": {"units": 1}}]}, "loss": "mse",
-           "optimizer": {"type": "sgd", "learning_rate": 1e12}, "training": {"epochs": 5, "batch_size": 8},
-           "callbacks": ["TerminateOnNaN"]}
+    cfg = {
+        "name": "nan",
+        "data": {"dataset": "synthetic", "samples": 256, "features": 4, "task": "regression"},
+        "model": {"layers": [{"Dense": {"units": 1}}]},
+        "loss": "mse",
+        "optimizer": {"type": "sgd", "learning_rate": 1e12},
+        "training": {"epochs": 5, "batch_size": 8},
+        "callbacks": ["TerminateOnNaN"],
+    }
     listener = Recorder()
     result = api.train(cfg, runs_dir=tmp_path, listener=listener)
     assert len(result.history["loss"]) == 1
@@ -319,7 +350,10 @@ def test_csv_logger_keras_layout_append_and_resume_truncation(tmp_path):
     cb = CSVLogger()
     trainer, _, _ = drive(cb, [0.5, 0.25], trainer=FakeTrainer(tmp_path))
     assert (tmp_path / "history.csv").read_text().splitlines() == [
-        "epoch,learning_rate,val_loss", "0,0.1,0.5", "1,0.1,0.25"]
+        "epoch,learning_rate,val_loss",
+        "0,0.1,0.5",
+        "1,0.1,0.25",
+    ]
     state = cb.get_state()
     cb.on_epoch_end(2, {"val_loss": 0.125, "learning_rate": 0.1})  # written, then "killed" before a checkpoint
     resumed = CSVLogger()
@@ -360,7 +394,9 @@ def _error(tmp_path, callbacks: str, base: str = BASE) -> ConfigError:
 
 
 def test_entries_like_layer_entries_and_resolved_config(tmp_path):
-    setup = _prepare(tmp_path, """\
+    setup = _prepare(
+        tmp_path,
+        """\
         - EarlyStopping: {monitor: val_loss, patience: 3}
         - TerminateOnNaN
         - early_stopping: {monitor: val_accuracy}
@@ -368,32 +404,55 @@ def test_entries_like_layer_entries_and_resolved_config(tmp_path):
         - LearningRateScheduler: {schedule: {type: cosine_decay, decay_steps: 10, warmup_target: 0.01, warmup_steps: 2}}
         - ModelCheckpoint
         - CSVLogger: {filename: log.csv}
-        """)
+        """,
+    )
     kinds = [type(cb).__name__ for cb in setup.callbacks]
-    assert kinds == ["EarlyStopping", "TerminateOnNaN", "EarlyStopping", "ReduceLROnPlateau",
-                     "LearningRateScheduler", "ModelCheckpoint", "CSVLogger"]
+    assert kinds == [
+        "EarlyStopping",
+        "TerminateOnNaN",
+        "EarlyStopping",
+        "ReduceLROnPlateau",
+        "LearningRateScheduler",
+        "ModelCheckpoint",
+        "CSVLogger",
+    ]
     resolved = setup.config.resolved["callbacks"]
-    assert resolved[0] == {"EarlyStopping": {"monitor": "val_loss", "min_delta": 0.0, "patience": 3, "verbose": 1,
-                                             "mode": "auto", "baseline": None, "restore_best_weights": False,
-                                             "start_from_epoch": 0}}
+    assert resolved[0] == {
+        "EarlyStopping": {
+            "monitor": "val_loss",
+            "min_delta": 0.0,
+            "patience": 3,
+            "verbose": 1,
+            "mode": "auto",
+            "baseline": None,
+            "restore_best_weights": False,
+            "start_from_epoch": 0,
+        }
+    }
     assert resolved[3]["ReduceLROnPlateau"]["monitor"] == "learning_rate"  # `lr` is an alias
     assert resolved[4]["LearningRateScheduler"]["schedule"]["initial_learning_rate"] == 0.001  # rmsprop's
     assert resolved[5]["ModelCheckpoint"]["filepath"] == "checkpoints/epoch{epoch:03d}-{val_loss:.4f}.npz"
 
 
-@pytest.mark.parametrize("entry,line,needle", [
-    ("- EarlyStoping: {patience: 3}", 9, "did you mean 'EarlyStopping'"),
-    ("- EarlyStopping:\n    patiance: 3", 10, "did you mean 'patience'"),
-    ("- EarlyStopping:\n    monitor: val_loss\n    patience: -1", 11, "Received: patience=-1"),
-    ("- ReduceLROnPlateau: {factor: 2}", 9, "does not support a factor >= 1.0"),
-    ("- EarlyStopping: {mode: maximum}", 9, "Received: mode='maximum'"),
-    ("- EarlyStopping:\n    monitor: val_acc", 10,
-     "Values it logs: loss, accuracy, val_loss, val_accuracy, learning_rate"),
-    ("- ModelCheckpoint: {filepath: 'm-{val_los:.4f}.npz'}", 9, "{val_loss}"),
-    ("- LearningRateScheduler: {schedule: {type: cosine_decy, decay_steps: 3}}", 9, "did you mean 'cosine_decay'"),
-    ("- LearningRateScheduler", 9, "missing the required argument 'schedule'"),
-    ("- EarlyStopping: 3", 9, "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "entry,line,needle",
+    [
+        ("- EarlyStoping: {patience: 3}", 9, "did you mean 'EarlyStopping'"),
+        ("- EarlyStopping:\n    patiance: 3", 10, "did you mean 'patience'"),
+        ("- EarlyStopping:\n    monitor: val_loss\n    patience: -1", 11, "Received: patience=-1"),
+        ("- ReduceLROnPlateau: {factor: 2}", 9, "does not support a factor >= 1.0"),
+        ("- EarlyStopping: {mode: maximum}", 9, "Received: mode='maximum'"),
+        (
+            "- EarlyStopping:\n    monitor: val_acc",
+            10,
+            "Values it logs: loss, accuracy, val_loss, val_accuracy, learning_rate",
+        ),
+        ("- ModelCheckpoint: {filepath: 'm-{val_los:.4f}.npz'}", 9, "{val_loss}"),
+        ("- LearningRateScheduler: {schedule: {type: cosine_decy, decay_steps: 3}}", 9, "did you mean 'cosine_decay'"),
+        ("- LearningRateScheduler", 9, "missing the required argument 'schedule'"),
+        ("- EarlyStopping: 3", 9, "must be a mapping"),
+    ],
+)
 def test_config_errors_point_at_the_entry(tmp_path, entry, line, needle):
     exc = _error(tmp_path, entry)
     assert exc.line == line, str(exc)
@@ -403,7 +462,7 @@ def test_config_errors_point_at_the_entry(tmp_path, entry, line, needle):
 
 def test_monitoring_a_value_the_run_will_not_have(tmp_path):
     no_val = BASE.replace(", validation_split: 0.2", "")
-    exc = _error(tmp_path, "- EarlyStopping", no_val)   # monitor val_loss by default
+    exc = _error(tmp_path, "- EarlyStopping", no_val)  # monitor val_loss by default
     assert "'val_loss', which this run will not log. Values it logs: loss, accuracy, learning_rate" in str(exc)
     assert "validation_split" in exc.hint
     exc = _error(tmp_path, "- ReduceLROnPlateau: {monitor: mae}", no_val)
@@ -424,12 +483,19 @@ def test_validate_command_reports_callback_errors(tmp_path):
 
 
 def test_callbacks_appear_in_a_run_and_its_files(tmp_path):
-    cfg = {"name": "files", "seed": 1,
-           "data": {"dataset": "synthetic", "samples": 120, "features": 4, "classes": 2, "validation_split": 0.25},
-           "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
-           "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"], "training": {"epochs": 3},
-           "callbacks": ["CSVLogger", {"ModelCheckpoint": {"filepath": "ck/{epoch}-{val_accuracy:.3f}.npz",
-                                                             "save_weights_only": True}}]}
+    cfg = {
+        "name": "files",
+        "seed": 1,
+        "data": {"dataset": "synthetic", "samples": 120, "features": 4, "classes": 2, "validation_split": 0.25},
+        "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
+        "loss": "sparse_categorical_crossentropy",
+        "metrics": ["accuracy"],
+        "training": {"epochs": 3},
+        "callbacks": [
+            "CSVLogger",
+            {"ModelCheckpoint": {"filepath": "ck/{epoch}-{val_accuracy:.3f}.npz", "save_weights_only": True}},
+        ],
+    }
     result = api.train(cfg, runs_dir=tmp_path)
     rows = (result.run_dir / "history.csv").read_text().splitlines()
     assert rows[0] == "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss" and len(rows) == 4
@@ -443,11 +509,17 @@ def test_callbacks_appear_in_a_run_and_its_files(tmp_path):
 
 
 def test_model_checkpoint_every_few_batches_is_a_resumable_mid_epoch_state(tmp_path):
-    cfg = {"name": "freq", "seed": 2, "data": {"dataset": "synthetic", "samples": 100, "features": 4, "classes": 2},
-           "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
-           "loss": "sparse_categorical_crossentropy", "training": {"epochs": 2, "batch_size": 20},
-           "callbacks": [{"ModelCheckpoint": {"filepath": "b/{epoch}-{batch}-{loss:.3f}.npz", "save_freq": 3,
-                                               "verbose": 0}}]}
+    cfg = {
+        "name": "freq",
+        "seed": 2,
+        "data": {"dataset": "synthetic", "samples": 100, "features": 4, "classes": 2},
+        "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
+        "loss": "sparse_categorical_crossentropy",
+        "training": {"epochs": 2, "batch_size": 20},
+        "callbacks": [
+            {"ModelCheckpoint": {"filepath": "b/{epoch}-{batch}-{loss:.3f}.npz", "save_freq": 3, "verbose": 0}}
+        ],
+    }
     result = api.train(cfg, runs_dir=tmp_path)
     files = sorted(p.name.rsplit("-", 1)[0] for p in (result.run_dir / "b").iterdir())
     assert files == ["1-3", "2-1", "2-4"]  # every 3 batches, counting across epochs (5 batches each)

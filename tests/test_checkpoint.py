@@ -3,6 +3,7 @@
 Hostile files (pickle payloads) must be refused without running anything: each one here would
 create a marker file if it were ever unpickled.
 """
+
 from __future__ import annotations
 
 import io
@@ -22,13 +23,23 @@ from dlrun.errors import CheckpointError
 from dlrun.runs import checkpoint as ck
 from dlrun.runs.atomic import remove_temporaries, write_json
 
-CONFIG = {"name": "ck", "seed": 5,
-          "data": {"dataset": "synthetic", "samples": 120, "features": 6, "classes": 3, "validation_split": 0.25},
-          "model": {"layers": [{"Dense": {"units": 8, "activation": "relu"}}, {"BatchNormalization": {}},
-                               {"Dense": {"units": 3, "activation": "softmax"}}]},
-          "loss": "sparse_categorical_crossentropy", "optimizer": "adam", "metrics": ["accuracy"],
-          "training": {"epochs": 2, "batch_size": 16},
-          "callbacks": [{"EarlyStopping": {"patience": 5, "restore_best_weights": True}}]}
+CONFIG = {
+    "name": "ck",
+    "seed": 5,
+    "data": {"dataset": "synthetic", "samples": 120, "features": 6, "classes": 3, "validation_split": 0.25},
+    "model": {
+        "layers": [
+            {"Dense": {"units": 8, "activation": "relu"}},
+            {"BatchNormalization": {}},
+            {"Dense": {"units": 3, "activation": "softmax"}},
+        ]
+    },
+    "loss": "sparse_categorical_crossentropy",
+    "optimizer": "adam",
+    "metrics": ["accuracy"],
+    "training": {"epochs": 2, "batch_size": 16},
+    "callbacks": [{"EarlyStopping": {"patience": 5, "restore_best_weights": True}}],
+}
 
 
 class Marker:
@@ -47,12 +58,19 @@ def trained(tmp_path_factory):
 
 
 def _sample() -> ck.Checkpoint:
-    return ck.Checkpoint({"name": "x"}, {"dense/kernel": np.arange(6, dtype=np.float32).reshape(2, 3)},
-                         {"momentum": np.ones(6, np.float32)},
-                         {"epoch": 3, "history": {"loss": [1.0, float("nan")]},
-                          "callbacks": [{"type": "EarlyStopping",
-                                         "state": {"best": float("inf"), "best_weights": {"d/k": np.eye(2)}}}],
-                          "rng": {"shuffle": {"state": {"state": 2 ** 127 + 3, "inc": 5}}}})
+    return ck.Checkpoint(
+        {"name": "x"},
+        {"dense/kernel": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        {"momentum": np.ones(6, np.float32)},
+        {
+            "epoch": 3,
+            "history": {"loss": [1.0, float("nan")]},
+            "callbacks": [
+                {"type": "EarlyStopping", "state": {"best": float("inf"), "best_weights": {"d/k": np.eye(2)}}}
+            ],
+            "rng": {"shuffle": {"state": {"state": 2**127 + 3, "inc": 5}}},
+        },
+    )
 
 
 def test_round_trip_keeps_arrays_metadata_and_state_arrays(tmp_path):
@@ -63,7 +81,7 @@ def test_round_trip_keeps_arrays_metadata_and_state_arrays(tmp_path):
     assert back.weights["dense/kernel"].dtype == np.float32 and np.array_equal(back.optimizer["momentum"], np.ones(6))
     state = back.meta["callbacks"][0]["state"]
     assert state["best"] == float("inf") and np.array_equal(state["best_weights"]["d/k"], np.eye(2))
-    assert back.meta["rng"]["shuffle"]["state"]["state"] == 2 ** 127 + 3      # 128-bit RNG state exact
+    assert back.meta["rng"]["shuffle"]["state"]["state"] == 2**127 + 3  # 128-bit RNG state exact
     assert back.meta["format_version"] == ck.FORMAT_VERSION and back.meta["dlrun_version"]
     assert np.isnan(back.meta["history"]["loss"][1])
 
@@ -105,10 +123,10 @@ def test_files_that_are_not_checkpoints(tmp_path):
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
-    np.save(tmp_path / "arr.npy", np.zeros(3))                               # a bare .npy, not an archive
-    np.savez(tmp_path / "other.npz", x=np.zeros(3))                          # an npz without our metadata
+    np.save(tmp_path / "arr.npy", np.zeros(3))  # a bare .npy, not an archive
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))  # an npz without our metadata
     np.savez(tmp_path / "json.npz", __meta__=np.frombuffer(b'{"format": "x"}', np.uint8))
-    with zipfile.ZipFile(tmp_path / "zip.npz", "w") as z:                    # a zip member that is not .npy
+    with zipfile.ZipFile(tmp_path / "zip.npz", "w") as z:  # a zip member that is not .npy
         z.writestr("__meta__.npy", b"garbage")
     messages = {}
     for name in [*cases, "arr.npy", "other.npz", "json.npz", "zip.npz"]:
@@ -140,15 +158,20 @@ def test_pickled_object_array_is_refused_and_never_run(tmp_path):
     good = _sample()
     # The same layout as a real checkpoint, with an object array where the weights are.
     meta = {"format": ck.FORMAT, "format_version": 1, "config": {"name": "x"}}
-    np.savez(tmp_path / "evil.npz", __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-             **{"weights/dense/kernel": evil}, **{"optimizer/m": good.optimizer["momentum"]})
+    np.savez(
+        tmp_path / "evil.npz",
+        __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+        **{"weights/dense/kernel": evil},
+        **{"optimizer/m": good.optimizer["momentum"]},
+    )
     # And one hiding it under a name the loader might skip.
-    np.savez(tmp_path / "evil2.npz", __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-             **{"state/0": evil})
+    np.savez(tmp_path / "evil2.npz", __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **{"state/0": evil})
     # NumPy itself refuses the object array when pickles are disallowed: the property we rely on.
-    with np.load(tmp_path / "evil.npz", allow_pickle=False) as npz:
-        with pytest.raises(ValueError, match="allow_pickle=False"):
-            npz["weights/dense/kernel"]
+    with (
+        np.load(tmp_path / "evil.npz", allow_pickle=False) as npz,
+        pytest.raises(ValueError, match="allow_pickle=False"),
+    ):
+        npz["weights/dense/kernel"]
     for name in ("evil.npz", "evil2.npz"):
         with pytest.raises(CheckpointError, match="pickled Python objects and was refused") as info:
             ck.load(tmp_path / name)
@@ -165,8 +188,7 @@ def test_cli_evaluate_refuses_hostile_and_broken_files_cleanly(tmp_path):
     evil = np.empty(1, dtype=object)
     evil[0] = Marker(marker)
     meta = {"format": ck.FORMAT, "format_version": 1, "config": {"name": "x"}}
-    np.savez(tmp_path / "evil.npz", __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-             **{"weights/w": evil})
+    np.savez(tmp_path / "evil.npz", __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **{"weights/w": evil})
     (tmp_path / "half.npz").write_bytes(b"PK\x03\x04" + b"\0" * 50)
     for name in ("evil.npz", "half.npz"):
         res = CliRunner().invoke(app, ["evaluate", str(tmp_path / name)])
@@ -181,7 +203,8 @@ def test_evaluate_works_from_each_checkpoint_file_alone(trained, tmp_path):
         scores = api.evaluate(copy)
         assert set(scores) == {"loss", "accuracy"}
     assert api.evaluate(tmp_path / "last.npz", split="val")["accuracy"] == pytest.approx(
-        trained.history["val_accuracy"][-1])
+        trained.history["val_accuracy"][-1]
+    )
 
 
 def test_atomic_write_leaves_the_previous_file_when_interrupted(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """CIFAR-10 from archives in the exact official binary format, and its download, on 127.0.0.1 only."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,22 +29,26 @@ NAMES = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", 
 def planar_record(label: int, image: np.ndarray) -> bytes:
     """One record written the way the format describes it, pixel by pixel (independent of dlrun)."""
     out = bytearray([label])
-    for channel in range(3):          # red plane, then green, then blue
+    for channel in range(3):  # red plane, then green, then blue
         for row in range(32):
             for col in range(32):
                 out.append(int(image[row, col, channel]))
     return bytes(out)
 
 
-def make_archive(folder: Path, per_batch: int = 3, n_test: int = 4, seed: int = 0, extra: dict | None = None
-                 ) -> tuple[Path, dict]:
+def make_archive(
+    folder: Path, per_batch: int = 3, n_test: int = 4, seed: int = 0, extra: dict | None = None
+) -> tuple[Path, dict]:
     """`cifar-10-binary.tar.gz` with a few records per batch file, and the arrays it should load to."""
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (5 * per_batch + n_test, 32, 32, 3), dtype=np.uint8)
     y = rng.integers(0, 10, len(x)).astype(np.int64)
-    members = {f"data_batch_{i + 1}.bin": b"".join(planar_record(int(y[j]), x[j])
-                                                   for j in range(i * per_batch, (i + 1) * per_batch))
-               for i in range(5)}
+    members = {
+        f"data_batch_{i + 1}.bin": b"".join(
+            planar_record(int(y[j]), x[j]) for j in range(i * per_batch, (i + 1) * per_batch)
+        )
+        for i in range(5)
+    }
     members["test_batch.bin"] = b"".join(planar_record(int(y[j]), x[j]) for j in range(5 * per_batch, len(x)))
     members["batches.meta.txt"] = ("\n".join(NAMES) + "\n\n").encode()
     members["readme.html"] = b"<html></html>"
@@ -54,8 +59,16 @@ def make_archive(folder: Path, per_batch: int = 3, n_test: int = 4, seed: int = 
         info.type = tarfile.DIRTYPE
         tar.addfile(info)
         # The official archive does not list the batches in numeric order.
-        for name in ["data_batch_4.bin", "readme.html", "test_batch.bin", "data_batch_2.bin", "batches.meta.txt",
-                     "data_batch_5.bin", "data_batch_1.bin", "data_batch_3.bin"]:
+        for name in [
+            "data_batch_4.bin",
+            "readme.html",
+            "test_batch.bin",
+            "data_batch_2.bin",
+            "batches.meta.txt",
+            "data_batch_5.bin",
+            "data_batch_1.bin",
+            "data_batch_3.bin",
+        ]:
             data = members[name]
             info = tarfile.TarInfo(f"{cifar10.FOLDER}/{name}")
             info.size = len(data)
@@ -90,12 +103,12 @@ def check(loaded, expected) -> None:
 
 def test_round_trip_from_archive_and_extracted_folder(isolated):
     archive, expected = make_archive(isolated / "mine")
-    check(cifar10.load(str(archive), allow_download=False), expected)          # data.path = the archive
+    check(cifar10.load(str(archive), allow_download=False), expected)  # data.path = the archive
     check(cifar10.load(str(isolated / "mine"), allow_download=False), expected)  # a folder holding it
     folder = cifar10.extract(archive, isolated / "unpacked")
-    assert sorted(p.name for p in folder.iterdir()) == sorted(cifar10.FILES)    # readme.html not copied
+    assert sorted(p.name for p in folder.iterdir()) == sorted(cifar10.FILES)  # readme.html not copied
     check(cifar10.load(str(isolated / "unpacked"), allow_download=False), expected)  # .../cifar-10-batches-bin
-    check(cifar10.load(str(folder), allow_download=False), expected)           # the .bin files directly
+    check(cifar10.load(str(folder), allow_download=False), expected)  # the .bin files directly
 
 
 def test_channel_order_is_planar_rgb_to_channels_last():
@@ -104,7 +117,7 @@ def test_channel_order_is_planar_rgb_to_channels_last():
     image[0, 1] = (1, 2, 3)
     record = bytes([7]) + bytes([10] * 1024) + bytes([20] * 1024) + bytes([30] * 1024)
     record = bytearray(record)
-    record[1 + 1], record[1 + 1024 + 1], record[1 + 2048 + 1] = 1, 2, 3   # row 0, column 1 of each plane
+    record[1 + 1], record[1 + 1024 + 1], record[1 + 2048 + 1] = 1, 2, 3  # row 0, column 1 of each plane
     x, y = cifar10.parse_records(bytes(record), "one")
     assert y.tolist() == [7] and x.shape == (1, 32, 32, 3)
     np.testing.assert_array_equal(x[0], image)
@@ -117,8 +130,9 @@ def test_load_dataset_sets_class_names_and_keeps_uint8(isolated):
     assert data.class_names == NAMES and data.num_classes == 10 and data.input_shape == (32, 32, 3)
     assert data.train.x.dtype == np.uint8 and data.test.x.dtype == np.uint8
     assert len(data.train) + len(data.val) == 15
-    fashion = load_dataset({"dataset": "fashion_mnist"}, 0) if Path("/usr/share/datasets/fashion-mnist").is_dir() \
-        else None
+    fashion = (
+        load_dataset({"dataset": "fashion_mnist"}, 0) if Path("/usr/share/datasets/fashion-mnist").is_dir() else None
+    )
     if fashion is not None:
         assert fashion.class_names[0] == "T-shirt/top" and fashion.class_names[-1] == "Ankle boot"
 
@@ -129,9 +143,9 @@ def test_search_order(isolated):
     assert where.path == isolated / "dlrun_data" / "cifar10" / cifar10.ARCHIVE and where.archive
     assert searched == [isolated / "dlrun_data" / "cifar10", isolated / "cache" / "dlrun" / "cifar10"]
     mine, _ = make_archive(isolated / "mine", seed=2)
-    assert cifar10.find(str(isolated / "mine"))[0].path == mine          # data.path comes first
+    assert cifar10.find(str(isolated / "mine"))[0].path == mine  # data.path comes first
     cifar10.extract(mine, isolated / "dlrun_data" / "cifar10")
-    assert not cifar10.find(None)[0].archive                             # extracted beats the archive
+    assert not cifar10.find(None)[0].archive  # extracted beats the archive
 
 
 def test_corrupt_files_are_reported(isolated):
@@ -151,8 +165,12 @@ def test_corrupt_files_are_reported(isolated):
 
 
 def test_extraction_takes_only_the_expected_members(isolated):
-    evil = {"../escape.txt": b"x", "/tmp/dlrun-absolute-escape.txt": b"x",
-            f"{cifar10.FOLDER}/../../escape2.txt": b"x", f"{cifar10.FOLDER}/evil.bin": b"x"}
+    evil = {
+        "../escape.txt": b"x",
+        "/tmp/dlrun-absolute-escape.txt": b"x",
+        f"{cifar10.FOLDER}/../../escape2.txt": b"x",
+        f"{cifar10.FOLDER}/evil.bin": b"x",
+    }
     archive, expected = make_archive(isolated / "a" / "b", extra=evil)
     dest = isolated / "a" / "b" / "dest"
     folder = cifar10.extract(archive, dest)
@@ -176,14 +194,14 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # quiet
         pass
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         if not self.truncate:
             return super().do_GET()
         data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))  # announces all of it ...
         self.end_headers()
-        self.wfile.write(data[: len(data) // 2])            # ... sends half, then hangs up
+        self.wfile.write(data[: len(data) // 2])  # ... sends half, then hangs up
         self.close_connection = True
 
 
@@ -193,7 +211,8 @@ def server(isolated, monkeypatch):
     archive, expected = make_archive(isolated / "served")
     handler = type("H", (_Handler,), {})
     httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(isolated / "served"), **k))
+        ("127.0.0.1", 0), lambda *a, **k: handler(*a, directory=str(isolated / "served"), **k)
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setattr(cifar10, "URL", f"http://127.0.0.1:{httpd.server_address[1]}/{cifar10.ARCHIVE}")
@@ -220,7 +239,7 @@ def test_download_verifies_extracts_and_is_found_next_time(server):
     assert seen and seen[-1][0] == seen[-1][1]
     assert (cache() / cifar10.ARCHIVE).is_file()
     assert cifar10.find(None)[0] == cifar10.Location(cache() / cifar10.FOLDER, False)
-    assert not [p for p in cache().rglob("*.part")]
+    assert not list(cache().rglob("*.part"))
 
 
 def test_wrong_checksum_is_rejected_and_removed(server, monkeypatch):
@@ -289,10 +308,14 @@ def test_train_without_the_data_fails_cleanly(isolated, monkeypatch):
 def test_train_without_the_data_as_a_real_process(tmp_path):
     cfg = tmp_path / "cifar10_mlp.yaml"
     cfg.write_text(CONFIG)
-    env = {**os.environ, "DLRUN_DATA": str(tmp_path / "d"), "XDG_CACHE_HOME": str(tmp_path / "c"),
-           "DLRUN_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "dlrun", "train", str(cfg), "--runs-dir", str(tmp_path / "runs")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    env = {**os.environ, "DLRUN_DATA": str(tmp_path / "d"), "XDG_CACHE_HOME": str(tmp_path / "c"), "DLRUN_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlrun", "train", str(cfg), "--runs-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and proc.stderr.startswith("error: the cifar10 dataset was not found")
     assert "Traceback" not in proc.stderr and "hint:" in proc.stderr
     assert not (tmp_path / "runs").exists()

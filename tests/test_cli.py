@@ -1,4 +1,5 @@
 """The command line, run the way users run it: exit codes, output, run folders."""
+
 from __future__ import annotations
 
 import json
@@ -61,7 +62,14 @@ def test_train_writes_run_folder_and_evaluate_reads_it(tmp_path, synth_config):
     res = runner.invoke(app, ["train", str(synth_config), "--runs-dir", str(runs), "--progress", "plain"])
     assert res.exit_code == 0, res.output
     [run] = list((runs / "synth").iterdir())
-    for f in ("config.yaml", "history.json", "metrics.json", "summary.txt", "checkpoints/best.npz", "checkpoints/last.npz"):
+    for f in (
+        "config.yaml",
+        "history.json",
+        "metrics.json",
+        "summary.txt",
+        "checkpoints/best.npz",
+        "checkpoints/last.npz",
+    ):
         assert (run / f).is_file(), f
     history = json.loads((run / "history.json").read_text())
     assert set(history) >= {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
@@ -93,7 +101,7 @@ def test_failure_while_setting_up_the_run_folder_leaves_no_folder(tmp_path, synt
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(api, "write_config", disk_full)
+    monkeypatch.setattr("dlrun.api.training.write_config", disk_full)
     with pytest.raises(OSError):
         api.train(synth_config, runs_dir=tmp_path / "runs")
     assert list((tmp_path / "runs").rglob("*")) == []
@@ -103,8 +111,9 @@ def test_config_error_exit_code_2_no_traceback_no_run_folder(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(SYNTH.replace("units: 16", "units: -16"))
     runs = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "dlrun", "train", str(bad), "--runs-dir", str(runs)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlrun", "train", str(bad), "--runs-dir", str(runs)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     assert f"{bad}:6:15" in proc.stderr and "units=-16" in proc.stderr
@@ -124,8 +133,11 @@ def test_corrupt_checkpoint_is_a_clean_error(tmp_path):
 
 
 def test_plain_progress_has_no_control_characters(tmp_path, synth_config):
-    proc = subprocess.run([sys.executable, "-m", "dlrun", "train", str(synth_config), "--runs-dir", str(tmp_path)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlrun", "train", str(synth_config), "--runs-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stdout and "\x1b" not in proc.stdout and "\b" not in proc.stdout
     assert proc.stdout.count("Epoch ") == 3

@@ -1,4 +1,5 @@
 """Config loading: safe YAML, schema checks with file/line, defaults, the resolved config."""
+
 from __future__ import annotations
 
 import textwrap
@@ -117,7 +118,9 @@ def test_missing_required_section(tmp_path):
 
 
 def test_layer_entry_forms(tmp_path):
-    cfg = parse_config(load_yaml_text(textwrap.dedent("""\
+    cfg = parse_config(
+        load_yaml_text(
+            textwrap.dedent("""\
         data: {dataset: fashion_mnist}
         model:
           layers:
@@ -127,7 +130,9 @@ def test_layer_entry_forms(tmp_path):
             - Dense:
                 units: 10
         loss: mse
-        """)))
+        """)
+        )
+    )
     setup = api.prepare(cfg)
     assert [n.name for n in setup.model.nodes] == ["flatten", "hidden", "dropout", "dense"]
 
@@ -159,29 +164,44 @@ def test_shipped_configs_resolve_to_yaml_that_builds_the_same_model(tmp_path, pa
 
 
 def _synthetic(loss, units, classes=3, activation="softmax", task="classification"):
-    return {"seed": 1, "data": {"dataset": "synthetic", "samples": 60, "features": 4, "classes": classes, "task": task},
-            "model": {"layers": [{"Dense": {"units": units, "activation": activation}}]},
-            "loss": loss, "optimizer": "adam", "training": {"epochs": 1, "batch_size": 16}}
+    return {
+        "seed": 1,
+        "data": {"dataset": "synthetic", "samples": 60, "features": 4, "classes": classes, "task": task},
+        "model": {"layers": [{"Dense": {"units": units, "activation": activation}}]},
+        "loss": loss,
+        "optimizer": "adam",
+        "training": {"epochs": 1, "batch_size": 16},
+    }
 
 
-@pytest.mark.parametrize("loss, units, classes, activation, task, needle", [
-    ("mse", 3, 3, "softmax", "classification", "compares one output with each label"),
-    ("binary_crossentropy", 3, 3, "sigmoid", "classification", "is for two classes"),
-    ("binary_crossentropy", 2, 2, "sigmoid", "classification", "needs one output per sample"),
-    ("sparse_categorical_crossentropy", 1, 2, "sigmoid", "classification", r"needs one output per class \(2\)"),
-    ("categorical_crossentropy", 3, 3, "softmax", "regression", "needs class labels"),
-])
+@pytest.mark.parametrize(
+    "loss, units, classes, activation, task, needle",
+    [
+        ("mse", 3, 3, "softmax", "classification", "compares one output with each label"),
+        ("binary_crossentropy", 3, 3, "sigmoid", "classification", "is for two classes"),
+        ("binary_crossentropy", 2, 2, "sigmoid", "classification", "needs one output per sample"),
+        ("sparse_categorical_crossentropy", 1, 2, "sigmoid", "classification", r"needs one output per class \(2\)"),
+        ("categorical_crossentropy", 3, 3, "softmax", "regression", "needs class labels"),
+    ],
+)
 def test_a_loss_that_does_not_fit_the_output_is_a_config_error_before_any_run_folder(
-        tmp_path, loss, units, classes, activation, task, needle):
+    tmp_path, loss, units, classes, activation, task, needle
+):
     with pytest.raises(ConfigError, match=needle) as err:
         api.train(_synthetic(loss, units, classes, activation, task), runs_dir=tmp_path / "runs")
     assert err.value.exit_code == 2
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("loss, units, classes, activation", [
-    ("sparse_categorical_crossentropy", 3, 3, "softmax"), ("categorical_crossentropy", 3, 3, "softmax"),
-    ("binary_crossentropy", 1, 2, "sigmoid"), ("mse", 1, 2, "sigmoid")])
+@pytest.mark.parametrize(
+    "loss, units, classes, activation",
+    [
+        ("sparse_categorical_crossentropy", 3, 3, "softmax"),
+        ("categorical_crossentropy", 3, 3, "softmax"),
+        ("binary_crossentropy", 1, 2, "sigmoid"),
+        ("mse", 1, 2, "sigmoid"),
+    ],
+)
 def test_losses_that_fit_the_output_train(tmp_path, loss, units, classes, activation):
     api.train(_synthetic(loss, units, classes, activation), runs_dir=tmp_path / "runs")
 

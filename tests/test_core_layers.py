@@ -1,27 +1,29 @@
 """Core layers (Dense, Flatten, Reshape, Activation, Dropout) through a tiny float64 Model, and regularizers."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+from conftest import assert_grad_close, build_model, chain_input_grad, numeric_grad
 
 from dlrun.engine import regularizers
 from dlrun.engine.backend import Backend
-from dlrun.engine.regularizers import L1, L2, L1L2
+from dlrun.engine.regularizers import L1, L1L2, L2
 from dlrun.graph.layer import LAYERS
 from dlrun.graph.layers.core import Activation, Dense, Dropout, Flatten, Reshape
 from dlrun.graph.model import GraphError
 
-from conftest import assert_grad_close, build_model, chain_input_grad, numeric_grad
-
 
 def _loss_fn(model, x, r, training=False, noise_state=None):
     """sum(model(x) * r): a scalar whose gradient w.r.t. the output is r."""
+
     def f(_):
         if noise_state is not None:
             model.noise.set_state(noise_state)
         return float((model.forward(x, training=training) * r).sum())
+
     return f
 
 
@@ -164,7 +166,7 @@ def test_dropout_inverted_scaling_and_mean(rng):
 def test_dropout_keeps_float32_and_odd_sizes(rng):
     layer = Dropout(0.3)
     model = build_model([layer], (7, 3), backend=Backend(np, np.float32))
-    x = np.ones((5, 7, 3), dtype=np.float32)                 # 105 values: an odd number of draws
+    x = np.ones((5, 7, 3), dtype=np.float32)  # 105 values: an odd number of draws
     y = model.forward(x, training=True)
     assert y.dtype == np.float32 and layer.backward(x).dtype == np.float32
     assert set(np.unique(y)) <= {np.float32(0), np.float32(1 / 0.7)}
@@ -210,7 +212,7 @@ def test_dropout_noise_shape_broadcasts(rng):
     model = build_model([Dropout(0.5, noise_shape=[1, 8])], (5, 8))
     y = model.forward(np.ones((3, 5, 8)), training=True)
     for b in range(3):
-        assert (y[b] == y[b, :1]).all()          # the same mask for every row of a sample
+        assert (y[b] == y[b, :1]).all()  # the same mask for every row of a sample
     with pytest.raises(GraphError, match="noise_shape"):
         build_model([Dropout(0.5, noise_shape=[8])], (5, 8))
 
@@ -218,9 +220,17 @@ def test_dropout_noise_shape_broadcasts(rng):
 # -- config round-trips and validation -----------------------------------------------------------------
 ROUND_TRIP = {
     "Dense": lambda **kw: Dense(7, **kw),
-    "Dense_full": lambda **kw: Dense(3, activation="relu", use_bias=False, kernel_initializer="he_normal",
-                                     bias_initializer="ones", kernel_regularizer={"type": "l2", "l2": 0.05},
-                                     bias_regularizer="l1", trainable=False, **kw),
+    "Dense_full": lambda **kw: Dense(
+        3,
+        activation="relu",
+        use_bias=False,
+        kernel_initializer="he_normal",
+        bias_initializer="ones",
+        kernel_regularizer={"type": "l2", "l2": 0.05},
+        bias_regularizer="l1",
+        trainable=False,
+        **kw,
+    ),
     "Dense_init_args": lambda **kw: Dense(2, kernel_initializer={"type": "random_normal", "stddev": 0.2}, **kw),
     "Flatten": lambda **kw: Flatten(**kw),
     "Reshape": lambda **kw: Reshape([2, -1], **kw),
@@ -259,20 +269,23 @@ def test_round_trip_preserves_behaviour(rng):
     assert m1.regularization(False) == m2.regularization(False)
 
 
-@pytest.mark.parametrize("factory,needle", [
-    (lambda: Dense(0), "units=0"),
-    (lambda: Dense(-3), "units=-3"),
-    (lambda: Dense(2.5), "units=2.5"),
-    (lambda: Dense(True), "units=True"),
-    (lambda: Dropout(1.5), "rate=1.5"),
-    (lambda: Dropout(-0.1), "rate=-0.1"),
-    (lambda: Dropout(1.0), "rate=1.0"),
-    (lambda: Dropout(0.5, noise_shape=[0]), "noise_shape=[0]"),
-    (lambda: Dense(2, name=""), "name=''"),
-    (lambda: Dense(2, trainable="yes"), "trainable='yes'"),
-    (lambda: Activation("rellu"), "relu"),
-    (lambda: Dense(2, kernel_initializer="glorot_uniformm"), "glorot_uniform"),
-])
+@pytest.mark.parametrize(
+    "factory,needle",
+    [
+        (lambda: Dense(0), "units=0"),
+        (lambda: Dense(-3), "units=-3"),
+        (lambda: Dense(2.5), "units=2.5"),
+        (lambda: Dense(True), "units=True"),
+        (lambda: Dropout(1.5), "rate=1.5"),
+        (lambda: Dropout(-0.1), "rate=-0.1"),
+        (lambda: Dropout(1.0), "rate=1.0"),
+        (lambda: Dropout(0.5, noise_shape=[0]), "noise_shape=[0]"),
+        (lambda: Dense(2, name=""), "name=''"),
+        (lambda: Dense(2, trainable="yes"), "trainable='yes'"),
+        (lambda: Activation("rellu"), "relu"),
+        (lambda: Dense(2, kernel_initializer="glorot_uniformm"), "glorot_uniform"),
+    ],
+)
 def test_constructor_validation(factory, needle):
     with pytest.raises(ValueError) as err:
         factory()
@@ -283,14 +296,18 @@ def test_constructor_validation(factory, needle):
 W = np.array([[0.5, -1.5], [2.0, -0.25], [0.75, 1.0]])
 
 
-@pytest.mark.parametrize("reg,expected", [
-    (L1(), 0.01 * np.abs(W).sum()),
-    (L2(), 0.01 * (W ** 2).sum()),
-    (L1(0.3), 0.3 * np.abs(W).sum()),
-    (L2(0.2), 0.2 * (W ** 2).sum()),
-    (L1L2(l1=0.1, l2=0.2), 0.1 * np.abs(W).sum() + 0.2 * (W ** 2).sum()),
-    (L1L2(), 0.0),
-], ids=["l1", "l2", "l1_0.3", "l2_0.2", "l1_l2", "l1_l2_default"])
+@pytest.mark.parametrize(
+    "reg,expected",
+    [
+        (L1(), 0.01 * np.abs(W).sum()),
+        (L2(), 0.01 * (W**2).sum()),
+        (L1(0.3), 0.3 * np.abs(W).sum()),
+        (L2(0.2), 0.2 * (W**2).sum()),
+        (L1L2(l1=0.1, l2=0.2), 0.1 * np.abs(W).sum() + 0.2 * (W**2).sum()),
+        (L1L2(), 0.0),
+    ],
+    ids=["l1", "l2", "l1_0.3", "l2_0.2", "l1_l2", "l1_l2_default"],
+)
 def test_regularizer_penalty_and_gradient(reg, expected):
     assert float(reg.penalty(W)) == pytest.approx(expected, rel=1e-12, abs=0)
     g = np.zeros_like(W)
@@ -321,7 +338,7 @@ def test_model_regularization_adds_penalty_and_gradient(rng):
         return float((model.forward(x) * r).sum()) + float(model.regularization(False))
 
     k, b = layer.params["kernel"], layer.params["bias"]
-    expected = 0.01 * np.abs(k).sum() + 0.05 * (k ** 2).sum() + 0.01 * (b ** 2).sum()
+    expected = 0.01 * np.abs(k).sum() + 0.05 * (k**2).sum() + 0.01 * (b**2).sum()
     assert float(model.regularization(False)) == pytest.approx(expected, rel=1e-12)
     model.forward(x)
     model.backward(r)

@@ -1,4 +1,5 @@
 """The user's own data (npz, csv), synthetic regression, splits, normalisation and augmentation."""
+
 from __future__ import annotations
 
 import json
@@ -18,11 +19,17 @@ from dlrun.engine.backend import CPU
 from dlrun.errors import ConfigError, DataError
 
 
-def config(data: dict, layers: list, loss: str, metrics: list | None = None, epochs: int = 3, lr: float = 0.01
-           ) -> dict:
-    return {"name": "t", "seed": 3, "data": data, "model": {"layers": layers}, "loss": loss,
-            "optimizer": {"type": "adam", "learning_rate": lr}, "metrics": metrics or [],
-            "training": {"epochs": epochs, "batch_size": 16}}
+def config(data: dict, layers: list, loss: str, metrics: list | None = None, epochs: int = 3, lr: float = 0.01) -> dict:
+    return {
+        "name": "t",
+        "seed": 3,
+        "data": data,
+        "model": {"layers": layers},
+        "loss": loss,
+        "optimizer": {"type": "adam", "learning_rate": lr},
+        "metrics": metrics or [],
+        "training": {"epochs": epochs, "batch_size": 16},
+    }
 
 
 def blobs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -45,10 +52,13 @@ def write_csv(path: Path, x: np.ndarray, target: list, header: bool = True, name
 def test_npz_classification_trains_and_evaluates(tmp_path):
     x, y = blobs(240)
     np.savez(tmp_path / "d.npz", x_train=x[:200], y_train=y[:200], x_test=x[200:], y_test=y[200:])
-    cfg = config({"dataset": "npz", "path": str(tmp_path / "d.npz"), "validation_split": 0.2,
-                  "normalize": "standardize"},
-                 [{"Dense": {"units": 8, "activation": "relu"}}, {"Dense": {"units": 3, "activation": "softmax"}}],
-                 "sparse_categorical_crossentropy", ["accuracy"], epochs=8)
+    cfg = config(
+        {"dataset": "npz", "path": str(tmp_path / "d.npz"), "validation_split": 0.2, "normalize": "standardize"},
+        [{"Dense": {"units": 8, "activation": "relu"}}, {"Dense": {"units": 3, "activation": "softmax"}}],
+        "sparse_categorical_crossentropy",
+        ["accuracy"],
+        epochs=8,
+    )
     result = api.train(cfg, runs_dir=tmp_path / "runs")
     assert result.metrics["test"]["accuracy"] > 0.9
     scores = api.evaluate(result.run_dir / "checkpoints" / "last.npz")
@@ -75,9 +85,15 @@ def test_npz_regression_with_mse_and_test_split(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((300, 5)).astype(np.float32)
     y = x @ np.array([1.0, -2.0, 0.5, 0.0, 1.5], np.float32) + 0.05 * rng.standard_normal(300).astype(np.float32)
-    np.savez(tmp_path / "r.npz", x_train=x, y_train=y)          # no test set: test_split makes one
-    cfg = config({"dataset": "npz", "path": str(tmp_path / "r.npz"), "task": "regression", "test_split": 0.2},
-                 [{"Dense": {"units": 1}}], "mse", ["mae"], epochs=10, lr=0.05)
+    np.savez(tmp_path / "r.npz", x_train=x, y_train=y)  # no test set: test_split makes one
+    cfg = config(
+        {"dataset": "npz", "path": str(tmp_path / "r.npz"), "task": "regression", "test_split": 0.2},
+        [{"Dense": {"units": 1}}],
+        "mse",
+        ["mae"],
+        epochs=10,
+        lr=0.05,
+    )
     result = api.train(cfg, runs_dir=tmp_path / "runs")
     assert result.metrics["test"]["loss"] < 0.05
     assert result.history["loss"][-1] < result.history["loss"][0]
@@ -106,9 +122,13 @@ def test_csv_classification_with_string_labels_trains(tmp_path):
     x, y = blobs(200, seed=2)
     names = np.array(["setosa", "versicolor", "virginica"])
     path = write_csv(tmp_path / "iris.csv", x, names[y].tolist(), name="species")
-    cfg = config({"dataset": "csv", "path": str(path), "target": "species", "test_split": 0.25, "stratify": True},
-                 [{"Dense": {"units": 3, "activation": "softmax"}}], "categorical_crossentropy", ["accuracy"],
-                 epochs=10)
+    cfg = config(
+        {"dataset": "csv", "path": str(path), "target": "species", "test_split": 0.25, "stratify": True},
+        [{"Dense": {"units": 3, "activation": "softmax"}}],
+        "categorical_crossentropy",
+        ["accuracy"],
+        epochs=10,
+    )
     result = api.train(cfg, runs_dir=tmp_path / "runs")
     assert result.metrics["test"]["accuracy"] > 0.9
     data = load_dataset(api.as_config(cfg).resolved["data"], 3)
@@ -122,12 +142,17 @@ def test_csv_regression_with_mse_without_header(tmp_path):
     x = rng.uniform(-1, 1, (240, 3)).astype(np.float32)
     t = 2 * x[:, 0] - x[:, 2] + 0.5
     path = write_csv(tmp_path / "r.csv", x * 10 + 100, [f"{v:.6f}" for v in t], header=False)
-    cfg = config({"dataset": "csv", "path": str(path), "target": -1, "task": "regression", "test_split": 0.2},
-                 [{"Dense": {"units": 1}}], "mse", epochs=10, lr=0.05)
+    cfg = config(
+        {"dataset": "csv", "path": str(path), "target": -1, "task": "regression", "test_split": 0.2},
+        [{"Dense": {"units": 1}}],
+        "mse",
+        epochs=10,
+        lr=0.05,
+    )
     result = api.train(cfg, runs_dir=tmp_path / "runs")
     assert result.metrics["test"]["loss"] < 0.01
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text())
-    assert len(saved["data"]["statistics"]["mean"]) == 3      # standardised by default
+    assert len(saved["data"]["statistics"]["mean"]) == 3  # standardised by default
 
 
 def test_csv_errors_name_row_and_column(tmp_path):
@@ -137,9 +162,10 @@ def test_csv_errors_name_row_and_column(tmp_path):
         load_dataset({"dataset": "csv", "path": str(p), "target": "label", "task": "classification"}, 0)
     with pytest.raises(DataError, match="did you mean 'label'"):
         load_dataset({"dataset": "csv", "path": str(p), "target": "lable", "task": "classification"}, 0)
-    p.write_text("1;2;0\n3;4;1\n")                         # no header, ';' separated
-    data = load_dataset({"dataset": "csv", "path": str(p), "target": 2, "task": "classification",
-                         "normalize": "none"}, 0)
+    p.write_text("1;2;0\n3;4;1\n")  # no header, ';' separated
+    data = load_dataset(
+        {"dataset": "csv", "path": str(p), "target": 2, "task": "classification", "normalize": "none"}, 0
+    )
     np.testing.assert_array_equal(data.train.x, [[1, 2], [3, 4]])
     with pytest.raises(DataError, match="no header"):
         load_dataset({"dataset": "csv", "path": str(p), "target": "label", "task": "classification"}, 0)
@@ -166,9 +192,20 @@ def test_dataset_keys_are_checked_in_the_config():
 # -- synthetic regression --------------------------------------------------------------------------
 @pytest.mark.parametrize("loss", ["mse", "mae", "mape"])
 def test_synthetic_regression_trains_with(loss, tmp_path):
-    cfg = config({"dataset": "synthetic", "task": "regression", "samples": 400, "features": 8, "noise": 0.05,
-                  "validation_split": 0.2}, [{"Dense": {"units": 16, "activation": "relu"}}, {"Dense": {"units": 1}}],
-                 loss, ["mse"] if loss != "mse" else ["mae"], epochs=5)
+    cfg = config(
+        {
+            "dataset": "synthetic",
+            "task": "regression",
+            "samples": 400,
+            "features": 8,
+            "noise": 0.05,
+            "validation_split": 0.2,
+        },
+        [{"Dense": {"units": 16, "activation": "relu"}}, {"Dense": {"units": 1}}],
+        loss,
+        ["mse"] if loss != "mse" else ["mae"],
+        epochs=5,
+    )
     result = api.train(cfg, runs_dir=tmp_path / "runs")
     assert all(np.isfinite(v) for v in result.history["val_loss"])
     assert result.history["val_loss"][-1] < result.history["val_loss"][0]
@@ -180,16 +217,19 @@ def test_synthetic_regression_trains_with(loss, tmp_path):
 def test_standardisation_uses_the_training_split_only_and_evaluate_reuses_it(tmp_path, monkeypatch):
     rng = np.random.default_rng(5)
     x_tr = rng.normal(10, 2, (100, 2)).astype(np.float32)
-    x_te = rng.normal(-50, 9, (40, 2)).astype(np.float32)       # a very different test set
+    x_te = rng.normal(-50, 9, (40, 2)).astype(np.float32)  # a very different test set
     y_tr, y_te = (x_tr[:, 0] > 10).astype(np.int64), (x_te[:, 0] > -50).astype(np.int64)
     np.savez(tmp_path / "s.npz", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
-    data_cfg = {"dataset": "npz", "path": str(tmp_path / "s.npz"), "validation_split": 0.3,
-                "normalize": "standardize"}
-    cfg = config(data_cfg, [{"Dense": {"units": 1, "activation": "sigmoid"}}], "binary_crossentropy",
-                 ["accuracy"], epochs=2)
+    data_cfg = {"dataset": "npz", "path": str(tmp_path / "s.npz"), "validation_split": 0.3, "normalize": "standardize"}
+    cfg = config(
+        data_cfg, [{"Dense": {"units": 1, "activation": "sigmoid"}}], "binary_crossentropy", ["accuracy"], epochs=2
+    )
     result = api.train(cfg, runs_dir=tmp_path / "runs")
-    data = load_dataset({**api.as_config(cfg).resolved["data"]}, 3, split_rng=__import__(
-        "dlrun.engine.random", fromlist=["streams"]).streams(3).split)
+    data = load_dataset(
+        {**api.as_config(cfg).resolved["data"]},
+        3,
+        split_rng=__import__("dlrun.engine.random", fromlist=["streams"]).streams(3).split,
+    )
     np.testing.assert_allclose(data.normalization.mean, data.train.x.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(data.normalization.std, data.train.x.std(axis=0), rtol=1e-4)
     assert len(data.train) == 70 and not np.allclose(data.normalization.mean, x_tr.mean(axis=0))
@@ -205,7 +245,7 @@ def test_standardisation_uses_the_training_split_only_and_evaluate_reuses_it(tmp
 
 def test_channel_statistics_match_numpy_and_stay_uint8():
     x = np.random.default_rng(0).integers(0, 256, (500, 8, 8, 3), dtype=np.uint8)
-    mean, std = normalize.channel_statistics(x, rows=1000)        # several chunks
+    mean, std = normalize.channel_statistics(x, rows=1000)  # several chunks
     np.testing.assert_allclose(mean, x.reshape(-1, 3).mean(axis=0), rtol=1e-10)
     np.testing.assert_allclose(std, x.reshape(-1, 3).std(axis=0), rtol=1e-8)
     norm = normalize.Normalization("standardize", mean=mean, std=std)
@@ -222,21 +262,43 @@ def test_stratified_split_keeps_class_proportions():
     assert len(held) == 30 and sorted(np.concatenate([keep, held]).tolist()) == list(range(150))
     assert np.bincount(y[held]).tolist() == [18, 2, 10]
     keep2, held2 = splits.holdout(len(y), 0.2, np.random.default_rng(0), y)
-    np.testing.assert_array_equal(held, held2)                    # seeded
+    np.testing.assert_array_equal(held, held2)  # seeded
     plain_keep, plain_held = splits.holdout(len(y), 0.2, np.random.default_rng(0))
-    order = np.random.default_rng(0).permutation(150)             # the split of earlier versions
+    order = np.random.default_rng(0).permutation(150)  # the split of earlier versions
     np.testing.assert_array_equal(plain_held, order[:30])
     np.testing.assert_array_equal(plain_keep, order[30:])
 
 
 def test_stratify_through_load_dataset():
-    data = load_dataset({"dataset": "synthetic", "samples": 300, "features": 4, "classes": 3, "task":
-                         "classification", "noise": 0.1, "validation_split": 0.2, "stratify": True}, 0)
+    data = load_dataset(
+        {
+            "dataset": "synthetic",
+            "samples": 300,
+            "features": 4,
+            "classes": 3,
+            "task": "classification",
+            "noise": 0.1,
+            "validation_split": 0.2,
+            "stratify": True,
+        },
+        0,
+    )
     full = np.bincount(np.concatenate([data.train.y, data.val.y]), minlength=3) / 300
     assert np.abs(np.bincount(data.val.y, minlength=3) / len(data.val) - full).max() < 0.01
     with pytest.raises(DataError, match="stratify needs class labels"):
-        load_dataset({"dataset": "synthetic", "samples": 50, "features": 4, "classes": 1, "task": "regression",
-                      "noise": 0.1, "validation_split": 0.2, "stratify": True}, 0)
+        load_dataset(
+            {
+                "dataset": "synthetic",
+                "samples": 50,
+                "features": 4,
+                "classes": 1,
+                "task": "regression",
+                "noise": 0.1,
+                "validation_split": 0.2,
+                "stratify": True,
+            },
+            0,
+        )
 
 
 # -- augmentation ----------------------------------------------------------------------------------------
@@ -265,7 +327,7 @@ def test_crop_with_padding_is_a_shift_with_zero_fill():
     out = aug.geometric_batch(aug.rng(3, 1), x, np)
     padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
     for o, p in zip(out, padded):
-        windows = [p[i:i + 8, j:j + 10] for i in range(5) for j in range(5)]
+        windows = [p[i : i + 8, j : j + 10] for i in range(5) for j in range(5)]
         assert any(np.array_equal(o, w) for w in windows)
 
 
@@ -273,30 +335,39 @@ def test_translation_reflect_matches_numpy_symmetric_padding():
     x = images(8)
     aug = augmenter([{"RandomTranslation": {"height_factor": 0.25, "width_factor": 0.2}}])
     out = aug.geometric_batch(aug.rng(0, 0), x, np)
-    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="symmetric")    # Keras "reflect"
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="symmetric")  # Keras "reflect"
     for o, p in zip(out, padded):
-        assert any(np.array_equal(o, p[i:i + 8, j:j + 10]) for i in range(5) for j in range(5))
+        assert any(np.array_equal(o, p[i : i + 8, j : j + 10]) for i in range(5) for j in range(5))
 
 
 def test_photometric_stay_in_range_and_everything_is_seeded():
     x = images().astype(np.float32)
-    aug = augmenter([{"RandomBrightness": {"factor": 0.5}}, {"RandomContrast": {"factor": 0.5}},
-                     {"RandomFlip": {}}, {"RandomCrop": {}}])
+    aug = augmenter(
+        [
+            {"RandomBrightness": {"factor": 0.5}},
+            {"RandomContrast": {"factor": 0.5}},
+            {"RandomFlip": {}},
+            {"RandomCrop": {}},
+        ]
+    )
     a = aug.photometric_batch(aug.rng(2, 5), x, np)
     assert a.min() >= 0 and a.max() <= 255 and not np.allclose(a, x)
     np.testing.assert_array_equal(a, aug.photometric_batch(aug.rng(2, 5), x, np))
     assert not np.allclose(a, aug.photometric_batch(aug.rng(2, 6), x, np))
     g = aug.geometric_batch(aug.rng(2, 5), images(), np)
-    np.testing.assert_array_equal(g, augmenter(aug_specs := [{"RandomFlip": {}}, {"RandomCrop": {}}])
-                                  .geometric_batch(aug.rng(2, 5), images(), np))
-    assert not np.array_equal(g, augmenter(aug_specs, seed=2).geometric_batch(augmenter(aug_specs, seed=2)
-                                                                               .rng(2, 5), images(), np))
+    np.testing.assert_array_equal(
+        g, augmenter(aug_specs := [{"RandomFlip": {}}, {"RandomCrop": {}}]).geometric_batch(aug.rng(2, 5), images(), np)
+    )
+    assert not np.array_equal(
+        g, augmenter(aug_specs, seed=2).geometric_batch(augmenter(aug_specs, seed=2).rng(2, 5), images(), np)
+    )
 
 
 def test_augmentation_only_for_training_batches():
     x = images(20)
-    data = load_dataset({"dataset": "synthetic", "samples": 20, "features": 2, "classes": 2, "task":
-                         "classification", "noise": 0.0}, 0)
+    data = load_dataset(
+        {"dataset": "synthetic", "samples": 20, "features": 2, "classes": 2, "task": "classification", "noise": 0.0}, 0
+    )
     data.train = Split(x, np.zeros(20, np.int64))
     data.input_shape = x.shape[1:]
     data.augmenter = augmenter([{"RandomFlip": {"mode": "horizontal"}}, {"RandomBrightness": {"factor": 0.3}}])
@@ -305,13 +376,23 @@ def test_augmentation_only_for_training_batches():
     np.testing.assert_allclose(plain, x.astype(np.float32) / 255, rtol=1e-6)
     trained = next(iter(data.batches(data.train, 20, CPU, training=True).epoch(epoch=0)))[0]
     assert trained.dtype == np.float32 and not np.allclose(trained, plain)
-    assert data.train.x.dtype == np.uint8 and np.array_equal(data.train.x, x)   # the data is untouched
+    assert data.train.x.dtype == np.uint8 and np.array_equal(data.train.x, x)  # the data is untouched
 
 
 def test_augmentation_needs_images():
     with pytest.raises(DataError, match="applies to images"):
-        load_dataset({"dataset": "synthetic", "samples": 20, "features": 2, "classes": 2, "task": "classification",
-                      "noise": 0.0, "augmentation": ["RandomFlip"]}, 0)
+        load_dataset(
+            {
+                "dataset": "synthetic",
+                "samples": 20,
+                "features": 2,
+                "classes": 2,
+                "task": "classification",
+                "noise": 0.0,
+                "augmentation": ["RandomFlip"],
+            },
+            0,
+        )
 
 
 def test_batches_accept_a_bare_scale_factor():

@@ -1,11 +1,11 @@
 """Fashion-MNIST search order and download, against a local HTTP server (no network)."""
+
 from __future__ import annotations
 
 import gzip
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +44,7 @@ def tiny_files(tmp_path, monkeypatch):
 
 @pytest.fixture
 def server(tiny_files, monkeypatch):
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tiny_files), **k)  # noqa: E731
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tiny_files), **k)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.RequestHandlerClass.log_message = lambda *a: None
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

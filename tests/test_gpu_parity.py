@@ -3,21 +3,25 @@ short training run's history, must agree to float32 tolerance; checkpoints cross
 
 Runs only where CuPy imports and sees a CUDA device; CI has none, so the module is skipped there.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make
 
 from dlrun import api
 from dlrun.engine import backend as backend_mod
 from dlrun.engine.backend import Backend
 from dlrun.graph.layer import LAYERS
 
-from conftest import make
-
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(backend_mod.gpu_unavailable_reason() is not None,
-                                 reason=f"no GPU backend: {backend_mod.gpu_unavailable_reason()}")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        backend_mod.gpu_unavailable_reason() is not None,
+        reason=f"no GPU backend: {backend_mod.gpu_unavailable_reason()}",
+    ),
+]
 
 RTOL, ATOL = 2e-4, 2e-5
 
@@ -75,7 +79,11 @@ def _run_layer(backend: Backend, case, xs, training: bool):
     dy = np.random.default_rng(1).normal(size=y.shape).astype(np.float32)
     dx = layer.backward(backend.asarray(dy))
     dxs = dx if isinstance(dx, list) else [dx]
-    return backend.to_host(y), [backend.to_host(d) for d in dxs], {k: backend.to_host(g) for k, g in layer.grads.items()}
+    return (
+        backend.to_host(y),
+        [backend.to_host(d) for d in dxs],
+        {k: backend.to_host(g) for k, g in layer.grads.items()},
+    )
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
@@ -97,12 +105,20 @@ def test_layer_forward_and_backward_match_numpy(case, training, gpu):
 SMALL_CNN = {
     "seed": 5,
     "data": {"dataset": "synthetic", "samples": 240, "features": 64, "classes": 3, "validation_split": 0.25},
-    "model": {"layers": [
-        {"Reshape": {"target_shape": [8, 8, 1]}},
-        {"Conv2D": {"filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"}},
-        {"BatchNormalization": {}}, {"MaxPooling2D": {"pool_size": 2}}, {"Dropout": {"rate": 0.25}},
-        {"Flatten": {}}, {"Dense": {"units": 3, "activation": "softmax"}}]},
-    "loss": "sparse_categorical_crossentropy", "optimizer": "adam", "metrics": ["accuracy"],
+    "model": {
+        "layers": [
+            {"Reshape": {"target_shape": [8, 8, 1]}},
+            {"Conv2D": {"filters": 4, "kernel_size": 3, "padding": "same", "activation": "relu"}},
+            {"BatchNormalization": {}},
+            {"MaxPooling2D": {"pool_size": 2}},
+            {"Dropout": {"rate": 0.25}},
+            {"Flatten": {}},
+            {"Dense": {"units": 3, "activation": "softmax"}},
+        ]
+    },
+    "loss": "sparse_categorical_crossentropy",
+    "optimizer": "adam",
+    "metrics": ["accuracy"],
     "training": {"epochs": 2, "batch_size": 32},
 }
 

@@ -1,4 +1,5 @@
 """Initializers: Keras's fan computation, bounds/spreads of the variance-scaling presets, seeding, dtype."""
+
 from __future__ import annotations
 
 import math
@@ -7,23 +8,39 @@ import numpy as np
 import pytest
 
 from dlrun.engine import initializers
-from dlrun.engine.initializers import (Constant, GlorotNormal, GlorotUniform, HeNormal, HeUniform, LecunNormal,
-                                       LecunUniform, Ones, RandomNormal, RandomUniform, TruncatedNormal,
-                                       VarianceScaling, Zeros, compute_fans)
+from dlrun.engine.initializers import (
+    Constant,
+    GlorotNormal,
+    GlorotUniform,
+    HeNormal,
+    HeUniform,
+    LecunNormal,
+    LecunUniform,
+    Ones,
+    RandomNormal,
+    RandomUniform,
+    TruncatedNormal,
+    VarianceScaling,
+    Zeros,
+    compute_fans,
+)
 
 
 def draw(init, shape, seed=0, dtype=np.float32):
     return init(shape, np.random.default_rng(seed), dtype)
 
 
-@pytest.mark.parametrize("shape,fans", [
-    ((3, 3, 16, 32), (144, 288)),
-    ((5, 5, 1, 6), (25, 150)),
-    ((784, 100), (784, 100)),
-    ((7,), (7, 7)),
-    ((), (1, 1)),
-    ((3, 4, 5), (12, 15)),
-])
+@pytest.mark.parametrize(
+    "shape,fans",
+    [
+        ((3, 3, 16, 32), (144, 288)),
+        ((5, 5, 1, 6), (25, 150)),
+        ((784, 100), (784, 100)),
+        ((7,), (7, 7)),
+        ((), (1, 1)),
+        ((3, 4, 5), (12, 15)),
+    ],
+)
 def test_compute_fans(shape, fans):
     assert compute_fans(shape) == fans
 
@@ -48,11 +65,14 @@ def test_other_uniform_presets(cls, fan, scale):
     assert np.abs(w).max() <= limit and np.abs(w).max() > 0.97 * limit
 
 
-@pytest.mark.parametrize("cls,var_fn", [
-    (HeNormal, lambda fi, fo: 2 / fi),
-    (LecunNormal, lambda fi, fo: 1 / fi),
-    (GlorotNormal, lambda fi, fo: 2 / (fi + fo)),
-])
+@pytest.mark.parametrize(
+    "cls,var_fn",
+    [
+        (HeNormal, lambda fi, fo: 2 / fi),
+        (LecunNormal, lambda fi, fo: 1 / fi),
+        (GlorotNormal, lambda fi, fo: 2 / (fi + fo)),
+    ],
+)
 @pytest.mark.parametrize("shape", [(200, 150), (3, 3, 16, 32)])
 def test_truncated_normal_presets_std(cls, var_fn, shape):
     fan_in, fan_out = compute_fans(shape)
@@ -90,8 +110,20 @@ def test_random_normal_uniform_truncated():
     assert (RandomUniform().minval, RandomUniform().maxval) == (-0.05, 0.05)
 
 
-@pytest.mark.parametrize("name", ["glorot_uniform", "glorot_normal", "he_normal", "he_uniform", "lecun_normal",
-                                  "lecun_uniform", "random_normal", "random_uniform", "truncated_normal"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "glorot_uniform",
+        "glorot_normal",
+        "he_normal",
+        "he_uniform",
+        "lecun_normal",
+        "lecun_uniform",
+        "random_normal",
+        "random_uniform",
+        "truncated_normal",
+    ],
+)
 def test_seeded_reproducibility(name):
     init = initializers.get(name)
     a, b = draw(init, (20, 10), seed=7), draw(init, (20, 10), seed=7)
@@ -102,7 +134,7 @@ def test_seeded_reproducibility(name):
 @pytest.mark.parametrize("name", ["glorot_uniform", "he_normal", "zeros", "ones", "random_normal", "constant"])
 def test_dtype(name):
     init = initializers.get(name)
-    assert init((4, 3), np.random.default_rng(0)).dtype == np.float32      # default dtype float32
+    assert init((4, 3), np.random.default_rng(0)).dtype == np.float32  # default dtype float32
     assert init((4, 3), np.random.default_rng(0), np.float64).dtype == np.float64
 
 

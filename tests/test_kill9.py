@@ -8,6 +8,7 @@ survived many kills: it must then equal an uninterrupted run bit for bit.
 
 What is checked does not depend on the machine's speed; only how far each attempt gets does.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,14 +30,25 @@ from dlrun.runs import checkpoint as ckpt_mod
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 22
 CONFIG = {
-    "name": "k9", "seed": 9,
+    "name": "k9",
+    "seed": 9,
     "data": {"dataset": "synthetic", "samples": 256, "features": 8, "classes": 3, "validation_split": 0.25},
-    "model": {"layers": [{"Dense": {"units": 16, "activation": "relu"}}, {"Dropout": {"rate": 0.2}},
-                         {"Dense": {"units": 3, "activation": "softmax"}}]},
-    "loss": "sparse_categorical_crossentropy", "optimizer": "adam", "metrics": ["accuracy"],
+    "model": {
+        "layers": [
+            {"Dense": {"units": 16, "activation": "relu"}},
+            {"Dropout": {"rate": 0.2}},
+            {"Dense": {"units": 3, "activation": "softmax"}},
+        ]
+    },
+    "loss": "sparse_categorical_crossentropy",
+    "optimizer": "adam",
+    "metrics": ["accuracy"],
     "training": {"epochs": 120, "batch_size": 32},
-    "callbacks": [{"EarlyStopping": {"patience": 1000, "restore_best_weights": True}},
-                  {"ReduceLROnPlateau": {"patience": 4, "factor": 0.5}}, "CSVLogger"],
+    "callbacks": [
+        {"EarlyStopping": {"patience": 1000, "restore_best_weights": True}},
+        {"ReduceLROnPlateau": {"patience": 4, "factor": 0.5}},
+        "CSVLogger",
+    ],
 }
 
 
@@ -58,7 +70,7 @@ def _check_run(run: Path) -> int | None:
     if not last.exists():
         assert epochs_in_history == 0
         return None
-    ck = ckpt_mod.load(last)                   # must always load
+    ck = ckpt_mod.load(last)  # must always load
     assert ck.resumable and "partial_epoch" not in ck.meta
     # last.npz is written before history.json: the history is at most one epoch behind it
     assert epochs_in_history in (ck.epoch - 1, ck.epoch)
@@ -101,19 +113,19 @@ def test_sigkill_at_random_moments_never_corrupts_a_run(tmp_path):
         cmd = [*base, str(cfg_path), "--runs-dir", str(runs)] if run is None else [*base, "--resume", str(run)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
         if rnd.random() < 0.25:
-            time.sleep(rnd.uniform(0.0, 0.6))            # anywhere, start-up included
+            time.sleep(rnd.uniform(0.0, 0.6))  # anywhere, start-up included
         else:
             _wait_for_progress(run, runs, known, epoch or 0, timeout=10)
-            time.sleep(rnd.uniform(0.0, 0.25))           # somewhere in the epochs after that
+            time.sleep(rnd.uniform(0.0, 0.25))  # somewhere in the epochs after that
         proc.send_signal(signal.SIGKILL)
         _, err = proc.communicate()
-        if proc.returncode == 0:                         # it finished before the kill: start over
+        if proc.returncode == 0:  # it finished before the kill: start over
             run = None
             continue
         assert proc.returncode == -signal.SIGKILL, err
         kills += 1
         if run is not None and epoch is not None and (_check_run(run) or 0) > epoch:
-            resumed_after_kill += 1                     # a resume from a killed run made progress
+            resumed_after_kill += 1  # a resume from a killed run made progress
         if run is None:
             new = [p for p in runs.glob("k9/*") if p not in known]
             assert len(new) <= 1
@@ -125,8 +137,13 @@ def test_sigkill_at_random_moments_never_corrupts_a_run(tmp_path):
     # The survivor of many kills, resumed to the end, equals a run that was never interrupted.
     if run is None or _check_run(run) is None:  # the last kill came before a first checkpoint
         known = set(runs.glob("k9/*"))
-        proc = subprocess.Popen([*base, str(cfg_path), "--runs-dir", str(runs)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, cwd=ROOT, env=env)
+        proc = subprocess.Popen(
+            [*base, str(cfg_path), "--runs-dir", str(runs)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            cwd=ROOT,
+            env=env,
+        )
         _wait_for_progress(None, runs, known, 0, timeout=20)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()

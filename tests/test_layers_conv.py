@@ -1,22 +1,28 @@
 """Conv2D and the pooling/resampling layers: Keras shapes, values, float64 gradient checks, configs."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+from conftest import assert_grad_close, make, numeric_grad
 
 from dlrun import api
-from dlrun.engine import ops
+from dlrun.engine import threads as ops
+from dlrun.engine import workspace
 from dlrun.engine.backend import Backend
 from dlrun.graph.layer import LAYERS, ShapeError
 from dlrun.graph.layers.conv import Conv2D
-from dlrun.graph.layers.pooling import (AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D,
-                                        UpSampling2D, ZeroPadding2D)
-from dlrun.graph.model import GraphError, Model, Node
-
-from conftest import F64, assert_grad_close, numeric_grad, make
-
+from dlrun.graph.layers.pooling import (
+    AveragePooling2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
+    UpSampling2D,
+    ZeroPadding2D,
+)
+from dlrun.graph.model import GraphError
 
 # -- helpers -------------------------------------------------------------------------------------------
 
@@ -67,13 +73,26 @@ def reference_conv(x, kernel, bias, strides, padding, dilation):
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Tiny cache chunks: the chunk loops and (on several cores) the worker split run on tiny inputs."""
-    monkeypatch.setattr(ops, "CACHE_VALUES", 64)
+    monkeypatch.setattr(workspace, "CACHE_VALUES", 64)
 
 
 # -- Conv2D shapes and values ----------------------------------------------------------------------------
 @pytest.mark.parametrize("padding", ["valid", "same"])
-@pytest.mark.parametrize("n,k,s,d", [(5, 3, 1, 1), (7, 3, 2, 1), (8, 3, 2, 1), (7, 2, 1, 1), (8, 2, 3, 1),
-                                     (9, 5, 2, 1), (7, 3, 1, 2), (9, 2, 1, 3), (6, 1, 2, 1), (5, 5, 1, 1)])
+@pytest.mark.parametrize(
+    "n,k,s,d",
+    [
+        (5, 3, 1, 1),
+        (7, 3, 2, 1),
+        (8, 3, 2, 1),
+        (7, 2, 1, 1),
+        (8, 2, 3, 1),
+        (9, 5, 2, 1),
+        (7, 3, 1, 2),
+        (9, 2, 1, 3),
+        (6, 1, 2, 1),
+        (5, 5, 1, 1),
+    ],
+)
 def test_conv_output_shape_matches_keras(n, k, s, d, padding):
     layer = make(Conv2D(3, k, strides=s, padding=padding, dilation_rate=d), (n, n + 1, 2))
     expected = (keras_length(n, k, s, d, padding), keras_length(n + 1, k, s, d, padding), 3)
@@ -81,10 +100,18 @@ def test_conv_output_shape_matches_keras(n, k, s, d, padding):
     assert layer.forward(np.zeros((2, n, n + 1, 2)), False).shape == (2, *expected)
 
 
-@pytest.mark.parametrize("kernel,strides,padding,dilation", [
-    ((3, 3), (1, 1), "same", (1, 1)), ((2, 2), (1, 1), "same", (1, 1)), ((2, 3), (2, 2), "same", (1, 1)),
-    ((3, 3), (2, 1), "valid", (1, 1)), ((3, 2), (1, 1), "same", (2, 2)), ((1, 1), (2, 2), "valid", (1, 1)),
-    ((4, 4), (3, 3), "same", (1, 1))])
+@pytest.mark.parametrize(
+    "kernel,strides,padding,dilation",
+    [
+        ((3, 3), (1, 1), "same", (1, 1)),
+        ((2, 2), (1, 1), "same", (1, 1)),
+        ((2, 3), (2, 2), "same", (1, 1)),
+        ((3, 3), (2, 1), "valid", (1, 1)),
+        ((3, 2), (1, 1), "same", (2, 2)),
+        ((1, 1), (2, 2), "valid", (1, 1)),
+        ((4, 4), (3, 3), "same", (1, 1)),
+    ],
+)
 def test_conv_forward_matches_direct_convolution(kernel, strides, padding, dilation, rng):
     layer = make(Conv2D(4, kernel, strides=strides, padding=padding, dilation_rate=dilation), (7, 8, 3))
     layer.params["bias"][...] = rng.normal(size=4)
@@ -127,8 +154,11 @@ def test_conv_single_channel_input_gradients(rng, small_chunks):
 def test_conv_inference_chunks_match_training(rng, small_chunks):
     layer = make(Conv2D(4, 3, padding="same"), (6, 6, 2))
     x = rng.normal(size=(7, 6, 6, 2))
-    np.testing.assert_allclose(layer.forward(x, False), reference_conv(
-        x, layer.params["kernel"], layer.params["bias"], (1, 1), "same", (1, 1)), atol=1e-12)
+    np.testing.assert_allclose(
+        layer.forward(x, False),
+        reference_conv(x, layer.params["kernel"], layer.params["bias"], (1, 1), "same", (1, 1)),
+        atol=1e-12,
+    )
 
 
 def test_conv_stays_float32():
@@ -150,12 +180,18 @@ def test_conv_weights_and_defaults():
     assert LAYERS.lookup("Convolution2D")[0] == "Conv2D"
 
 
-@pytest.mark.parametrize("kwargs,arg", [
-    (dict(filters=0, kernel_size=3), "filters"), (dict(filters=4, kernel_size=0), "kernel_size"),
-    (dict(filters=4, kernel_size=[3, 3, 3]), "kernel_size"),
-    (dict(filters=4, kernel_size=3, padding="full"), "padding"),
-    (dict(filters=4, kernel_size=3, strides=-1), "strides"), (dict(filters=4, kernel_size=3, activation="nope"), None),
-    (dict(filters=4, kernel_size=3, strides=2, dilation_rate=2), "strides")])
+@pytest.mark.parametrize(
+    "kwargs,arg",
+    [
+        (dict(filters=0, kernel_size=3), "filters"),
+        (dict(filters=4, kernel_size=0), "kernel_size"),
+        (dict(filters=4, kernel_size=[3, 3, 3]), "kernel_size"),
+        (dict(filters=4, kernel_size=3, padding="full"), "padding"),
+        (dict(filters=4, kernel_size=3, strides=-1), "strides"),
+        (dict(filters=4, kernel_size=3, activation="nope"), None),
+        (dict(filters=4, kernel_size=3, strides=2, dilation_rate=2), "strides"),
+    ],
+)
 def test_conv_argument_errors(kwargs, arg):
     with pytest.raises(ValueError) as info:
         Conv2D(**kwargs)
@@ -163,9 +199,17 @@ def test_conv_argument_errors(kwargs, arg):
         assert f"Received: {arg}=" in str(info.value)
 
 
-@pytest.mark.parametrize("cls,args", [(Conv2D, dict(filters=2, kernel_size=3)), (MaxPooling2D, {}),
-                                      (AveragePooling2D, {}), (GlobalAveragePooling2D, {}), (ZeroPadding2D, {}),
-                                      (UpSampling2D, {})])
+@pytest.mark.parametrize(
+    "cls,args",
+    [
+        (Conv2D, dict(filters=2, kernel_size=3)),
+        (MaxPooling2D, {}),
+        (AveragePooling2D, {}),
+        (GlobalAveragePooling2D, {}),
+        (ZeroPadding2D, {}),
+        (UpSampling2D, {}),
+    ],
+)
 def test_image_layers_reject_flat_inputs(cls, args):
     with pytest.raises(GraphError, match=r"expects 4-D input .*\(H, W, C\).*\(None, 784\)"):
         make(cls(**args), (784,))
@@ -188,13 +232,20 @@ def reference_pool(x, pool, strides, padding, kind):
     for i in range(oh):
         for j in range(ow):
             r0, c0 = i * strides[0] - th, j * strides[1] - tw
-            win = x[:, max(r0, 0):r0 + pool[0], max(c0, 0):c0 + pool[1]]  # padding excluded, as Keras
+            win = x[:, max(r0, 0) : r0 + pool[0], max(c0, 0) : c0 + pool[1]]  # padding excluded, as Keras
             out[:, i, j] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
     return out
 
 
-POOL_CASES = [((2, 2), None, "valid"), ((2, 2), None, "same"), ((3, 3), (2, 2), "valid"), ((3, 3), (2, 2), "same"),
-              ((2, 3), (1, 2), "same"), ((3, 2), (3, 1), "valid"), ((1, 2), None, "valid")]
+POOL_CASES = [
+    ((2, 2), None, "valid"),
+    ((2, 2), None, "same"),
+    ((3, 3), (2, 2), "valid"),
+    ((3, 3), (2, 2), "same"),
+    ((2, 3), (1, 2), "same"),
+    ((3, 2), (3, 1), "valid"),
+    ((1, 2), None, "valid"),
+]
 
 
 @pytest.mark.parametrize("cls,kind", [(MaxPooling2D, "max"), (AveragePooling2D, "avg")])
@@ -228,7 +279,7 @@ def test_max_pooling_routes_ties_to_the_first_maximum():
 def test_max_pooling_windows_wider_than_256_route_the_gradient_exactly():
     layer = make(MaxPooling2D(pool_size=(1, 300)), (1, 300, 1))
     x = np.zeros((1, 1, 300, 1))
-    x[0, 0, 280, 0] = 1.0                       # offset 280 does not fit in a byte
+    x[0, 0, 280, 0] = 1.0  # offset 280 does not fit in a byte
     assert layer.forward(x, True)[0, 0, 0, 0] == 1.0
     dx = layer.backward(np.full((1, 1, 1, 1), 3.0))
     assert dx[0, 0, 280, 0] == 3.0 and dx.sum() == 3.0
@@ -253,8 +304,10 @@ def test_global_pooling(cls, reduce, keepdims, rng):
     grad_check(layer, [x], rng)
 
 
-@pytest.mark.parametrize("padding,pads", [(1, ((1, 1), (1, 1))), (2, ((2, 2), (2, 2))), ([1, 2], ((1, 1), (2, 2))),
-                                          ([[0, 1], [2, 3]], ((0, 1), (2, 3)))])
+@pytest.mark.parametrize(
+    "padding,pads",
+    [(1, ((1, 1), (1, 1))), (2, ((2, 2), (2, 2))), ([1, 2], ((1, 1), (2, 2))), ([[0, 1], [2, 3]], ((0, 1), (2, 3)))],
+)
 def test_zero_padding(padding, pads, rng):
     layer = make(ZeroPadding2D(padding), (3, 4, 2))
     x = rng.normal(size=(2, 3, 4, 2))
@@ -270,24 +323,48 @@ def test_upsampling_nearest(rng):
     grad_check(layer, [x], rng)
 
 
-@pytest.mark.parametrize("make_layer,arg", [
-    (lambda: MaxPooling2D(pool_size=0), "pool_size"), (lambda: AveragePooling2D(strides=[1]), "strides"),
-    (lambda: MaxPooling2D(padding="causal"), "padding"), (lambda: ZeroPadding2D(-1), "padding"),
-    (lambda: ZeroPadding2D([[1, 2, 3], [0, 0]]), "padding"), (lambda: UpSampling2D(interpolation="bilinear"),
-                                                              "interpolation"),
-    (lambda: GlobalMaxPooling2D(keepdims="yes"), "keepdims")])
+@pytest.mark.parametrize(
+    "make_layer,arg",
+    [
+        (lambda: MaxPooling2D(pool_size=0), "pool_size"),
+        (lambda: AveragePooling2D(strides=[1]), "strides"),
+        (lambda: MaxPooling2D(padding="causal"), "padding"),
+        (lambda: ZeroPadding2D(-1), "padding"),
+        (lambda: ZeroPadding2D([[1, 2, 3], [0, 0]]), "padding"),
+        (lambda: UpSampling2D(interpolation="bilinear"), "interpolation"),
+        (lambda: GlobalMaxPooling2D(keepdims="yes"), "keepdims"),
+    ],
+)
 def test_pooling_argument_errors(make_layer, arg):
     with pytest.raises(ValueError, match=f"Received: {arg}="):
         make_layer()
 
 
 # -- configs round-trip ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("layer", [
-    Conv2D(4, (3, 2), strides=2, padding="SAME", activation="relu", use_bias=False, kernel_initializer="he_normal",
-           kernel_regularizer={"type": "l2", "l2": 0.001}, name="c"),
-    Conv2D(4, 3, dilation_rate=2, bias_regularizer="l1"),
-    MaxPooling2D(3, 2, "same"), AveragePooling2D((2, 3)), GlobalAveragePooling2D(keepdims=True),
-    GlobalMaxPooling2D(), ZeroPadding2D([1, 2]), UpSampling2D(3)], ids=lambda l: l.type_name)
+@pytest.mark.parametrize(
+    "layer",
+    [
+        Conv2D(
+            4,
+            (3, 2),
+            strides=2,
+            padding="SAME",
+            activation="relu",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            kernel_regularizer={"type": "l2", "l2": 0.001},
+            name="c",
+        ),
+        Conv2D(4, 3, dilation_rate=2, bias_regularizer="l1"),
+        MaxPooling2D(3, 2, "same"),
+        AveragePooling2D((2, 3)),
+        GlobalAveragePooling2D(keepdims=True),
+        GlobalMaxPooling2D(),
+        ZeroPadding2D([1, 2]),
+        UpSampling2D(3),
+    ],
+    ids=lambda layer: layer.type_name,
+)
 def test_get_config_round_trips(layer):
     layer.name = layer.name or "x"  # the builder names every layer before reading its config
     clone = type(layer)(**layer.get_config())
@@ -296,28 +373,63 @@ def test_get_config_round_trips(layer):
 
 # -- whole models through the config API ---------------------------------------------------------------
 def cnn_config():
-    conv = lambda f: {"Conv2D": {"filters": f, "kernel_size": 3, "padding": "same", "activation": "relu"}}  # noqa: E731
-    return {"data": {"dataset": "fashion_mnist"}, "loss": "sparse_categorical_crossentropy", "model": {"layers": [
-        conv(32), "BatchNormalization", conv(32), "BatchNormalization", "MaxPooling2D", {"Dropout": {"rate": 0.25}},
-        conv(64), "BatchNormalization", conv(64), "BatchNormalization", "MaxPooling2D", {"Dropout": {"rate": 0.25}},
-        "Flatten", {"Dense": {"units": 512, "activation": "relu"}}, {"Dense": {"units": 10, "activation": "softmax"}}]}}
+    conv = lambda f: {"Conv2D": {"filters": f, "kernel_size": 3, "padding": "same", "activation": "relu"}}
+    return {
+        "data": {"dataset": "fashion_mnist"},
+        "loss": "sparse_categorical_crossentropy",
+        "model": {
+            "layers": [
+                conv(32),
+                "BatchNormalization",
+                conv(32),
+                "BatchNormalization",
+                "MaxPooling2D",
+                {"Dropout": {"rate": 0.25}},
+                conv(64),
+                "BatchNormalization",
+                conv(64),
+                "BatchNormalization",
+                "MaxPooling2D",
+                {"Dropout": {"rate": 0.25}},
+                "Flatten",
+                {"Dense": {"units": 512, "activation": "relu"}},
+                {"Dense": {"units": 10, "activation": "softmax"}},
+            ]
+        },
+    }
 
 
 def test_fashion_mnist_cnn_param_counts():
     model = api.prepare(cnn_config(), device="cpu").model
     trainable, non_trainable = model.param_counts()
     assert (trainable + non_trainable, trainable, non_trainable) == (1_677_034, 1_676_650, 384)
-    assert [n.name for n in model.nodes][:5] == ["conv2d", "batch_normalization", "conv2d_1",
-                                                 "batch_normalization_1", "max_pooling2d"]
+    assert [n.name for n in model.nodes][:5] == [
+        "conv2d",
+        "batch_normalization",
+        "conv2d_1",
+        "batch_normalization_1",
+        "max_pooling2d",
+    ]
 
 
 def test_lenet5_param_count():
-    cfg = {"data": {"dataset": "fashion_mnist"}, "loss": "sparse_categorical_crossentropy",
-           "model": {"input_shape": [32, 32, 1], "layers": [
-               {"Conv2D": {"filters": 6, "kernel_size": 5, "activation": "tanh"}}, "AveragePooling2D",
-               {"Conv2D": {"filters": 16, "kernel_size": 5, "activation": "tanh"}}, "AveragePooling2D", "Flatten",
-               {"Dense": {"units": 120, "activation": "tanh"}}, {"Dense": {"units": 84, "activation": "tanh"}},
-               {"Dense": {"units": 10, "activation": "softmax"}}]}}
+    cfg = {
+        "data": {"dataset": "fashion_mnist"},
+        "loss": "sparse_categorical_crossentropy",
+        "model": {
+            "input_shape": [32, 32, 1],
+            "layers": [
+                {"Conv2D": {"filters": 6, "kernel_size": 5, "activation": "tanh"}},
+                "AveragePooling2D",
+                {"Conv2D": {"filters": 16, "kernel_size": 5, "activation": "tanh"}},
+                "AveragePooling2D",
+                "Flatten",
+                {"Dense": {"units": 120, "activation": "tanh"}},
+                {"Dense": {"units": 84, "activation": "tanh"}},
+                {"Dense": {"units": 10, "activation": "softmax"}},
+            ],
+        },
+    }
     model = api.prepare(cfg, device="cpu").model
     assert model.param_counts() == (61_706, 0)
     assert model.node("average_pooling2d_1").output_shape == (5, 5, 16)
@@ -339,17 +451,25 @@ def test_cnn_trains_in_float32_end_to_end(rng):
         assert all(v.dtype == np.float32 for v in node.layer.params.values())
 
 
-@pytest.mark.parametrize("cls,kwargs", [(MaxPooling2D, {}),
-                                        (MaxPooling2D, {"pool_size": 3, "strides": 2, "padding": "same"}),
-                                        (AveragePooling2D, {"padding": "same", "pool_size": 3})])
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (MaxPooling2D, {}),
+        (MaxPooling2D, {"pool_size": 3, "strides": 2, "padding": "same"}),
+        (AveragePooling2D, {"padding": "same", "pool_size": 3}),
+    ],
+)
 def test_pooling_split_over_workers_matches_serial(cls, kwargs, rng, monkeypatch):
     """Images big enough to be split over the CPU workers give the same values and gradients."""
     layer = make(cls(**kwargs), (64, 64, 8))
     x = rng.normal(size=(4, 64, 64, 8))
     r = rng.normal(size=(4, *layer.output_shape))
     y, dx = layer.forward(x, True), layer.backward(r)
-    np.testing.assert_allclose(y, reference_pool(x, layer.pool_size, layer.strides, layer.padding,
-                                                 "max" if cls is MaxPooling2D else "avg"), atol=1e-12)
+    np.testing.assert_allclose(
+        y,
+        reference_pool(x, layer.pool_size, layer.strides, layer.padding, "max" if cls is MaxPooling2D else "avg"),
+        atol=1e-12,
+    )
     monkeypatch.setattr(ops, "_pool", None)
     np.testing.assert_array_equal(layer.forward(x, True), y)
     np.testing.assert_array_equal(layer.backward(r), dx)
@@ -374,6 +494,9 @@ def test_worker_split_is_deterministic(rng, small_chunks, monkeypatch):
 
 def test_ops_matmul_matches_numpy(rng):
     ops.cpu_workers()
-    for a, b in [(rng.random((300, 200)), rng.random((200, 150))), (rng.random((3, 4)), rng.random((4, 5))),
-                 (rng.random((200, 300)).T, rng.random((200, 64)))]:
+    for a, b in [
+        (rng.random((300, 200)), rng.random((200, 150))),
+        (rng.random((3, 4)), rng.random((4, 5))),
+        (rng.random((200, 300)).T, rng.random((200, 64))),
+    ]:
         np.testing.assert_allclose(ops.matmul(a, b), a @ b, rtol=1e-12)

@@ -1,13 +1,15 @@
 """Normalization, merge and activation layers: float64 gradient checks, Keras semantics, configs."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import F64, assert_grad_close, make, numeric_grad
 
 from dlrun import api
-from dlrun.engine import ops
+from dlrun.engine import workspace as ops
 from dlrun.engine.backend import Backend
 from dlrun.graph.layer import LAYERS
 from dlrun.graph.layers.activation_layers import ELU, LeakyReLU, ReLU, Softmax
@@ -15,8 +17,6 @@ from dlrun.graph.layers.core import Dense, SpatialDropout2D
 from dlrun.graph.layers.merge import Add, Average, Concatenate, Maximum, Minimum, Multiply, Subtract
 from dlrun.graph.layers.normalization import BatchNormalization, LayerNormalization
 from dlrun.graph.model import GraphError, Model, Node
-
-from conftest import F64, assert_grad_close, numeric_grad, make
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -51,8 +51,11 @@ def grad_check(layer, xs, rng, training=True, atol=1e-8, before=None):
 
 def randomize(layer, rng):
     for name, value in layer.params.items():
-        value[...] = rng.uniform(0.5, 1.5, size=value.shape) if "variance" in name or name == "gamma" \
+        value[...] = (
+            rng.uniform(0.5, 1.5, size=value.shape)
+            if "variance" in name or name == "gamma"
             else rng.normal(size=value.shape)
+        )
 
 
 # -- BatchNormalization ----------------------------------------------------------------------------------
@@ -92,14 +95,19 @@ def test_batch_norm_statistics_over_many_blocks_are_exact_in_float32(monkeypatch
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(layer.params["moving_mean"], x64.mean(axis=(0, 1, 2)), rtol=1e-6)
     np.testing.assert_allclose(layer.params["moving_variance"], x64.var(axis=(0, 1, 2)), rtol=1e-3)
-    np.testing.assert_allclose(y.std(axis=(0, 1, 2)), np.sqrt(x64.var(axis=(0, 1, 2)) / (x64.var(axis=(0, 1, 2)) + 1e-3)),
-                               rtol=1e-3)
+    np.testing.assert_allclose(
+        y.std(axis=(0, 1, 2)), np.sqrt(x64.var(axis=(0, 1, 2)) / (x64.var(axis=(0, 1, 2)) + 1e-3)), rtol=1e-3
+    )
 
 
 def test_batch_norm_weights_and_keras_defaults():
     layer = make(BatchNormalization(), (5, 5, 8))
     assert [(w.name, w.shape, w.trainable) for w in layer.weight_specs] == [
-        ("gamma", (8,), True), ("beta", (8,), True), ("moving_mean", (8,), False), ("moving_variance", (8,), False)]
+        ("gamma", (8,), True),
+        ("beta", (8,), True),
+        ("moving_mean", (8,), False),
+        ("moving_variance", (8,), False),
+    ]
     assert layer.param_count() == (16, 16)
     assert (layer.axis, layer.momentum, layer.epsilon, layer.center, layer.scale) == (-1, 0.99, 1e-3, True, True)
     np.testing.assert_array_equal(layer.params["gamma"], 1)
@@ -160,16 +168,23 @@ def test_layer_norm_values_and_gradients(shape, axis, rng):
     axes = tuple(sorted({a % (len(shape) + 1) for a in ([axis] if isinstance(axis, int) else axis)}))
     xhat = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + 1e-3)
     bshape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
-    np.testing.assert_allclose(layer.forward(x, True),
-                               xhat * layer.params["gamma"].reshape(bshape) + layer.params["beta"].reshape(bshape))
+    np.testing.assert_allclose(
+        layer.forward(x, True), xhat * layer.params["gamma"].reshape(bshape) + layer.params["beta"].reshape(bshape)
+    )
     assert grad_check(layer, [x], rng) == ["beta", "gamma"]
 
 
 # -- merge layers ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls,fn", [(Add, lambda a, b, c: a + b + c), (Multiply, lambda a, b, c: a * b * c),
-                                    (Average, lambda a, b, c: (a + b + c) / 3),
-                                    (Maximum, lambda a, b, c: np.maximum(np.maximum(a, b), c)),
-                                    (Minimum, lambda a, b, c: np.minimum(np.minimum(a, b), c))])
+@pytest.mark.parametrize(
+    "cls,fn",
+    [
+        (Add, lambda a, b, c: a + b + c),
+        (Multiply, lambda a, b, c: a * b * c),
+        (Average, lambda a, b, c: (a + b + c) / 3),
+        (Maximum, lambda a, b, c: np.maximum(np.maximum(a, b), c)),
+        (Minimum, lambda a, b, c: np.minimum(np.minimum(a, b), c)),
+    ],
+)
 def test_merge_values_and_gradients(cls, fn, rng):
     layer = make(cls(), (3, 2), (3, 2), (3, 2))
     xs = [rng.normal(size=(4, 3, 2)) for _ in range(3)]
@@ -194,8 +209,14 @@ def test_maximum_routes_ties_to_the_first_input():
     np.testing.assert_array_equal(db, 0.0)
 
 
-@pytest.mark.parametrize("axis,shapes,out", [(-1, [(2, 3, 4), (2, 3, 1)], (2, 3, 5)), (1, [(2, 3), (5, 3)], (7, 3)),
-                                             (2, [(2, 3, 4), (2, 1, 4), (2, 2, 4)], (2, 6, 4))])
+@pytest.mark.parametrize(
+    "axis,shapes,out",
+    [
+        (-1, [(2, 3, 4), (2, 3, 1)], (2, 3, 5)),
+        (1, [(2, 3), (5, 3)], (7, 3)),
+        (2, [(2, 3, 4), (2, 1, 4), (2, 2, 4)], (2, 6, 4)),
+    ],
+)
 def test_concatenate(axis, shapes, out, rng):
     layer = make(Concatenate(axis=axis), *shapes)
     assert layer.output_shape == out
@@ -230,8 +251,10 @@ def reference_relu(x, max_value, negative_slope, threshold):
     return y if max_value is None else np.minimum(y, max_value)
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"max_value": 0.5}, {"negative_slope": 0.1},
-                                    {"threshold": 0.3, "negative_slope": 0.2, "max_value": 1.2}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"max_value": 0.5}, {"negative_slope": 0.1}, {"threshold": 0.3, "negative_slope": 0.2, "max_value": 1.2}],
+)
 def test_relu_layer(kwargs, rng):
     layer = make(ReLU(**kwargs), (3, 4))
     x = rng.normal(size=(2, 3, 4))
@@ -240,13 +263,19 @@ def test_relu_layer(kwargs, rng):
     grad_check(layer, [x], rng)
 
 
-@pytest.mark.parametrize("layer,fn", [
-    (LeakyReLU(), lambda x: np.where(x > 0, x, 0.3 * x)),
-    (LeakyReLU(negative_slope=0.05), lambda x: np.where(x > 0, x, 0.05 * x)),
-    (LeakyReLU(negative_slope=1.5), lambda x: np.where(x > 0, x, 1.5 * x)),
-    (ELU(), lambda x: np.where(x > 0, x, np.expm1(x))), (ELU(alpha=0.5), lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
-    (Softmax(), lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)),
-    (Softmax(axis=1), lambda x: np.exp(x) / np.exp(x).sum(axis=1, keepdims=True))], ids=str)
+@pytest.mark.parametrize(
+    "layer,fn",
+    [
+        (LeakyReLU(), lambda x: np.where(x > 0, x, 0.3 * x)),
+        (LeakyReLU(negative_slope=0.05), lambda x: np.where(x > 0, x, 0.05 * x)),
+        (LeakyReLU(negative_slope=1.5), lambda x: np.where(x > 0, x, 1.5 * x)),
+        (ELU(), lambda x: np.where(x > 0, x, np.expm1(x))),
+        (ELU(alpha=0.5), lambda x: np.where(x > 0, x, 0.5 * np.expm1(x))),
+        (Softmax(), lambda x: np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)),
+        (Softmax(axis=1), lambda x: np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)),
+    ],
+    ids=str,
+)
 def test_activation_layers(layer, fn, rng):
     layer = make(layer, (3, 4))
     x = rng.normal(size=(2, 3, 4))
@@ -256,11 +285,14 @@ def test_activation_layers(layer, fn, rng):
 
 def test_activation_layer_arguments():
     assert LeakyReLU().negative_slope == 0.3
-    for make_layer, arg in [(lambda: ReLU(max_value=-1), "max_value"),
-                            (lambda: ReLU(negative_slope=-0.1), "negative_slope"),
-                            (lambda: ReLU(threshold=-1), "threshold"),
-                            (lambda: LeakyReLU(negative_slope=-1), "negative_slope"),
-                            (lambda: ELU(alpha="x"), "alpha"), (lambda: Softmax(axis=1.5), "axis")]:
+    for make_layer, arg in [
+        (lambda: ReLU(max_value=-1), "max_value"),
+        (lambda: ReLU(negative_slope=-0.1), "negative_slope"),
+        (lambda: ReLU(threshold=-1), "threshold"),
+        (lambda: LeakyReLU(negative_slope=-1), "negative_slope"),
+        (lambda: ELU(alpha="x"), "alpha"),
+        (lambda: Softmax(axis=1.5), "axis"),
+    ]:
         with pytest.raises(ValueError, match=f"Received: {arg}="):
             make_layer()
 
@@ -288,7 +320,7 @@ def test_spatial_dropout_drops_whole_channels(rng):
     x = rng.normal(size=(3, 4, 5, 6)) + 5
     y = layer.forward(x, True)
     ratio = y / x
-    assert np.allclose(ratio, ratio[:, :1, :1, :])          # one draw per (sample, channel)
+    assert np.allclose(ratio, ratio[:, :1, :1, :])  # one draw per (sample, channel)
     assert set(np.unique(np.round(ratio, 12))) <= {0.0, 2.0}
     np.testing.assert_array_equal(layer.forward(x, False), x)
     grad_check(layer, [x], rng, atol=1e-7)
@@ -302,12 +334,28 @@ def test_spatial_dropout_rejects_flat_inputs():
 
 
 # -- configs round-trip ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("layer", [
-    BatchNormalization(axis=1, momentum=0.9, epsilon=1e-5, center=False, gamma_initializer="zeros",
-                       gamma_regularizer="l2"),
-    LayerNormalization(axis=[1, 2], scale=False), Add(), Subtract(), Multiply(), Average(), Maximum(), Minimum(),
-    Concatenate(axis=1), ReLU(max_value=6), LeakyReLU(0.1), ELU(0.7), Softmax(axis=1), SpatialDropout2D(0.3)],
-    ids=lambda l: l.type_name)
+@pytest.mark.parametrize(
+    "layer",
+    [
+        BatchNormalization(
+            axis=1, momentum=0.9, epsilon=1e-5, center=False, gamma_initializer="zeros", gamma_regularizer="l2"
+        ),
+        LayerNormalization(axis=[1, 2], scale=False),
+        Add(),
+        Subtract(),
+        Multiply(),
+        Average(),
+        Maximum(),
+        Minimum(),
+        Concatenate(axis=1),
+        ReLU(max_value=6),
+        LeakyReLU(0.1),
+        ELU(0.7),
+        Softmax(axis=1),
+        SpatialDropout2D(0.3),
+    ],
+    ids=lambda layer: layer.type_name,
+)
 def test_get_config_round_trips(layer):
     layer.name = "x"
     clone = type(layer)(**layer.get_config())
@@ -315,10 +363,31 @@ def test_get_config_round_trips(layer):
 
 
 def test_every_new_layer_is_registered():
-    for name in ["Conv2D", "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D", "GlobalAveragePooling2D",
-                 "GlobalMaxPooling2D", "ZeroPadding2D", "UpSampling2D", "BatchNormalization", "LayerNormalization",
-                 "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate", "ReLU", "LeakyReLU",
-                 "ELU", "Softmax", "SpatialDropout2D"]:
+    for name in [
+        "Conv2D",
+        "MaxPooling2D",
+        "MaxPool2D",
+        "AveragePooling2D",
+        "AvgPool2D",
+        "GlobalAveragePooling2D",
+        "GlobalMaxPooling2D",
+        "ZeroPadding2D",
+        "UpSampling2D",
+        "BatchNormalization",
+        "LayerNormalization",
+        "Add",
+        "Subtract",
+        "Multiply",
+        "Average",
+        "Maximum",
+        "Minimum",
+        "Concatenate",
+        "ReLU",
+        "LeakyReLU",
+        "ELU",
+        "Softmax",
+        "SpatialDropout2D",
+    ]:
         assert name in LAYERS
 
 
@@ -329,24 +398,52 @@ def counts(source):
 
 
 def test_bn_mlp_param_counts():
-    cfg = {"data": {"dataset": "fashion_mnist"}, "loss": "sparse_categorical_crossentropy", "model": {"layers": [
-        "Flatten", {"Dense": {"units": 256, "activation": "relu"}}, "BatchNormalization", {"Dropout": {"rate": 0.2}},
-        {"Dense": {"units": 128, "activation": "relu"}}, "BatchNormalization", {"Dropout": {"rate": 0.2}},
-        {"Dense": {"units": 10, "activation": "softmax"}}]}}
+    cfg = {
+        "data": {"dataset": "fashion_mnist"},
+        "loss": "sparse_categorical_crossentropy",
+        "model": {
+            "layers": [
+                "Flatten",
+                {"Dense": {"units": 256, "activation": "relu"}},
+                "BatchNormalization",
+                {"Dropout": {"rate": 0.2}},
+                {"Dense": {"units": 128, "activation": "relu"}},
+                "BatchNormalization",
+                {"Dropout": {"rate": 0.2}},
+                {"Dense": {"units": 10, "activation": "softmax"}},
+            ]
+        },
+    }
     assert counts(cfg) == (236_682, 235_914, 768)
 
 
 def test_cifar10_mlp_param_count():
-    cfg = {"data": {"dataset": "cifar10"}, "loss": "sparse_categorical_crossentropy", "model": {"layers": [
-        "Flatten", {"Dense": {"units": 200, "activation": "relu"}}, {"Dense": {"units": 150, "activation": "relu"}},
-        {"Dense": {"units": 10, "activation": "softmax"}}]}}
+    cfg = {
+        "data": {"dataset": "cifar10"},
+        "loss": "sparse_categorical_crossentropy",
+        "model": {
+            "layers": [
+                "Flatten",
+                {"Dense": {"units": 200, "activation": "relu"}},
+                {"Dense": {"units": 150, "activation": "relu"}},
+                {"Dense": {"units": 10, "activation": "softmax"}},
+            ]
+        },
+    }
     assert counts(cfg) == (646_260, 646_260, 0)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("fashion_mnist_cnn", (1_677_034, 1_676_650, 384)), ("fashion_mnist_mlp_bn", (236_682, 235_914, 768)),
-    ("cifar10_mlp", (646_260, 646_260, 0)), ("lenet5", (61_706, 61_706, 0)), ("cifar10_cnn", None),
-    ("fashion_mnist_resnet", None)])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("fashion_mnist_cnn", (1_677_034, 1_676_650, 384)),
+        ("fashion_mnist_mlp_bn", (236_682, 235_914, 768)),
+        ("cifar10_mlp", (646_260, 646_260, 0)),
+        ("lenet5", (61_706, 61_706, 0)),
+        ("cifar10_cnn", None),
+        ("fashion_mnist_resnet", None),
+    ],
+)
 def test_config_files(name, expected):
     setup = api.prepare(CONFIGS / f"{name}.yaml", device="cpu")
     model = setup.model
@@ -371,9 +468,14 @@ def test_resnet_config_branches_and_merges():
 def test_functional_graph_gradients(rng):
     """A residual block with a concatenated branch, checked end to end in float64."""
     conv_a = Dense(3, activation="tanh")
-    nodes = [Node("a", conv_a, ["input"]), Node("b", Dense(3), ["a"]), Node("sum", Add(), ["a", "b"]),
-             Node("cat", Concatenate(), ["sum", "input"]), Node("bn", BatchNormalization(), ["cat"]),
-             Node("out", Dense(2), ["bn"])]
+    nodes = [
+        Node("a", conv_a, ["input"]),
+        Node("b", Dense(3), ["a"]),
+        Node("sum", Add(), ["a", "b"]),
+        Node("cat", Concatenate(), ["sum", "input"]),
+        Node("bn", BatchNormalization(), ["cat"]),
+        Node("out", Dense(2), ["bn"]),
+    ]
     model = Model({"input": (3,)}, nodes, "out", backend=F64, init_rng=np.random.default_rng(0))
     x = rng.normal(size=(5, 3))
     r = rng.normal(size=(5, 2))
@@ -381,6 +483,7 @@ def test_functional_graph_gradients(rng):
     model.backward(r)
     for node in model.nodes:
         for name, g in node.layer.grads.items():
-            numeric = numeric_grad(lambda _: float((model.forward(x, training=True) * r).sum()),
-                                   node.layer.params[name])
+            numeric = numeric_grad(
+                lambda _: float((model.forward(x, training=True) * r).sum()), node.layer.params[name]
+            )
             assert_grad_close(g, numeric, rtol=1e-6, atol=1e-8)

@@ -1,17 +1,23 @@
 """Losses (values against Keras's formulas written out here, gradients against finite differences)
 and the metrics that depend on the loss."""
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import pytest
+from conftest import assert_grad_close, numeric_grad
 
 from dlrun.engine import losses, metrics
-from dlrun.engine.losses import (BinaryCrossentropy, CategoricalCrossentropy, MeanAbsoluteError,
-                                 MeanAbsolutePercentageError, MeanSquaredError, SparseCategoricalCrossentropy)
-
-from conftest import assert_grad_close, numeric_grad
+from dlrun.engine.losses import (
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    MeanAbsoluteError,
+    MeanAbsolutePercentageError,
+    MeanSquaredError,
+    SparseCategoricalCrossentropy,
+)
 
 EPS = 1e-7
 N, C = 4, 3
@@ -23,11 +29,11 @@ def keras_cce(y_onehot, pred, from_logits):
         z = pred - pred.max(axis=-1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
     else:
-        p = pred / pred.sum(axis=-1, keepdims=True)     # renormalise ...
-        p = np.clip(p, EPS, 1 - EPS)                     # ... then clip
+        p = pred / pred.sum(axis=-1, keepdims=True)  # renormalise ...
+        p = np.clip(p, EPS, 1 - EPS)  # ... then clip
         logp = np.log(p)
     per_sample = -(y_onehot * logp).sum(axis=-1)
-    return per_sample.mean()                             # sum_over_batch_size
+    return per_sample.mean()  # sum_over_batch_size
 
 
 def keras_bce(y, pred, from_logits):
@@ -82,8 +88,17 @@ def _case(kind: str, from_logits: bool, rng: np.random.Generator):
     return MeanAbsolutePercentageError(), pred, y, keras_mape(y, pred)
 
 
-CASES = [("scce", True), ("scce", False), ("cce", True), ("cce", False), ("bce", True), ("bce", False),
-         ("mse", False), ("mae", False), ("mape", False)]
+CASES = [
+    ("scce", True),
+    ("scce", False),
+    ("cce", True),
+    ("cce", False),
+    ("bce", True),
+    ("bce", False),
+    ("mse", False),
+    ("mae", False),
+    ("mape", False),
+]
 IDS = [f"{k}-{'logits' if fl else 'probs'}" for k, fl in CASES]
 
 
@@ -142,7 +157,9 @@ def test_fused_logits_value_is_minus_log_softmax(rng):
     logsm -= np.log(np.exp(logsm).sum(axis=1, keepdims=True))
     expected = -logsm[np.arange(5), labels].mean()
     assert float(SparseCategoricalCrossentropy(from_logits=True).value(z, labels)) == pytest.approx(expected, rel=1e-12)
-    assert float(CategoricalCrossentropy(from_logits=True).value(z, one_hot(labels, 4))) == pytest.approx(expected, rel=1e-12)
+    assert float(CategoricalCrossentropy(from_logits=True).value(z, one_hot(labels, 4))) == pytest.approx(
+        expected, rel=1e-12
+    )
     # And equals the probability form on softmax(z) while nothing is clipped.
     p = np.exp(logsm)
     assert float(CategoricalCrossentropy().value(p, one_hot(labels, 4))) == pytest.approx(expected, rel=1e-9)
@@ -165,7 +182,8 @@ def test_binary_from_logits_equals_probability_form(rng):
     y = rng.integers(0, 2, size=(6, 1)).astype(np.float64)
     s = 1 / (1 + np.exp(-z))
     assert float(BinaryCrossentropy(from_logits=True).value(z, y)) == pytest.approx(
-        float(BinaryCrossentropy().value(s, y)), rel=1e-9)
+        float(BinaryCrossentropy().value(s, y)), rel=1e-9
+    )
 
 
 def test_targets_of_shape_n_against_predictions_n_by_1(rng):
@@ -173,7 +191,8 @@ def test_targets_of_shape_n_against_predictions_n_by_1(rng):
     y = np.array([0, 1, 1, 0, 1])
     assert float(BinaryCrossentropy().value(pred, y)) == pytest.approx(keras_bce(y[:, None], pred, False), rel=1e-12)
     assert float(MeanSquaredError().value(pred, y.astype(float))) == pytest.approx(
-        keras_mse(y[:, None], pred), rel=1e-12)
+        keras_mse(y[:, None], pred), rel=1e-12
+    )
     # Sparse labels given as a (N, 1) float column.
     logits = rng.normal(size=(5, 3))
     labels = np.array([0, 1, 2, 1, 0])
@@ -197,16 +216,25 @@ def test_regression_values_by_hand():
     assert float(MeanAbsolutePercentageError().value(p, y)) == pytest.approx(100 * (0.5 + 0.5 + 0 + 0.5) / 4)
 
 
-@pytest.mark.parametrize("name,cls", [
-    ("mse", MeanSquaredError), ("MSE", MeanSquaredError), ("mean_squared_error", MeanSquaredError),
-    ("MAE", MeanAbsoluteError), ("mean_absolute_error", MeanAbsoluteError),
-    ("mape", MeanAbsolutePercentageError), ("MeanAbsolutePercentageError", MeanAbsolutePercentageError),
-    ("CategoricalCrossentropy", CategoricalCrossentropy), ("categorical_crossentropy", CategoricalCrossentropy),
-    ("Categorical_CrossEntropy", CategoricalCrossentropy),
-    ("sparse_categorical_crossentropy", SparseCategoricalCrossentropy),
-    ("SparseCategoricalCrossentropy", SparseCategoricalCrossentropy),
-    ("binary_crossentropy", BinaryCrossentropy), ("BinaryCrossentropy", BinaryCrossentropy),
-])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("mse", MeanSquaredError),
+        ("MSE", MeanSquaredError),
+        ("mean_squared_error", MeanSquaredError),
+        ("MAE", MeanAbsoluteError),
+        ("mean_absolute_error", MeanAbsoluteError),
+        ("mape", MeanAbsolutePercentageError),
+        ("MeanAbsolutePercentageError", MeanAbsolutePercentageError),
+        ("CategoricalCrossentropy", CategoricalCrossentropy),
+        ("categorical_crossentropy", CategoricalCrossentropy),
+        ("Categorical_CrossEntropy", CategoricalCrossentropy),
+        ("sparse_categorical_crossentropy", SparseCategoricalCrossentropy),
+        ("SparseCategoricalCrossentropy", SparseCategoricalCrossentropy),
+        ("binary_crossentropy", BinaryCrossentropy),
+        ("BinaryCrossentropy", BinaryCrossentropy),
+    ],
+)
 def test_aliases_resolve(name, cls):
     loss = losses.get(name)
     assert type(loss) is cls
@@ -236,11 +264,14 @@ def test_with_logits():
 
 
 # -- metrics ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("loss_name,cls", [
-    ("sparse_categorical_crossentropy", metrics.SparseCategoricalAccuracy),
-    ("categorical_crossentropy", metrics.CategoricalAccuracy),
-    ("binary_crossentropy", metrics.BinaryAccuracy),
-])
+@pytest.mark.parametrize(
+    "loss_name,cls",
+    [
+        ("sparse_categorical_crossentropy", metrics.SparseCategoricalAccuracy),
+        ("categorical_crossentropy", metrics.CategoricalAccuracy),
+        ("binary_crossentropy", metrics.BinaryAccuracy),
+    ],
+)
 @pytest.mark.parametrize("metric_name", ["accuracy", "acc"])
 def test_accuracy_resolves_from_the_loss(loss_name, cls, metric_name):
     m = metrics.get(metric_name, losses.get(loss_name))

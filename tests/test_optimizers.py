@@ -1,4 +1,5 @@
 """Optimizers: three steps against Keras's update rules written out by hand, defaults, clipping, validation."""
+
 from __future__ import annotations
 
 import math
@@ -11,9 +12,11 @@ from dlrun.engine.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 
 W0 = np.array([0.5, -1.2, 2.0, 0.0, -0.3, 1.1])
 # Three fixed gradients of shrinking size (so AMSGrad's running max differs from plain Adam).
-GRADS = [np.array([0.4, -1.0, 0.25, 2.0, -0.6, 0.1]),
-         np.array([-0.1, 0.05, 0.2, -0.3, 0.15, 0.02]),
-         np.array([0.03, -0.02, -0.05, 0.1, 0.01, -0.04])]
+GRADS = [
+    np.array([0.4, -1.0, 0.25, 2.0, -0.6, 0.1]),
+    np.array([-0.1, 0.05, 0.2, -0.3, 0.15, 0.02]),
+    np.array([0.03, -0.02, -0.05, 0.1, 0.01, -0.04]),
+]
 
 
 # -- Keras's rules, by hand (float64) ---------------------------------------------------------------------
@@ -30,12 +33,12 @@ def ref_sgd(w, grads, lr=0.01, momentum=0.0, nesterov=False, weight_decay=None):
 def ref_rmsprop(w, grads, lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7, centered=False):
     w, v, a, m = w.copy(), np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
     for g in grads:
-        v = rho * v + (1 - rho) * g ** 2
+        v = rho * v + (1 - rho) * g**2
         if centered:
             a = rho * a + (1 - rho) * g
-            denom = v - a ** 2 + epsilon
+            denom = v - a**2 + epsilon
         else:
-            denom = v + epsilon                     # epsilon inside the root
+            denom = v + epsilon  # epsilon inside the root
         inc = lr * g / np.sqrt(denom)
         if momentum:
             m = momentum * m + inc
@@ -48,7 +51,7 @@ def ref_rmsprop(w, grads, lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7, centered
 def ref_adagrad(w, grads, lr=1e-3, initial_accumulator_value=0.1, epsilon=1e-7):
     w, acc = w.copy(), np.full_like(w, initial_accumulator_value)
     for g in grads:
-        acc = acc + g ** 2
+        acc = acc + g**2
         w = w - lr * g / np.sqrt(acc + epsilon)
     return w
 
@@ -57,15 +60,15 @@ def ref_adam(w, grads, lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, amsgrad=
     w, m, v, vhat = w.copy(), np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
     for t, g in enumerate(grads, start=1):
         if weight_decay:
-            w = w - lr * weight_decay * w            # decoupled decay before the Adam step
-        alpha = lr * math.sqrt(1 - beta_2 ** t) / (1 - beta_1 ** t)
+            w = w - lr * weight_decay * w  # decoupled decay before the Adam step
+        alpha = lr * math.sqrt(1 - beta_2**t) / (1 - beta_1**t)
         m = beta_1 * m + (1 - beta_1) * g
-        v = beta_2 * v + (1 - beta_2) * g ** 2
+        v = beta_2 * v + (1 - beta_2) * g**2
         if amsgrad:
             vhat = np.maximum(vhat, v)
             denom = np.sqrt(vhat) + epsilon
         else:
-            denom = np.sqrt(v) + epsilon             # epsilon on the *uncorrected* sqrt(v)
+            denom = np.sqrt(v) + epsilon  # epsilon on the *uncorrected* sqrt(v)
         w = w - alpha * m / denom
     return w
 
@@ -87,20 +90,31 @@ CASES = {
     "rmsprop": (lambda: RMSprop(), lambda: ref_rmsprop(W0, GRADS)),
     "rmsprop_big_eps": (lambda: RMSprop(0.01, epsilon=0.05), lambda: ref_rmsprop(W0, GRADS, 0.01, epsilon=0.05)),
     "rmsprop_momentum": (lambda: RMSprop(0.01, momentum=0.8), lambda: ref_rmsprop(W0, GRADS, 0.01, momentum=0.8)),
-    "rmsprop_centered": (lambda: RMSprop(0.01, rho=0.8, centered=True),
-                         lambda: ref_rmsprop(W0, GRADS, 0.01, rho=0.8, centered=True)),
-    "rmsprop_centered_momentum": (lambda: RMSprop(0.01, momentum=0.5, centered=True),
-                                  lambda: ref_rmsprop(W0, GRADS, 0.01, momentum=0.5, centered=True)),
+    "rmsprop_centered": (
+        lambda: RMSprop(0.01, rho=0.8, centered=True),
+        lambda: ref_rmsprop(W0, GRADS, 0.01, rho=0.8, centered=True),
+    ),
+    "rmsprop_centered_momentum": (
+        lambda: RMSprop(0.01, momentum=0.5, centered=True),
+        lambda: ref_rmsprop(W0, GRADS, 0.01, momentum=0.5, centered=True),
+    ),
     "adagrad": (lambda: Adagrad(), lambda: ref_adagrad(W0, GRADS)),
-    "adagrad_custom": (lambda: Adagrad(0.5, initial_accumulator_value=0.0, epsilon=1e-3),
-                       lambda: ref_adagrad(W0, GRADS, 0.5, 0.0, 1e-3)),
+    "adagrad_custom": (
+        lambda: Adagrad(0.5, initial_accumulator_value=0.0, epsilon=1e-3),
+        lambda: ref_adagrad(W0, GRADS, 0.5, 0.0, 1e-3),
+    ),
     "adam": (lambda: Adam(), lambda: ref_adam(W0, GRADS)),
     "adam_custom": (lambda: Adam(0.05, beta_1=0.5, beta_2=0.8), lambda: ref_adam(W0, GRADS, 0.05, 0.5, 0.8)),
     "adam_big_eps": (lambda: Adam(0.05, epsilon=0.1), lambda: ref_adam(W0, GRADS, 0.05, epsilon=0.1)),
-    "adam_amsgrad": (lambda: Adam(0.05, beta_2=0.9, amsgrad=True), lambda: ref_adam(W0, GRADS, 0.05, beta_2=0.9, amsgrad=True)),
+    "adam_amsgrad": (
+        lambda: Adam(0.05, beta_2=0.9, amsgrad=True),
+        lambda: ref_adam(W0, GRADS, 0.05, beta_2=0.9, amsgrad=True),
+    ),
     "adamw": (lambda: AdamW(), lambda: ref_adam(W0, GRADS, weight_decay=0.004)),
-    "adamw_custom": (lambda: AdamW(0.05, weight_decay=0.3, amsgrad=True),
-                     lambda: ref_adam(W0, GRADS, 0.05, weight_decay=0.3, amsgrad=True)),
+    "adamw_custom": (
+        lambda: AdamW(0.05, weight_decay=0.3, amsgrad=True),
+        lambda: ref_adam(W0, GRADS, 0.05, weight_decay=0.3, amsgrad=True),
+    ),
 }
 
 
@@ -111,7 +125,7 @@ def test_three_steps_match_keras_rule_float64(case):
     w = run(opt)
     expected = ref()
     assert w.dtype == np.float64
-    assert not np.allclose(expected, W0)          # the reference moved the weights
+    assert not np.allclose(expected, W0)  # the reference moved the weights
     np.testing.assert_allclose(w, expected, rtol=1e-12, atol=1e-15)
     assert opt.iterations == 3
 
@@ -134,8 +148,8 @@ def test_rules_are_distinguishable():
     lr, eps = 0.05, 0.1
     for t, g in enumerate(GRADS, 1):
         m = 0.9 * m + 0.1 * g
-        v = 0.999 * v + 0.001 * g ** 2
-        w = w - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + eps)
+        v = 0.999 * v + 0.001 * g**2
+        w = w - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + eps)
     assert not np.allclose(w, ref_adam(W0, GRADS, lr, epsilon=eps), rtol=1e-6)
     # AMSGrad and Nesterov change the result for these gradients.
     assert not np.allclose(ref_adam(W0, GRADS, 0.05, beta_2=0.9, amsgrad=True), ref_adam(W0, GRADS, 0.05, beta_2=0.9))
@@ -144,7 +158,7 @@ def test_rules_are_distinguishable():
     outside = W0.copy()
     vv = 0.0
     for g in GRADS:
-        vv = 0.9 * vv + 0.1 * g ** 2
+        vv = 0.9 * vv + 0.1 * g**2
         outside = outside - 0.01 * g / (np.sqrt(vv) + 0.05)
     assert not np.allclose(outside, ref_rmsprop(W0, GRADS, 0.01, epsilon=0.05), rtol=1e-6)
 
@@ -171,7 +185,13 @@ def test_defaults_equal_keras():
     assert (ad.learning_rate, ad.beta_1, ad.beta_2, ad.epsilon, ad.amsgrad) == (1e-3, 0.9, 0.999, 1e-7, False)
     aw = AdamW()
     assert (aw.learning_rate, aw.weight_decay, aw.beta_1, aw.beta_2, aw.epsilon, aw.amsgrad) == (
-        1e-3, 0.004, 0.9, 0.999, 1e-7, False)
+        1e-3,
+        0.004,
+        0.9,
+        0.999,
+        1e-7,
+        False,
+    )
     for opt in (s, r, a, ad):
         assert opt.weight_decay is None
         assert (opt.clipnorm, opt.clipvalue, opt.global_clipnorm) == (None, None, None)
@@ -184,9 +204,20 @@ def test_adagrad_accumulator_starts_at_0_1():
     np.testing.assert_array_equal(opt.slots["accumulator"], 0.1)
 
 
-@pytest.mark.parametrize("name,cls", [("sgd", SGD), ("SGD", SGD), ("adam", Adam), ("Adam", Adam), ("adamw", AdamW),
-                                      ("AdamW", AdamW), ("rmsprop", RMSprop), ("RMSprop", RMSprop),
-                                      ("adagrad", Adagrad)])
+@pytest.mark.parametrize(
+    "name,cls",
+    [
+        ("sgd", SGD),
+        ("SGD", SGD),
+        ("adam", Adam),
+        ("Adam", Adam),
+        ("adamw", AdamW),
+        ("AdamW", AdamW),
+        ("rmsprop", RMSprop),
+        ("RMSprop", RMSprop),
+        ("adagrad", Adagrad),
+    ],
+)
 def test_lookup_by_name(name, cls):
     assert type(optimizers.get(name)) is cls
 
@@ -208,13 +239,13 @@ def test_clipvalue_clips_each_element():
 
 
 def test_clipnorm_clips_each_variable_by_its_own_norm():
-    g = np.array([3.0, 4.0, 0.0, 0.3, 0.4, 0.0])     # norms 5 and 0.5
+    g = np.array([3.0, 4.0, 0.0, 0.3, 0.4, 0.0])  # norms 5 and 0.5
     w = run(SGD(1.0, clipnorm=1.0), w0=np.zeros(6), grads=[g], segments=[slice(0, 3), slice(3, 6)])
     np.testing.assert_allclose(w, -np.array([0.6, 0.8, 0.0, 0.3, 0.4, 0.0]), rtol=1e-12)
 
 
 def test_global_clipnorm_clips_by_the_norm_of_everything():
-    g = np.array([3.0, 4.0, 0.0, 0.0, 0.0, 12.0])   # global norm 13
+    g = np.array([3.0, 4.0, 0.0, 0.0, 0.0, 12.0])  # global norm 13
     w = run(SGD(1.0, global_clipnorm=1.3), w0=np.zeros(6), grads=[g], segments=[slice(0, 3), slice(3, 6)])
     np.testing.assert_allclose(w, -g / 10, rtol=1e-12)
     small = np.array([0.1, 0.2, 0.0, 0.0, 0.0, 0.2])
@@ -241,20 +272,23 @@ def test_only_one_clipping_option():
 
 
 # -- validation --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("factory,needle", [
-    (lambda: SGD(learning_rate=-1), "learning_rate=-1"),
-    (lambda: Adam(learning_rate=0), "learning_rate=0"),
-    (lambda: Adam(learning_rate="0.1"), "learning_rate='0.1'"),
-    (lambda: Adam(beta_1=1.5), "beta_1=1.5"),
-    (lambda: Adam(beta_2=-0.1), "beta_2=-0.1"),
-    (lambda: Adam(epsilon=0), "epsilon=0"),
-    (lambda: SGD(momentum=-0.5), "momentum=-0.5"),
-    (lambda: RMSprop(rho=1.0), "rho=1.0"),
-    (lambda: Adagrad(initial_accumulator_value=-1), "initial_accumulator_value=-1"),
-    (lambda: AdamW(weight_decay=-0.1), "weight_decay=-0.1"),
-    (lambda: SGD(clipnorm=0), "clipnorm=0"),
-    (lambda: SGD(clipvalue=-1.0), "clipvalue=-1.0"),
-])
+@pytest.mark.parametrize(
+    "factory,needle",
+    [
+        (lambda: SGD(learning_rate=-1), "learning_rate=-1"),
+        (lambda: Adam(learning_rate=0), "learning_rate=0"),
+        (lambda: Adam(learning_rate="0.1"), "learning_rate='0.1'"),
+        (lambda: Adam(beta_1=1.5), "beta_1=1.5"),
+        (lambda: Adam(beta_2=-0.1), "beta_2=-0.1"),
+        (lambda: Adam(epsilon=0), "epsilon=0"),
+        (lambda: SGD(momentum=-0.5), "momentum=-0.5"),
+        (lambda: RMSprop(rho=1.0), "rho=1.0"),
+        (lambda: Adagrad(initial_accumulator_value=-1), "initial_accumulator_value=-1"),
+        (lambda: AdamW(weight_decay=-0.1), "weight_decay=-0.1"),
+        (lambda: SGD(clipnorm=0), "clipnorm=0"),
+        (lambda: SGD(clipvalue=-1.0), "clipvalue=-1.0"),
+    ],
+)
 def test_invalid_arguments_raise_value_error_quoting_the_value(factory, needle):
     with pytest.raises(ValueError) as err:
         factory()

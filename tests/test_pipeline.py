@@ -1,4 +1,5 @@
 """The background input pipeline: same batches in the same order whatever the timing; clean shutdown."""
+
 from __future__ import annotations
 
 import os
@@ -134,12 +135,27 @@ def test_trainer_results_do_not_depend_on_prefetching(tmp_path):
 
     histories = []
     for depth in (0, 2):
-        cfg = {"seed": 1, "data": {"dataset": "synthetic", "samples": 200, "features": 6, "classes": 3,
-                                   "validation_split": 0.2, "prefetch": depth},
-               "model": {"layers": [{"Dense": {"units": 8, "activation": "relu"}}, {"Dropout": {"rate": 0.3}},
-                                    {"Dense": {"units": 3, "activation": "softmax"}}]},
-               "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"],
-               "training": {"epochs": 3, "batch_size": 16}}
+        cfg = {
+            "seed": 1,
+            "data": {
+                "dataset": "synthetic",
+                "samples": 200,
+                "features": 6,
+                "classes": 3,
+                "validation_split": 0.2,
+                "prefetch": depth,
+            },
+            "model": {
+                "layers": [
+                    {"Dense": {"units": 8, "activation": "relu"}},
+                    {"Dropout": {"rate": 0.3}},
+                    {"Dense": {"units": 3, "activation": "softmax"}},
+                ]
+            },
+            "loss": "sparse_categorical_crossentropy",
+            "metrics": ["accuracy"],
+            "training": {"epochs": 3, "batch_size": 16},
+        }
         histories.append(api.train(cfg, runs_dir=tmp_path / str(depth)).history)
     assert histories[0] == histories[1]
     wait_no_threads()
@@ -181,14 +197,27 @@ def test_gpu_branch_with_a_stand_in_array_module():
     assert gpu.is_gpu
     specs = augment.parse([{"RandomFlip": {}}, {"RandomCrop": {"padding": 2}}, {"RandomContrast": {"factor": 0.3}}])
     data = split()
-    on_gpu = Batches(data, 16, gpu, Normalization("standardize", mean=[1, 2, 3], std=[4, 5, 6]),
-                     augmenter=augment.Augmenter(specs, 5, (8, 8, 3)), prefetch=2)
-    on_cpu = Batches(data, 16, CPU, Normalization("standardize", mean=[1, 2, 3], std=[4, 5, 6]),
-                     augmenter=augment.Augmenter(specs, 5, (8, 8, 3)), prefetch=0)
-    for (x1, y1), (x2, y2) in zip(on_gpu.epoch(np.random.default_rng(0), epoch=1),
-                                  on_cpu.epoch(np.random.default_rng(0), epoch=1), strict=True):
+    on_gpu = Batches(
+        data,
+        16,
+        gpu,
+        Normalization("standardize", mean=[1, 2, 3], std=[4, 5, 6]),
+        augmenter=augment.Augmenter(specs, 5, (8, 8, 3)),
+        prefetch=2,
+    )
+    on_cpu = Batches(
+        data,
+        16,
+        CPU,
+        Normalization("standardize", mean=[1, 2, 3], std=[4, 5, 6]),
+        augmenter=augment.Augmenter(specs, 5, (8, 8, 3)),
+        prefetch=0,
+    )
+    for (x1, y1), (x2, y2) in zip(
+        on_gpu.epoch(np.random.default_rng(0), epoch=1), on_cpu.epoch(np.random.default_rng(0), epoch=1), strict=True
+    ):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(y1, y2)
-    assert {c for c in calls} == {("record", "dlrun-prefetch"), ("wait", "MainThread")}
+    assert set(calls) == {("record", "dlrun-prefetch"), ("wait", "MainThread")}
     assert len(calls) == 14
     wait_no_threads()

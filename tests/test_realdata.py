@@ -1,4 +1,5 @@
 """Smoke trainings on real Fashion-MNIST (installed in CI by `apt-get install dataset-fashion-mnist`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,6 +28,6 @@ def test_mlp_smoke_training_beats_chance_by_far(tmp_path):
     cfg.resolved["data"]["limit"] = 6000
     cfg.resolved["training"]["epochs"] = 2
     result = api.train(cfg, runs_dir=tmp_path)
-    assert result.metrics["val"]["accuracy"] > 0.75     # chance is 0.10
+    assert result.metrics["val"]["accuracy"] > 0.75  # chance is 0.10
     assert result.metrics["test"]["accuracy"] > 0.75
     assert (result.run_dir / "checkpoints" / "best.npz").is_file()

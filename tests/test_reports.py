@@ -1,4 +1,5 @@
 """Reports users read every day: summary extras, evaluate details, predict, runs, compare, plot, output modes."""
+
 from __future__ import annotations
 
 import io
@@ -48,7 +49,7 @@ def test_summary_reports_optimizer_state_and_activation_memory(trained):
     text, data = api.summary(cfg)
     params = data["trainable_params"]
     assert params == 12 * 16 + 16 + 16 * 3 + 3
-    assert data["memory"]["optimizer_values"] == 2 * params        # adam: momentum + velocity
+    assert data["memory"]["optimizer_values"] == 2 * params  # adam: momentum + velocity
     assert data["memory"]["activation_bytes_per_batch"] == (12 + 16 + 3) * 16 * 4
     assert "Optimizer state: 518 values" in text and "Activations per batch of 16" in text
 
@@ -75,8 +76,18 @@ def test_evaluate_json_has_confusion_matrix(trained):
 def test_predict_top_k_from_npz(trained, tmp_path):
     x = np.random.default_rng(0).standard_normal((4, 12)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
-    res = runner.invoke(app, ["predict", str(trained[1] / "checkpoints" / "best.npz"), "--input",
-                              str(tmp_path / "in.npz"), "-k", "2", "--json"])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(trained[1] / "checkpoints" / "best.npz"),
+            "--input",
+            str(tmp_path / "in.npz"),
+            "-k",
+            "2",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert len(rows) == 4 and all(len(r) == 2 for r in rows)
@@ -86,7 +97,9 @@ def test_predict_top_k_from_npz(trained, tmp_path):
 
 def test_predict_rejects_wrong_shape(trained, tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros((2, 5), np.float32))
-    res = runner.invoke(app, ["predict", str(trained[1] / "checkpoints" / "best.npz"), "--input", str(tmp_path / "bad.npz")])
+    res = runner.invoke(
+        app, ["predict", str(trained[1] / "checkpoints" / "best.npz"), "--input", str(tmp_path / "bad.npz")]
+    )
     assert res.exit_code == 1 and "expects [12]" in res.output
 
 
@@ -111,7 +124,7 @@ def test_compare_shows_config_differences(trained):
 
 
 def test_config_diff_treats_a_missing_key_as_none():
-    from dlrun import reports
+    from dlrun.runs import compare as reports
 
     a = {"layer": {"units": 3, "bias_regularizer": None}, "lr": 0.1}
     b = {"layer": {"units": 4}, "lr": 0.1}
@@ -140,8 +153,11 @@ def test_plot_writes_png(trained, tmp_path):
 
 
 def test_json_progress_lines_parse(trained, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dlrun", "train", str(trained[0]), "--runs-dir", str(tmp_path),
-                           "--progress", "json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlrun", "train", str(trained[0]), "--runs-dir", str(tmp_path), "--progress", "json"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     epochs = [e for e in events if e["event"] == "epoch"]
@@ -163,7 +179,9 @@ def test_rich_view_renders_at_fixed_width(trained, tmp_path):
     assert max(len(line) for line in out.splitlines()) <= 100
 
 
-@pytest.mark.parametrize("command", ["train", "summary", "evaluate", "validate", "predict", "plot", "runs", "compare", "schema"])
+@pytest.mark.parametrize(
+    "command", ["train", "summary", "evaluate", "validate", "predict", "plot", "runs", "compare", "schema"]
+)
 def test_every_command_help_has_an_example(command):
     res = runner.invoke(app, [command, "--help"])
     assert res.exit_code == 0 and "Example" in res.output
@@ -200,8 +218,9 @@ def test_summary_json_with_dot_keeps_stdout_json(trained, tmp_path):
 @pytest.mark.parametrize("k", ["0", "-1"])
 def test_predict_rejects_top_k_below_one(trained, tmp_path, k):
     np.savez(tmp_path / "in.npz", x=np.zeros((2, 12), np.float32))
-    res = runner.invoke(app, ["predict", str(trained[1] / "checkpoints" / "best.npz"), "--input",
-                              str(tmp_path / "in.npz"), "-k", k])
+    res = runner.invoke(
+        app, ["predict", str(trained[1] / "checkpoints" / "best.npz"), "--input", str(tmp_path / "in.npz"), "-k", k]
+    )
     assert res.exit_code == 2 and "top-k" in res.output
 
 

@@ -3,6 +3,7 @@
 The interruptions are real signals sent to this process (SIGINT, SIGTERM) from the progress
 listener, at an epoch boundary and in the middle of an epoch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,12 +26,17 @@ CONFIG = {
     "name": "resume",
     "seed": 12,
     "data": {"dataset": "synthetic", "samples": 400, "features": 12, "classes": 3, "validation_split": 0.25},
-    "model": {"layers": [{"Dense": {"units": 24, "activation": "relu"}}, {"Dropout": {"rate": 0.3}},
-                         {"Dense": {"units": 3, "activation": "softmax"}}]},
+    "model": {
+        "layers": [
+            {"Dense": {"units": 24, "activation": "relu"}},
+            {"Dropout": {"rate": 0.3}},
+            {"Dense": {"units": 3, "activation": "softmax"}},
+        ]
+    },
     "loss": "sparse_categorical_crossentropy",
     "optimizer": {"type": "adam", "learning_rate": 0.05},
     "metrics": ["accuracy"],
-    "training": {"epochs": 6, "batch_size": 32, "shuffle": True},   # 300 training samples: 10 batches
+    "training": {"epochs": 6, "batch_size": 32, "shuffle": True},  # 300 training samples: 10 batches
     "callbacks": [
         {"EarlyStopping": {"monitor": "val_loss", "patience": 2, "restore_best_weights": True}},
         {"ReduceLROnPlateau": {"monitor": "val_loss", "patience": 1, "factor": 0.5, "cooldown": 1}},
@@ -75,8 +81,12 @@ def _run_files(run: Path) -> dict[str, object]:
     out: dict[str, object] = {name: (run / name).read_text() for name in names}
     for ck in sorted((run / "checkpoints").glob("*.npz")):
         c = ckpt_mod.load(ck)
-        out[ck.name] = (c.weights, c.optimizer, {k: v for k, v in c.meta.items() if k != "callbacks"},
-                        c.meta.get("callbacks"))
+        out[ck.name] = (
+            c.weights,
+            c.optimizer,
+            {k: v for k, v in c.meta.items() if k != "callbacks"},
+            c.meta.get("callbacks"),
+        )
     return out
 
 
@@ -102,12 +112,15 @@ def reference(tmp_path_factory):
     return result
 
 
-@pytest.mark.parametrize("epoch,batch,signum", [
-    (2, None, signal.SIGINT),      # "run 3 epochs, stop, resume to 6"
-    (3, 4, signal.SIGINT),         # in the middle of epoch 4, after its 5th batch
-    (1, 0, signal.SIGTERM),        # after the first batch of epoch 2
-    (4, 9, signal.SIGINT),         # during the last batch of epoch 5: that epoch ends, then it stops
-])
+@pytest.mark.parametrize(
+    "epoch,batch,signum",
+    [
+        (2, None, signal.SIGINT),  # "run 3 epochs, stop, resume to 6"
+        (3, 4, signal.SIGINT),  # in the middle of epoch 4, after its 5th batch
+        (1, 0, signal.SIGTERM),  # after the first batch of epoch 2
+        (4, 9, signal.SIGINT),  # during the last batch of epoch 5: that epoch ends, then it stops
+    ],
+)
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, reference, epoch, batch, signum):
     listener = SignalAt(epoch, batch, signum)
     with pytest.raises(TrainingInterrupted) as info:
@@ -139,8 +152,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, reference, epoch
 def test_the_reference_run_used_every_callback(reference):
     """The config is chosen so that every callback acts: otherwise the equality would prove less."""
     h = reference.history
-    assert len(h["loss"]) == 6 and h["learning_rate"][-1] < h["learning_rate"][0]   # ReduceLROnPlateau
-    assert reference.best_epoch == 4 and min(h["val_loss"]) < h["val_loss"][-1]      # restored weights
+    assert len(h["loss"]) == 6 and h["learning_rate"][-1] < h["learning_rate"][0]  # ReduceLROnPlateau
+    assert reference.best_epoch == 4 and min(h["val_loss"]) < h["val_loss"][-1]  # restored weights
     assert (reference.run_dir / "history.csv").read_text().count("\n") == len(h["loss"]) + 1
     assert list((reference.run_dir / "checkpoints").glob("epoch*-*.npz"))
 
@@ -170,14 +183,14 @@ def test_cli_interrupt_exit_code_and_resume_hint(tmp_path, monkeypatch):
     import yaml
 
     cfg.write_text(yaml.safe_dump(CONFIG))
-    from dlrun import cli
+    from dlrun.cli import output
 
-    monkeypatch.setattr(cli, "_listener", lambda mode, quiet: SignalAt(1, 2))
+    monkeypatch.setattr(output, "make_listener", lambda mode, quiet: SignalAt(1, 2))
     res = CliRunner().invoke(app, ["train", str(cfg), "--runs-dir", str(tmp_path / "runs")])
     assert res.exit_code == 130, res.output
     [run] = list((tmp_path / "runs" / "resume").iterdir())
     assert f"dlrun train --resume {run}" in res.output
-    monkeypatch.setattr(cli, "_listener", lambda mode, quiet: SilentListener())
+    monkeypatch.setattr(output, "make_listener", lambda mode, quiet: SilentListener())
     res = CliRunner().invoke(app, ["train", "--resume", str(run)])
     assert res.exit_code == 0, res.output
     assert (run / "metrics.json").is_file()
@@ -216,9 +229,14 @@ def test_manifest_records_what_reproduces_the_run(tmp_path):
     data = tmp_path / "repo" / "data.npz"
     data.parent.mkdir()
     np.savez(data, x_train=rng.standard_normal((60, 4)).astype(np.float32), y_train=rng.integers(0, 2, 60))
-    cfg = {"name": "man", "seed": 3, "data": {"dataset": "npz", "path": str(data)},
-           "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
-           "loss": "sparse_categorical_crossentropy", "training": {"epochs": 1}}
+    cfg = {
+        "name": "man",
+        "seed": 3,
+        "data": {"dataset": "npz", "path": str(data)},
+        "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
+        "loss": "sparse_categorical_crossentropy",
+        "training": {"epochs": 1},
+    }
     path = tmp_path / "repo" / "man.yaml"
     path.write_text(yaml.safe_dump(cfg))
     commit = None
@@ -235,7 +253,7 @@ def test_manifest_records_what_reproduces_the_run(tmp_path):
     assert m["backend"] == "cpu" and m["device"].startswith("cpu")
     assert m["dataset"]["files"] == {str(data.resolve()): hashlib.sha256(data.read_bytes()).hexdigest()}
     assert m["config_file"] == str(path.resolve()) and m["git_commit"] == commit and isinstance(m["argv"], list)
-    outside = tmp_path / "outside.yaml"   # not in a repository: no commit, no error
+    outside = tmp_path / "outside.yaml"  # not in a repository: no commit, no error
     outside.write_text(path.read_text())
     result = api.train(outside, runs_dir=tmp_path / "runs")
     assert json.loads((result.run_dir / "manifest.json").read_text())["git_commit"] is None
@@ -247,13 +265,28 @@ def test_resume_mid_epoch_with_augmentation_and_prefetch(tmp_path):
     rng = np.random.default_rng(1)
     data = tmp_path / "img.npz"
     np.savez(data, x_train=rng.integers(0, 256, (240, 8, 8, 1), dtype=np.uint8), y_train=rng.integers(0, 3, 240))
-    cfg = {"name": "aug", "seed": 4,
-           "data": {"dataset": "npz", "path": str(data), "validation_split": 0.2, "prefetch": 2,
-                    "augmentation": [{"RandomFlip": {"mode": "horizontal"}}, {"RandomCrop": {"padding": 2}}]},
-           "model": {"layers": ["Flatten", {"Dense": {"units": 8, "activation": "relu"}}, {"Dropout": {"rate": 0.2}},
-                               {"Dense": {"units": 3, "activation": "softmax"}}]},
-           "loss": "sparse_categorical_crossentropy", "metrics": ["accuracy"],
-           "training": {"epochs": 3, "batch_size": 16}}
+    cfg = {
+        "name": "aug",
+        "seed": 4,
+        "data": {
+            "dataset": "npz",
+            "path": str(data),
+            "validation_split": 0.2,
+            "prefetch": 2,
+            "augmentation": [{"RandomFlip": {"mode": "horizontal"}}, {"RandomCrop": {"padding": 2}}],
+        },
+        "model": {
+            "layers": [
+                "Flatten",
+                {"Dense": {"units": 8, "activation": "relu"}},
+                {"Dropout": {"rate": 0.2}},
+                {"Dense": {"units": 3, "activation": "softmax"}},
+            ]
+        },
+        "loss": "sparse_categorical_crossentropy",
+        "metrics": ["accuracy"],
+        "training": {"epochs": 3, "batch_size": 16},
+    }
     reference = api.train(copy.deepcopy(cfg), runs_dir=tmp_path / "a")
     with pytest.raises(TrainingInterrupted) as info:
         api.train(copy.deepcopy(cfg), runs_dir=tmp_path / "b", listener=SignalAt(1, 4))

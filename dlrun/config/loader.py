@@ -3,6 +3,7 @@
 Mappings load as `LocDict` and sequences as `LocList`: plain dict/list subclasses that also carry
 the (line, column) of the node and of each key/item. Only YAML's safe tags are accepted.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,12 +58,18 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, (str, int, float, bool)) and key is not None:
-            raise ConfigError(f"a mapping key must be a plain value, not {type(key).__name__}",
-                              line=_pos(key_node)[0], column=_pos(key_node)[1])
+            raise ConfigError(
+                f"a mapping key must be a plain value, not {type(key).__name__}",
+                line=_pos(key_node)[0],
+                column=_pos(key_node)[1],
+            )
         if key in out:
-            raise ConfigError(f"the key {key!r} appears twice in the same mapping",
-                              line=_pos(key_node)[0], column=_pos(key_node)[1],
-                              hint="delete one of them")
+            raise ConfigError(
+                f"the key {key!r} appears twice in the same mapping",
+                line=_pos(key_node)[0],
+                column=_pos(key_node)[1],
+                hint="delete one of them",
+            )
         out[key] = loader.construct_object(value_node, deep=True)
         out.child_pos[key] = _pos(key_node)
     return out
@@ -81,9 +88,8 @@ def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LocList:
 # YAML 1.2 float forms too. The resolver table is copied first so SafeLoader itself is untouched.
 _Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
@@ -91,7 +97,7 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _constr
 def load_yaml_text(text: str, file: str = "<string>") -> Any:
     """Parse YAML text safely; syntax errors become ConfigError with the line and column."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+        return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
     except ConfigError as exc:
         exc.file = file
         raise
@@ -100,10 +106,13 @@ def load_yaml_text(text: str, file: str = "<string>") -> Any:
         problem = exc.problem or "invalid YAML"
         if exc.context:
             problem = f"{problem} ({exc.context})"
-        raise ConfigError(f"YAML syntax error: {problem}", file=file,
-                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None,
-                          hint="check indentation, colons and matching brackets/quotes on this line or "
-                               "the one before") from None
+        raise ConfigError(
+            f"YAML syntax error: {problem}",
+            file=file,
+            line=mark.line + 1 if mark else None,
+            column=mark.column + 1 if mark else None,
+            hint="check indentation, colons and matching brackets/quotes on this line or the one before",
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"YAML error: {exc}", file=file) from None
 

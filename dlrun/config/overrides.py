@@ -4,6 +4,7 @@ Values are parsed as YAML (`3e-4`, `true`, `[1, 2]`). The schema then validates 
 as it validates the file, so an unknown key is an error, never silently added; errors about an
 overridden value point at the `--set` argument instead of a file line.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,7 @@ def parse_path(path: str) -> list[str | int]:
     tokens: list[str | int] = []
     pos = 0
     for m in _TOKEN.finditer(path):
-        between = path[pos:m.start()]
+        between = path[pos : m.start()]
         if between not in ("", "."):
             raise ValueError(f"cannot read the key path {path!r} near {between!r}")
         tokens.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
@@ -40,15 +41,17 @@ def apply_overrides(tree: Any, overrides: list[str]) -> Any:
         try:
             path = parse_path(key.strip())
         except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}", hint="write keys with dots and list items with [i], "
-                                                      "e.g. model.layers[1].Dense.units=256") from None
+            raise ConfigError(
+                f"{where}: {exc}",
+                hint="write keys with dots and list items with [i], e.g. model.layers[1].Dense.units=256",
+            ) from None
         value = from_plain(load_yaml_text(raw_value, where)) if raw_value.strip() else None
         node = tree
         for i, step in enumerate(path[:-1]):
             if isinstance(step, int):
                 if not isinstance(node, list) or step >= len(node):
                     size = len(node) if isinstance(node, list) else 0
-                    raise ConfigError(f"{where}: {_show(path[:i + 1])} does not exist (the list has {size} items)")
+                    raise ConfigError(f"{where}: {_show(path[: i + 1])} does not exist (the list has {size} items)")
                 child = node[step]
             else:
                 if not isinstance(node, dict):
@@ -63,7 +66,7 @@ def apply_overrides(tree: Any, overrides: list[str]) -> Any:
                 child = LocDict({child: LocDict()}) if isinstance(node, LocList) else LocDict({"type": child})
                 node[step] = child
             if not isinstance(child, (dict, list)):
-                raise ConfigError(f"{where}: {_show(path[:i + 1])} is {child!r}, not a mapping or list")
+                raise ConfigError(f"{where}: {_show(path[: i + 1])} is {child!r}, not a mapping or list")
             node = child
         last = path[-1]
         if isinstance(last, int):
@@ -82,4 +85,18 @@ def _show(path: list[str | int]) -> str:
     out = ""
     for step in path:
         out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested config -> {"training.epochs": 5, "model.layers[1].Dense.units": 100, ...}."""
+    out: dict[str, Any] = {}
+    if isinstance(config, dict):
+        for k, v in config.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif isinstance(config, list) and config and any(isinstance(v, (dict, list)) for v in config):
+        for i, v in enumerate(config):
+            out.update(flatten(v, f"{prefix}[{i}]"))
+    else:
+        out[prefix] = config
     return out

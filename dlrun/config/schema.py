@@ -5,15 +5,17 @@ with the resolved values and the positions of the original keys. Parts owned by 
 (layers, losses, optimizers, callbacks) are checked by those modules' registries, through
 `Config.error`, so every error names the file, line and key path.
 """
+
 from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from dlrun.config.loader import LocDict, LocList, Located, Position, load_yaml_file, to_plain
+from dlrun.config.loader import Located, LocDict, LocList, Position, load_yaml_file, to_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.errors import ConfigError
 from dlrun.registry import did_you_mean
@@ -22,9 +24,16 @@ REQUIRED = object()
 DATASETS = ("fashion_mnist", "cifar10", "npz", "csv", "synthetic")
 #: data keys that only some datasets take: written for another dataset they are an error, and
 #: their defaults are left out of the resolved config.
-DATASET_KEYS = {"samples": ("synthetic",), "features": ("synthetic",), "classes": ("synthetic",),
-                "noise": ("synthetic",), "task": ("synthetic", "npz", "csv"), "target": ("csv",),
-                "header": ("csv",), "path": ("fashion_mnist", "cifar10", "npz", "csv")}
+DATASET_KEYS = {
+    "samples": ("synthetic",),
+    "features": ("synthetic",),
+    "classes": ("synthetic",),
+    "noise": ("synthetic",),
+    "task": ("synthetic", "npz", "csv"),
+    "target": ("csv",),
+    "header": ("csv",),
+    "path": ("fashion_mnist", "cifar10", "npz", "csv"),
+}
 
 
 @dataclass
@@ -39,8 +48,14 @@ class Key:
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
-             dict: "a mapping"}
+    names = {
+        bool: "true/false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+    }
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
@@ -69,9 +84,15 @@ def _shape(v: Any) -> str | None:
 
 def _statistics(v: Any) -> str | None:
     mean, std = v.get("mean"), v.get("std")
-    ok = (set(v) == {"mean", "std"} and isinstance(mean, list) and isinstance(std, list) and mean
-          and len(mean) == len(std) and all(isinstance(m, (int, float)) for m in mean)
-          and all(isinstance(s, (int, float)) and s > 0 for s in std))
+    ok = (
+        set(v) == {"mean", "std"}
+        and isinstance(mean, list)
+        and isinstance(std, list)
+        and mean
+        and len(mean) == len(std)
+        and all(isinstance(m, (int, float)) for m in mean)
+        and all(isinstance(s, (int, float)) and s > 0 for s in std)
+    )
     return None if ok else "must be {mean: [..], std: [..]}: one number per channel, std > 0"
 
 
@@ -106,22 +127,40 @@ SCHEMA: dict[str, Any] = {
         "test_split": Key(NUMBER, 0.0, _fraction, "fraction held out as the test set (npz without x_test, csv)"),
         "limit": Key((int,), None, _positive, "use only the first N training samples", nullable=True),
         "path": Key((str,), None, None, "folder holding the dataset files; npz, csv: the file", nullable=True),
-        "normalize": Key((str,), "auto", _choices("auto", "scale", "standardize", "none"),
-                         "scale (uint8 to [0, 1]) | standardize (training-split mean/std per channel) | none; "
-                         "auto: scale for uint8 images, standardize for csv, none otherwise"),
-        "statistics": Key((dict,), None, _statistics, "standardize: the training split's per-channel {mean, std}, "
-                          "written here by dlrun when training (reused by evaluate/predict)", nullable=True),
-        "augmentation": Key((list,), [], _augmentation, "image augmentation of training batches, Keras names: "
-                            "[{RandomFlip: {mode: horizontal}}, {RandomCrop: {padding: 4}}, ...]"),
+        "normalize": Key(
+            (str,),
+            "auto",
+            _choices("auto", "scale", "standardize", "none"),
+            "scale (uint8 to [0, 1]) | standardize (training-split mean/std per channel) | none; "
+            "auto: scale for uint8 images, standardize for csv, none otherwise",
+        ),
+        "statistics": Key(
+            (dict,),
+            None,
+            _statistics,
+            "standardize: the training split's per-channel {mean, std}, "
+            "written here by dlrun when training (reused by evaluate/predict)",
+            nullable=True,
+        ),
+        "augmentation": Key(
+            (list,),
+            [],
+            _augmentation,
+            "image augmentation of training batches, Keras names: "
+            "[{RandomFlip: {mode: horizontal}}, {RandomCrop: {padding: 4}}, ...]",
+        ),
         "prefetch": Key((int,), 2, _non_negative, "batches prepared ahead in a background thread (0: none)"),
         "target": Key((str, int), None, None, "csv: the target column, by name or index", nullable=True),
-        "header": Key((bool,), None, None, "csv: the first row names the columns (default: detected)",
-                      nullable=True),
+        "header": Key((bool,), None, None, "csv: the first row names the columns (default: detected)", nullable=True),
         "samples": Key((int,), 1000, _positive, "synthetic: number of samples"),
         "features": Key((int,), 100, _positive, "synthetic: number of features"),
         "classes": Key((int,), 2, _positive, "synthetic: number of classes (classification)"),
-        "task": Key((str,), "classification", _choices("classification", "regression"),
-                    "synthetic, npz, csv: classification or regression"),
+        "task": Key(
+            (str,),
+            "classification",
+            _choices("classification", "regression"),
+            "synthetic, npz, csv: classification or regression",
+        ),
         "noise": Key(NUMBER, 0.1, _non_negative, "synthetic: label/target noise"),
     },
     "model": {
@@ -160,14 +199,16 @@ class Config:
             return node.pos_of(key) if key is not None else node.pos
         return None
 
-    def error(self, message: str, node: Any = None, key: Any = None, path: str | None = None,
-              hint: str | None = None) -> ConfigError:
+    def error(
+        self, message: str, node: Any = None, key: Any = None, path: str | None = None, hint: str | None = None
+    ) -> ConfigError:
         """A ConfigError pointing at `node[key]` (or the node) in the config file, or at its `--set`."""
         if isinstance(node, Located) and key in node.overridden:
             return ConfigError(message, file=node.overridden[key], path=path, hint=hint)
         pos = self.position(node, key)
-        return ConfigError(message, file=self.file, line=pos[0] if pos else None,
-                           column=pos[1] if pos else None, path=path, hint=hint)
+        return ConfigError(
+            message, file=self.file, line=pos[0] if pos else None, column=pos[1] if pos else None, path=path, hint=hint
+        )
 
 
 def _check_key(cfg: Config, spec: Key, value: Any, parent: Any, key: str, path: str) -> Any:
@@ -187,19 +228,25 @@ def _check_key(cfg: Config, spec: Key, value: Any, parent: Any, key: str, path: 
     return value
 
 
-def _check_section(cfg: Config, schema: dict[str, Any], node: Any, path: str,
-                   parent: Any = None, key: Any = None) -> dict[str, Any]:
+def _check_section(
+    cfg: Config, schema: dict[str, Any], node: Any, path: str, parent: Any = None, key: Any = None
+) -> dict[str, Any]:
     if node is None:
         node = LocDict()
     if not isinstance(node, dict):
-        raise cfg.error(f"must be a mapping of keys ({', '.join(schema)}), got {to_plain(node)!r}",
-                        parent, key, path or "<top level>")
+        raise cfg.error(
+            f"must be a mapping of keys ({', '.join(schema)}), got {to_plain(node)!r}",
+            parent,
+            key,
+            path or "<top level>",
+        )
     for key in node:
         if key not in schema:
             hint = did_you_mean(str(key), schema)
             where = f"{path}.{key}" if path else str(key)
-            raise cfg.error(f"unknown key {key!r}", node, key, where,
-                            hint=hint or f"valid keys here: {', '.join(schema)}")
+            raise cfg.error(
+                f"unknown key {key!r}", node, key, where, hint=hint or f"valid keys here: {', '.join(schema)}"
+            )
     out: dict[str, Any] = {}
     for key, spec in schema.items():
         where = f"{path}.{key}" if path else key
@@ -219,11 +266,11 @@ def parse_config(tree: Any, file: str | None = None) -> Config:
     """Validate a loaded YAML tree and fill defaults; raises ConfigError pointing at the mistake."""
     if not isinstance(tree, LocDict):
         if tree is None:
-            raise ConfigError("the config file is empty", file=file,
-                              hint="start from one of the files in configs/")
+            raise ConfigError("the config file is empty", file=file, hint="start from one of the files in configs/")
         kind = "a list" if isinstance(tree, list) else f"a {type(tree).__name__}"
-        raise ConfigError(f"the config must be a mapping of sections (name:, data:, model:, ...), got {kind}",
-                          file=file)
+        raise ConfigError(
+            f"the config must be a mapping of sections (name:, data:, model:, ...), got {kind}", file=file
+        )
     cfg = Config(tree, {}, file)
     resolved = _check_section(cfg, SCHEMA, tree, "")
     if resolved["name"] is None:
@@ -234,14 +281,19 @@ def parse_config(tree: Any, file: str | None = None) -> Config:
             continue
         if key in data_node and data_node[key] is not None:
             names = " and ".join([", ".join(datasets[:-1]), datasets[-1]] if len(datasets) > 1 else datasets)
-            raise cfg.error(f"{key!r} only applies to the {names} dataset{'s' if len(datasets) > 1 else ''}",
-                            data_node, key, f"data.{key}")
+            raise cfg.error(
+                f"{key!r} only applies to the {names} dataset{'s' if len(datasets) > 1 else ''}",
+                data_node,
+                key,
+                f"data.{key}",
+            )
         del data[key]
     if data["dataset"] in ("npz", "csv") and not data["path"]:
         raise cfg.error(f"the {data['dataset']} dataset needs data.path: the file to read", data_node, None, "data")
     if data["dataset"] == "csv" and data["target"] is None:
-        raise cfg.error("the csv dataset needs data.target: the column to predict (a name, or an index)",
-                        data_node, None, "data")
+        raise cfg.error(
+            "the csv dataset needs data.target: the column to predict (a name, or an index)", data_node, None, "data"
+        )
     cfg.resolved = resolved
     return cfg
 
@@ -258,13 +310,11 @@ def section_node(cfg: Config, *keys: Any) -> Any:
     """The raw (positioned) node at `keys`, or None when absent."""
     node: Any = cfg.raw
     for k in keys:
-        if isinstance(node, dict) and k in node:
-            node = node[k]
-        elif isinstance(node, list) and isinstance(k, int) and k < len(node):
+        if (isinstance(node, dict) and k in node) or (isinstance(node, list) and isinstance(k, int) and k < len(node)):
             node = node[k]
         else:
             return None
     return node
 
 
-__all__ = ["Config", "SCHEMA", "Key", "parse_config", "load_config", "section_node", "LocList"]
+__all__ = ["SCHEMA", "Config", "Key", "LocList", "load_config", "parse_config", "section_node"]

@@ -17,6 +17,7 @@ Randomness: batch `b` of epoch `e` draws from its own generator, seeded from the
 (e, b). A batch's augmentation therefore does not depend on timing, on prefetching or on which
 batches came before it, and a resumed run (even from the middle of an epoch) repeats it exactly.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,7 +26,7 @@ import numpy as np
 
 from dlrun.registry import Registry, build_from_spec
 
-AUGMENTATIONS: Registry[type["Augmentation"]] = Registry("augmentation")
+AUGMENTATIONS: Registry[type[Augmentation]] = Registry("augmentation")
 #: SeedSequence spawn key of the augmentation stream, apart from engine.random's streams (0..3).
 STREAM_KEY = 1000
 FILL_MODES = ("reflect", "wrap", "nearest", "constant")
@@ -35,8 +36,11 @@ def _range(factor: Any, name: str) -> tuple[float, float]:
     """Keras factors: `f` means [-f, f]; a pair [lo, hi] is taken as is."""
     if isinstance(factor, (int, float)) and not isinstance(factor, bool):
         lo, hi = -abs(float(factor)), abs(float(factor))
-    elif isinstance(factor, (list, tuple)) and len(factor) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in factor):
+    elif (
+        isinstance(factor, (list, tuple))
+        and len(factor) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in factor)
+    ):
         lo, hi = float(factor[0]), float(factor[1])
     else:
         raise ValueError(f"{name} must be a number or a pair [low, high]. Received: {name}={factor!r}")
@@ -65,8 +69,9 @@ class Augmentation:
 
     geometric = False
 
-    def maps(self, rng: np.random.Generator, n: int, height: int, width: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def maps(
+        self, rng: np.random.Generator, n: int, height: int, width: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(rows (n, H), row_valid, cols (n, W), col_valid): output pixel (i, j) of image k reads source
         pixel (rows[k, i], cols[k, j]), or the fill value where a mask is False."""
         raise NotImplementedError
@@ -147,8 +152,10 @@ class RandomCrop(_Shift):
     def check_shape(self, shape: tuple[int, ...]) -> str | None:
         for name, want, got in (("height", self.height, shape[0]), ("width", self.width, shape[1])):
             if want is not None and want != got:
-                return (f"RandomCrop keeps the image size here: {name} must be {got} (or left out), got {want}; "
-                        f"use padding to set how far the window moves")
+                return (
+                    f"RandomCrop keeps the image size here: {name} must be {got} (or left out), got {want}; "
+                    f"use padding to set how far the window moves"
+                )
         return None
 
     def _shifts(self, rng, n, height, width):
@@ -168,8 +175,9 @@ class RandomTranslation(_Shift):
         fill_value: the value of new pixels with fill_mode "constant". Defaults to 0.
     """
 
-    def __init__(self, height_factor: Any, width_factor: Any, fill_mode: str = "reflect",
-                 fill_value: float = 0.0) -> None:
+    def __init__(
+        self, height_factor: Any, width_factor: Any, fill_mode: str = "reflect", fill_value: float = 0.0
+    ) -> None:
         self.height_range = _range(height_factor, "height_factor")
         self.width_range = _range(width_factor, "width_factor")
         for name, (lo, hi) in (("height_factor", self.height_range), ("width_factor", self.width_range)):
@@ -178,8 +186,12 @@ class RandomTranslation(_Shift):
         if fill_mode not in FILL_MODES:
             raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}. Received: fill_mode={fill_mode!r}")
         self.fill_mode, self.fill_value = fill_mode, float(fill_value)
-        self._config = {"height_factor": height_factor, "width_factor": width_factor, "fill_mode": fill_mode,
-                        "fill_value": fill_value}
+        self._config = {
+            "height_factor": height_factor,
+            "width_factor": width_factor,
+            "fill_mode": fill_mode,
+            "fill_value": fill_value,
+        }
 
     def _shifts(self, rng, n, height, width):
         (hlo, hhi), (wlo, whi) = self.height_range, self.width_range
@@ -190,10 +202,10 @@ class RandomTranslation(_Shift):
 
 class _Photometric(Augmentation):
     def __init__(self, factor: Any, value_range: Any) -> None:
-        if (not isinstance(value_range, (list, tuple)) or len(value_range) != 2
-                or not value_range[0] < value_range[1]):
-            raise ValueError(f"value_range must be a pair [low, high] with low < high. Received: "
-                             f"value_range={value_range!r}")
+        if not isinstance(value_range, (list, tuple)) or len(value_range) != 2 or not value_range[0] < value_range[1]:
+            raise ValueError(
+                f"value_range must be a pair [low, high] with low < high. Received: value_range={value_range!r}"
+            )
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self._config = {"factor": factor, "value_range": list(value_range)}
 
@@ -234,8 +246,11 @@ class RandomContrast(_Photometric):
         super().__init__(factor, value_range)
         if isinstance(factor, (int, float)) and not isinstance(factor, bool):
             lo, hi = float(factor), float(factor)
-        elif isinstance(factor, (list, tuple)) and len(factor) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in factor):
+        elif (
+            isinstance(factor, (list, tuple))
+            and len(factor) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in factor)
+        ):
             lo, hi = float(factor[0]), float(factor[1])
         else:
             raise ValueError(f"factor must be a number or a pair [lower, upper]. Received: factor={factor!r}")
@@ -251,7 +266,7 @@ class RandomContrast(_Photometric):
         # Per image and channel mean as a matrix product: far faster than a strided reduction.
         mean = xp.matmul(xp.full(pixels.shape[1], 1 / pixels.shape[1], dtype=x.dtype), pixels)  # (n, c)
         out = x * xp.asarray(f).reshape(n, *([1] * (x.ndim - 1)))  # (x - mean) * f + mean, in two passes
-        shift = mean * xp.asarray(1 - f)[:, None]                  # (n, c)
+        shift = mean * xp.asarray(1 - f)[:, None]  # (n, c)
         w = x.shape[-2]  # add per image row (W*C values, the shift tiled): a long inner loop
         rows = out.reshape(n, -1, w * c)
         rows += xp.tile(shift, (1, w))[:, None, :]
@@ -265,8 +280,10 @@ def parse(specs: list[Any]) -> list[Augmentation]:
         if isinstance(spec, dict) and len(spec) == 1 and "type" not in spec:
             name, args = next(iter(spec.items()))
             if args is not None and not isinstance(args, dict):
-                raise ValueError(f"augmentation[{i}]: the arguments of {name} must be a mapping, got {args!r}. "
-                                 f"Write `- {name}: {{...}}`")
+                raise ValueError(
+                    f"augmentation[{i}]: the arguments of {name} must be a mapping, got {args!r}. "
+                    f"Write `- {name}: {{...}}`"
+                )
             spec = {"type": name, **(args or {})}
         try:
             out.append(build_from_spec(AUGMENTATIONS, spec))
@@ -293,8 +310,9 @@ class Augmenter:
 
     def __init__(self, augmentations: list[Augmentation], seed: int, image_shape: tuple[int, ...]) -> None:
         if len(image_shape) != 3:
-            raise ValueError(f"augmentation applies to images (height, width, channels); "
-                             f"the inputs have shape {list(image_shape)}")
+            raise ValueError(
+                f"augmentation applies to images (height, width, channels); the inputs have shape {list(image_shape)}"
+            )
         for aug in augmentations:
             problem = getattr(aug, "check_shape", lambda s: None)(image_shape)
             if problem:

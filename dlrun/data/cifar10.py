@@ -10,15 +10,17 @@ in it, or the `.tar.gz` itself (read in place, nothing extracted into the user's
 download is MD5-verified, then its expected members (and only those) are extracted into the user
 cache, each written to a temporary name and renamed: no path from the archive is ever used.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 import numpy as np
 
@@ -82,8 +84,10 @@ def find(user_path: str | None) -> tuple[Location | None, list[Path]]:
 
 
 def what_to_put() -> str:
-    return (f"put {ARCHIVE} (from {URL}), or its extracted {FOLDER}/ folder ({', '.join(FILES)}), "
-            f"into one of those folders (or set data.path)")
+    return (
+        f"put {ARCHIVE} (from {URL}), or its extracted {FOLDER}/ folder ({', '.join(FILES)}), "
+        f"into one of those folders (or set data.path)"
+    )
 
 
 def fetch(progress: ProgressFn | None = None) -> Path:
@@ -131,30 +135,37 @@ def extract(archive: Path, dest: Path) -> Path:
                     Path(tmp).unlink(missing_ok=True)
                 seen.add(base)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{archive} cannot be extracted ({exc})",
-                        hint="the archive is corrupt or truncated; delete it and fetch it again") from None
+        raise DataError(
+            f"{archive} cannot be extracted ({exc})",
+            hint="the archive is corrupt or truncated; delete it and fetch it again",
+        ) from None
     missing = [f for f in FILES if f not in seen]
     if missing:
-        raise DataError(f"{archive} lacks {', '.join(f'{FOLDER}/{m}' for m in missing)}",
-                        hint=f"this is not the official {ARCHIVE}; delete it and fetch it again")
+        raise DataError(
+            f"{archive} lacks {', '.join(f'{FOLDER}/{m}' for m in missing)}",
+            hint=f"this is not the official {ARCHIVE}; delete it and fetch it again",
+        )
     return out
 
 
-def parse_records(raw: bytes | np.ndarray, source: str, out: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def parse_records(raw: bytes | np.ndarray, source: str, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(images (N, 32, 32, 3) uint8, labels (N,) int64) from the bytes of one `.bin` file.
 
     With `out`, the images are written into it (shape (N, 32, 32, 3)) and no other copy is made.
     """
     buf = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
     if buf.size == 0 or buf.size % RECORD:
-        raise DataError(f"{source} has {buf.size} bytes, not a whole number of {RECORD}-byte records",
-                        hint="the file is truncated or corrupt; delete it and fetch it again")
+        raise DataError(
+            f"{source} has {buf.size} bytes, not a whole number of {RECORD}-byte records",
+            hint="the file is truncated or corrupt; delete it and fetch it again",
+        )
     records = buf.reshape(-1, RECORD)
     labels = records[:, 0].astype(np.int64)
     if labels.max() >= CLASSES:
-        raise DataError(f"{source} has a label {int(labels.max())}; CIFAR-10 labels are 0..9",
-                        hint="the file is corrupt or not a CIFAR-10 batch")
+        raise DataError(
+            f"{source} has a label {int(labels.max())}; CIFAR-10 labels are 0..9",
+            hint="the file is corrupt or not a CIFAR-10 batch",
+        )
     planar = records[:, 1:].reshape(-1, 3, 32, 32)
     if out is None:
         out = np.empty((len(records), *SHAPE), dtype=np.uint8)
@@ -172,13 +183,20 @@ def records(images: np.ndarray, labels: np.ndarray) -> bytes:
 def parse_meta(text: str, source: str) -> list[str]:
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if len(names) != CLASSES:
-        raise DataError(f"{source} names {len(names)} classes; CIFAR-10 has {CLASSES}",
-                        hint="the file is corrupt or not CIFAR-10's batches.meta.txt")
+        raise DataError(
+            f"{source} names {len(names)} classes; CIFAR-10 has {CLASSES}",
+            hint="the file is corrupt or not CIFAR-10's batches.meta.txt",
+        )
     return names
 
 
-def _assemble(files: list[str], size: Callable[[str], int], read: Callable[[str], bytes], where: str,
-              read_order: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def _assemble(
+    files: list[str],
+    size: Callable[[str], int],
+    read: Callable[[str], bytes],
+    where: str,
+    read_order: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The records of `files`, in that order, written straight into one preallocated uint8 array.
 
     `read_order` only changes the order the files are read in (an archive is read forwards).
@@ -187,8 +205,10 @@ def _assemble(files: list[str], size: Callable[[str], int], read: Callable[[str]
     for f in files:
         n = size(f)
         if n == 0 or n % RECORD:
-            raise DataError(f"{where}/{f} has {n} bytes, not a whole number of {RECORD}-byte records",
-                            hint="the file is truncated or corrupt; delete it and fetch it again")
+            raise DataError(
+                f"{where}/{f} has {n} bytes, not a whole number of {RECORD}-byte records",
+                hint="the file is truncated or corrupt; delete it and fetch it again",
+            )
         counts[f] = n // RECORD
     starts = dict(zip(files, np.cumsum([0, *counts.values()])[:-1].tolist()))
     x = np.empty((sum(counts.values()), *SHAPE), dtype=np.uint8)
@@ -223,8 +243,10 @@ def read_archive(archive: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
                     members.setdefault(base, m)
             missing = [f for f in FILES if f not in members]
             if missing:
-                raise DataError(f"{archive} lacks {', '.join(f'{FOLDER}/{m}' for m in missing)}",
-                                hint=f"this is not the official {ARCHIVE}")
+                raise DataError(
+                    f"{archive} lacks {', '.join(f'{FOLDER}/{m}' for m in missing)}",
+                    hint=f"this is not the official {ARCHIVE}",
+                )
 
             def read(f: str) -> bytes:
                 src: IO[bytes] | None = tar.extractfile(members[f])
@@ -240,13 +262,16 @@ def read_archive(archive: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             x_te, y_te = _assemble([TEST_FILE], size, read, str(archive))
             names = parse_meta(read(META_FILE).decode("utf-8", errors="replace"), f"{archive}/{META_FILE}")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{archive} cannot be read ({exc})",
-                        hint="the archive is corrupt or truncated; delete it and fetch it again") from None
+        raise DataError(
+            f"{archive} cannot be read ({exc})",
+            hint="the archive is corrupt or truncated; delete it and fetch it again",
+        ) from None
     return x_tr, y_tr, x_te, y_te, names
 
 
-def load(user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def load(
+    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """(x_train, y_train, x_test, y_test, class names); images uint8 (N, 32, 32, 3)."""
     where, searched = find(user_path)
     if where is None:

@@ -8,6 +8,7 @@ split only, or from `data.statistics` when a trained config carries them) and au
 Images stay uint8 until a batch is made (see dlrun.data.pipeline): memory holds a quarter of what
 float32 copies would.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.x)
 
-    def take(self, idx: Any) -> "Split":
+    def take(self, idx: Any) -> Split:
         return Split(self.x[idx], self.y[idx])
 
 
@@ -86,20 +87,32 @@ class Dataset:
     def split(self, which: str) -> Split:
         part = {"train": self.train, "val": self.val, "test": self.test}[which]
         if part is None:
-            raise DataError(f"the {self.name} dataset has no {which} split here",
-                            hint="set data.validation_split > 0" if which == "val" else
-                            "set data.test_split > 0" if which == "test" else None)
+            raise DataError(
+                f"the {self.name} dataset has no {which} split here",
+                hint="set data.validation_split > 0"
+                if which == "val"
+                else "set data.test_split > 0"
+                if which == "test"
+                else None,
+            )
         return part
 
-    def batches(self, split: Split, batch_size: int, backend: Backend, target_transform: Any = None, *,
-                training: bool = False) -> Batches:
+    def batches(
+        self, split: Split, batch_size: int, backend: Backend, target_transform: Any = None, *, training: bool = False
+    ) -> Batches:
         """Batches of `split`: normalised, prefetched, and augmented when `training`."""
-        return Batches(split, batch_size, backend, self.normalization, target_transform,
-                       augmenter=self.augmenter if training else None, prefetch=self.prefetch)
+        return Batches(
+            split,
+            batch_size,
+            backend,
+            self.normalization,
+            target_transform,
+            augmenter=self.augmenter if training else None,
+            prefetch=self.prefetch,
+        )
 
 
-def _read(data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool
-           ) -> userfiles.Arrays:
+def _read(data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> userfiles.Arrays:
     """The source's arrays, before any preparation."""
     name = data_cfg["dataset"]
     if name == "fashion_mnist":
@@ -113,15 +126,22 @@ def _read(data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allo
     if name == "csv":
         return userfiles.load_csv(data_cfg.get("path"), data_cfg["target"], data_cfg["task"], data_cfg.get("header"))
     if name == "synthetic":
-        x_tr, y_tr, x_te, y_te = synthetic.make(data_cfg["samples"], data_cfg["features"], data_cfg["classes"],
-                                                data_cfg["task"], data_cfg["noise"], seed)
+        x_tr, y_tr, x_te, y_te = synthetic.make(
+            data_cfg["samples"], data_cfg["features"], data_cfg["classes"], data_cfg["task"], data_cfg["noise"], seed
+        )
         classes = None if data_cfg["task"] == "regression" else data_cfg["classes"]
         return userfiles.Arrays(x_tr, y_tr, x_te, y_te, classes)
     raise DataError(f"the dataset {name!r} is not available in this version of dlrun")
 
 
-def load_dataset(data_cfg: dict[str, Any], seed: int, *, split_rng: np.random.Generator | None = None,
-                 progress: ProgressFn | None = None, allow_download: bool = True) -> Dataset:
+def load_dataset(
+    data_cfg: dict[str, Any],
+    seed: int,
+    *,
+    split_rng: np.random.Generator | None = None,
+    progress: ProgressFn | None = None,
+    allow_download: bool = True,
+) -> Dataset:
     """Read `data_cfg["dataset"]` and prepare it (see the module docstring)."""
     name = data_cfg["dataset"]
     arrays = _read(data_cfg, seed, progress, allow_download)
@@ -132,14 +152,18 @@ def load_dataset(data_cfg: dict[str, Any], seed: int, *, split_rng: np.random.Ge
     classification = arrays.num_classes is not None
     stratify = bool(data_cfg.get("stratify"))
     if stratify and not classification:
-        raise DataError(f"data.stratify needs class labels; the {name} data here are regression targets",
-                        hint="set data.stratify: false")
+        raise DataError(
+            f"data.stratify needs class labels; the {name} data here are regression targets",
+            hint="set data.stratify: false",
+        )
     test = Split(arrays.x_test, arrays.y_test) if arrays.x_test is not None else None
     test_frac = data_cfg.get("test_split") or 0.0
     if test_frac > 0:
         if test is not None:
-            raise DataError(f"data.test_split is for datasets without a test set; {name} has one "
-                            f"({len(test):,} samples)", hint="remove data.test_split")
+            raise DataError(
+                f"data.test_split is for datasets without a test set; {name} has one ({len(test):,} samples)",
+                hint="remove data.test_split",
+            )
         keep, held = splits.holdout(len(train), test_frac, rng, train.y if stratify else None, "test_split")
         train, test = train.take(keep), train.take(held)
     val_frac = data_cfg.get("validation_split") or 0.0
@@ -147,15 +171,30 @@ def load_dataset(data_cfg: dict[str, Any], seed: int, *, split_rng: np.random.Ge
     if val_frac > 0:
         keep, held = splits.holdout(len(train), val_frac, rng, train.y if stratify else None)
         train, val = train.take(keep), train.take(held)
-    norm = normalize.resolve(data_cfg.get("normalize") or "auto", train.x, default_normalization(name, train.x.dtype),
-                             data_cfg.get("statistics"), name)
+    norm = normalize.resolve(
+        data_cfg.get("normalize") or "auto",
+        train.x,
+        default_normalization(name, train.x.dtype),
+        data_cfg.get("statistics"),
+        name,
+    )
     input_shape = tuple(train.x.shape[1:])
     try:
         augmenter = augment.augmenter(data_cfg.get("augmentation"), seed, input_shape)
     except (TypeError, ValueError) as exc:
         raise DataError(f"data.augmentation: {exc}") from None
-    return Dataset(name, train, val, test, input_shape, arrays.num_classes, arrays.class_names, norm, augmenter,
-                   int(data_cfg.get("prefetch") or 0))
+    return Dataset(
+        name,
+        train,
+        val,
+        test,
+        input_shape,
+        arrays.num_classes,
+        arrays.class_names,
+        norm,
+        augmenter,
+        int(data_cfg.get("prefetch") or 0),
+    )
 
 
 _STATIC_SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -172,8 +211,11 @@ def dataset_input_shape(data_cfg: dict[str, Any], needed: bool = False) -> tuple
         return (data_cfg["features"],)
     if name in ("npz", "csv"):
         path = data_cfg.get("path")
-        shape = (userfiles.npz_input_shape(path) if name == "npz"
-                 else userfiles.csv_input_shape(path, data_cfg.get("header")))
+        shape = (
+            userfiles.npz_input_shape(path)
+            if name == "npz"
+            else userfiles.csv_input_shape(path, data_cfg.get("header"))
+        )
         if shape is None and needed:  # reading the whole file says what is wrong with it
             return tuple(_read(data_cfg, 0, None, False).x_train.shape[1:])
         return shape
@@ -197,8 +239,10 @@ def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:
     stats = data_cfg.get("statistics")
     if kind == "standardize":
         if not stats:
-            raise DataError("the model was trained on standardised inputs but its config has no data.statistics",
-                            hint="retrain with this dlrun version (it stores them), or add data.statistics")
+            raise DataError(
+                "the model was trained on standardised inputs but its config has no data.statistics",
+                hint="retrain with this dlrun version (it stores them), or add data.statistics",
+            )
         return Normalization("standardize", mean=stats["mean"], std=stats["std"])
     if kind == "scale" and np.dtype(dtype) == np.uint8:
         return Normalization("scale", scale=1 / 255)
@@ -217,9 +261,22 @@ def known_targets(data_cfg: dict[str, Any]) -> Targets | None:
 
 def known_class_names(data_cfg: dict[str, Any]) -> list[str] | None:
     """Class names known without loading data (for predict)."""
-    return {"fashion_mnist": list(fashion_mnist.CLASS_NAMES), "cifar10": list(cifar10.DEFAULT_CLASS_NAMES)
-            }.get(data_cfg["dataset"])
+    return {"fashion_mnist": list(fashion_mnist.CLASS_NAMES), "cifar10": list(cifar10.DEFAULT_CLASS_NAMES)}.get(
+        data_cfg["dataset"]
+    )
 
 
-__all__ = ["Batches", "Dataset", "Split", "load_dataset", "dataset_input_shape", "PipelineStats", "Prefetcher",
-           "default_normalization", "input_normalization", "known_class_names", "known_targets", "Targets"]
+__all__ = [
+    "Batches",
+    "Dataset",
+    "PipelineStats",
+    "Prefetcher",
+    "Split",
+    "Targets",
+    "dataset_input_shape",
+    "default_normalization",
+    "input_normalization",
+    "known_class_names",
+    "known_targets",
+    "load_dataset",
+]

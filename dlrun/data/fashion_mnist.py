@@ -3,6 +3,7 @@
 The decompressed content is verified by SHA-256: Debian's `dataset-fashion-mnist` package
 recompressed the files (their .gz bytes differ from the official ones, the content does not).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -16,21 +17,28 @@ from dlrun.data.sources import ProgressFn, RemoteFile, cache_dir, candidate_dirs
 from dlrun.errors import DataError
 
 NAME = "fashion_mnist"
-CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-               "Ankle boot"]
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 SYSTEM_DIRS = ["/usr/share/datasets/fashion-mnist"]
 MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 
 # file -> (MD5 of the official .gz, SHA-256 of the decompressed IDX content)
 FILES = {
-    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                                   "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
-    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe",
-                                   "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
-    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79",
-                                  "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
-    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310",
-                                  "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+    "train-images-idx3-ubyte.gz": (
+        "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
+    "train-labels-idx1-ubyte.gz": (
+        "25c81989df183df01b3e8a0aad5dffbe",
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
+    "t10k-images-idx3-ubyte.gz": (
+        "bef4ecab320f06d8554ea6380940ec79",
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
+    "t10k-labels-idx1-ubyte.gz": (
+        "bb300cfdad3c16e7a12a480ee83cd310",
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
 }
 
 
@@ -45,8 +53,10 @@ def parse_idx(raw: bytes, source: str) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
-        raise DataError(f"{source} has {len(raw)} bytes, its header announces {expected}",
-                        hint="the file is truncated or corrupt; delete it and fetch it again")
+        raise DataError(
+            f"{source} has {len(raw)} bytes, its header announces {expected}",
+            hint="the file is truncated or corrupt; delete it and fetch it again",
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -55,11 +65,14 @@ def _read_verified(path: Path, sha256: str | None) -> bytes:
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as exc:
-        raise DataError(f"{path} cannot be decompressed ({exc})",
-                        hint="the file is corrupt; delete it and fetch it again") from None
+        raise DataError(
+            f"{path} cannot be decompressed ({exc})", hint="the file is corrupt; delete it and fetch it again"
+        ) from None
     if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
-        raise DataError(f"{path} does not contain the official Fashion-MNIST data (SHA-256 mismatch)",
-                        hint="delete it and fetch the files again")
+        raise DataError(
+            f"{path} does not contain the official Fashion-MNIST data (SHA-256 mismatch)",
+            hint="delete it and fetch the files again",
+        )
     return raw
 
 
@@ -81,8 +94,9 @@ def fetch(progress: ProgressFn | None = None) -> Path:
     return dest
 
 
-def load(user_path: str | None = None, progress: ProgressFn | None = None,
-         allow_download: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load(
+    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x_train, y_train, x_test, y_test) as uint8 arrays, images shaped (N, 28, 28, 1)."""
     folder, searched = find(user_path)
     if folder is None:

@@ -4,6 +4,7 @@ The data stays in its stored dtype (uint8 images) until a batch is made. Standar
 are computed once, on the training split only, in float64 chunks (no float copy of the whole set),
 and travel in the resolved config (`data.statistics`), so evaluate and predict reuse them.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,13 @@ KINDS = ("scale", "standardize", "none")
 class Normalization:
     """One of `none`, `scale` (x * scale) or `standardize` ((x - mean) / std over the last axis)."""
 
-    def __init__(self, kind: str = "none", scale: float | None = None,
-                 mean: list[float] | None = None, std: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        kind: str = "none",
+        scale: float | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+    ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}. Received: kind={kind!r}")
         if kind == "standardize" and (mean is None or std is None):
@@ -30,7 +36,7 @@ class Normalization:
         self._device: dict[tuple[int, str, int], tuple[Any, Any]] = {}
 
     @classmethod
-    def of(cls, value: "Normalization | float | None") -> "Normalization":
+    def of(cls, value: Normalization | float | None) -> Normalization:
         """Older callers pass a bare scale factor (or None)."""
         if isinstance(value, Normalization):
             return value
@@ -89,12 +95,12 @@ def channel_statistics(x: np.ndarray, rows: int = 1 << 16) -> tuple[list[float],
     total = np.zeros(flat.shape[1], np.float64)
     squares = np.zeros(flat.shape[1], np.float64)
     for lo in range(0, len(flat), rows):
-        part = flat[lo:lo + rows].astype(np.float64) - shift
+        part = flat[lo : lo + rows].astype(np.float64) - shift
         total += part.sum(axis=0)
         squares += np.einsum("ij,ij->j", part, part)
     n = len(flat)
     mean_shifted = total / n
-    var = np.maximum(squares / n - mean_shifted ** 2, 0.0)
+    var = np.maximum(squares / n - mean_shifted**2, 0.0)
     std = np.sqrt(var)
     if not (np.all(np.isfinite(std)) and np.all(np.isfinite(mean_shifted))):
         raise DataError("the training inputs contain NaN or infinite values; standardisation is impossible")
@@ -102,23 +108,26 @@ def channel_statistics(x: np.ndarray, rows: int = 1 << 16) -> tuple[list[float],
     return (mean_shifted + shift).tolist(), std.tolist()
 
 
-def resolve(kind: str, x_train: np.ndarray, default: str, stored: dict[str, Any] | None, name: str
-            ) -> Normalization:
+def resolve(kind: str, x_train: np.ndarray, default: str, stored: dict[str, Any] | None, name: str) -> Normalization:
     """The Normalization for `data.normalize` (`auto` -> `default`), with stored statistics if any."""
     kind = default if kind == "auto" else kind
     if kind == "none":
         return Normalization("none")
     if kind == "scale":
         if x_train.dtype != np.uint8:
-            raise DataError(f"normalize: scale maps uint8 pixels (0..255) to [0, 1], but {name} inputs are "
-                            f"{x_train.dtype}", hint="use normalize: standardize or normalize: none")
+            raise DataError(
+                f"normalize: scale maps uint8 pixels (0..255) to [0, 1], but {name} inputs are {x_train.dtype}",
+                hint="use normalize: standardize or normalize: none",
+            )
         return Normalization("scale", scale=1 / 255)
     channels = x_train.shape[-1] if x_train.ndim > 1 else 1
     if stored:
         if len(stored["mean"]) != channels:
-            raise DataError(f"data.statistics has {len(stored['mean'])} values per statistic but the {name} "
-                            f"inputs have {channels} channels/features",
-                            hint="remove data.statistics to compute them from the training split")
+            raise DataError(
+                f"data.statistics has {len(stored['mean'])} values per statistic but the {name} "
+                f"inputs have {channels} channels/features",
+                hint="remove data.statistics to compute them from the training split",
+            )
         return Normalization("standardize", mean=stored["mean"], std=stored["std"])
     mean, std = channel_statistics(x_train)
     return Normalization("standardize", mean=mean, std=std)

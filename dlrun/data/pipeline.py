@@ -6,14 +6,16 @@ bounded queue while the model trains on the current one. Each batch is a pure fu
 epoch's permutation, its index and the epoch number, so the batches, and their order, are the same
 whatever the timing or the prefetch depth.
 """
+
 from __future__ import annotations
 
 import queue
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +67,13 @@ class Prefetcher:
     checks a stop flag at least every 50 ms while the queue is full, so nothing hangs.
     """
 
-    def __init__(self, source: Iterable[Any], depth: int, stats: PipelineStats | None = None,
-                 receive: Callable[[Any], Any] | None = None) -> None:
+    def __init__(
+        self,
+        source: Iterable[Any],
+        depth: int,
+        stats: PipelineStats | None = None,
+        receive: Callable[[Any], Any] | None = None,
+    ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be a positive integer. Received: depth={depth}")
         self._receive = receive  # applied to each item in the consumer's thread
@@ -74,11 +81,12 @@ class Prefetcher:
         self._stop = threading.Event()
         self._closed = False
         self.stats = stats if stats is not None else PipelineStats()
-        self._thread = threading.Thread(target=_produce, args=(iter(source), self._queue, self._stop),
-                                        name="dlrun-prefetch", daemon=True)
+        self._thread = threading.Thread(
+            target=_produce, args=(iter(source), self._queue, self._stop), name="dlrun-prefetch", daemon=True
+        )
         self._thread.start()
 
-    def __iter__(self) -> "Prefetcher":
+    def __iter__(self) -> Prefetcher:
         return self
 
     def __next__(self) -> Any:
@@ -159,9 +167,17 @@ class Batches:
         prefetch: batches made ahead in a background thread; 0 makes them on demand.
     """
 
-    def __init__(self, split: Any, batch_size: int, backend: Backend,
-                 normalization: Normalization | float | None = None, target_transform: Any = None, *,
-                 augmenter: Augmenter | None = None, prefetch: int = 0) -> None:
+    def __init__(
+        self,
+        split: Any,
+        batch_size: int,
+        backend: Backend,
+        normalization: Normalization | float | None = None,
+        target_transform: Any = None,
+        *,
+        augmenter: Augmenter | None = None,
+        prefetch: int = 0,
+    ) -> None:
         self.split, self.batch_size, self.backend = split, batch_size, backend
         self.normalization = Normalization.of(normalization)
         self.target_transform, self.augmenter, self.prefetch = target_transform, augmenter, prefetch
@@ -173,8 +189,9 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
 
-    def epoch(self, rng: np.random.Generator | None = None, start_batch: int = 0,
-              epoch: int | None = None) -> Iterator[tuple[Any, Any]]:
+    def epoch(
+        self, rng: np.random.Generator | None = None, start_batch: int = 0, epoch: int | None = None
+    ) -> Iterator[tuple[Any, Any]]:
         """The batches of one epoch, from `start_batch`.
 
         The permutation is drawn from `rng` now, in the caller's thread. `epoch` keys the
@@ -194,8 +211,12 @@ class Batches:
         if not self.backend.is_gpu:
             return Prefetcher(batches, self.prefetch, self.stats)
         xp = self.backend.xp
-        return Prefetcher(_gpu_produced(batches, xp, xp.cuda.Device().id), self.prefetch, self.stats,
-                          receive=lambda item: _gpu_received(item, xp))
+        return Prefetcher(
+            _gpu_produced(batches, xp, xp.cuda.Device().id),
+            self.prefetch,
+            self.stats,
+            receive=lambda item: _gpu_received(item, xp),
+        )
 
     def _batch(self, order: Any, b: int, epoch: int) -> tuple[Any, Any]:
         lo, hi = b * self.batch_size, min(len(self.split), (b + 1) * self.batch_size)

@@ -6,6 +6,7 @@ download into the user cache. Downloads stream into a temporary file, are checks
 then renamed into place: an interrupted or corrupt download never looks like data.
 `DLRUN_OFFLINE=1` turns every download off (the search alone runs, and its error says what to do).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +15,9 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 from dlrun.errors import DataError
 
@@ -28,7 +29,7 @@ ProgressFn = Callable[[int, "int | None"], None]
 class RemoteFile:
     name: str
     url: str
-    md5: str | None = None       # the publisher's checksum of the file as downloaded
+    md5: str | None = None  # the publisher's checksum of the file as downloaded
     sha256: str | None = None
 
 
@@ -85,7 +86,7 @@ def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = N
     md5, sha = hashlib.md5(), hashlib.sha256()
     try:
         with os.fdopen(fd, "wb") as out:
-            with urllib.request.urlopen(remote.url, timeout=timeout) as resp:  # noqa: S310 - https URLs we define
+            with urllib.request.urlopen(remote.url, timeout=timeout) as resp:  # URLs we define
                 total = resp.headers.get("Content-Length")
                 total_n = int(total) if total and total.isdigit() else None
                 done = 0
@@ -102,8 +103,10 @@ def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = N
             os.fsync(out.fileno())
         for algo, want, got in (("MD5", remote.md5, md5.hexdigest()), ("SHA-256", remote.sha256, sha.hexdigest())):
             if want and got != want:
-                raise DataError(f"{remote.name} downloaded from {remote.url} has {algo} {got}, expected {want}",
-                                hint="the download is corrupt or was tampered with; it was deleted. Try again")
+                raise DataError(
+                    f"{remote.name} downloaded from {remote.url} has {algo} {got}, expected {want}",
+                    hint="the download is corrupt or was tampered with; it was deleted. Try again",
+                )
         os.replace(tmp, final)
         return final
     except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
@@ -115,8 +118,9 @@ def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = N
         tmp.unlink(missing_ok=True)
 
 
-def not_found_message(name: str, searched: list[Path], files: list[str], download_error: str | None,
-                      *, what_to_put: str | None = None) -> DataError:
+def not_found_message(
+    name: str, searched: list[Path], files: list[str], download_error: str | None, *, what_to_put: str | None = None
+) -> DataError:
     """The offline error: every place searched, and exactly which files to put where.
 
     `what_to_put` replaces the default "put the files ... into one of those folders" advice when a
@@ -127,6 +131,9 @@ def not_found_message(name: str, searched: list[Path], files: list[str], downloa
     if download_error:
         text += f"\n  and the download failed: {download_error}"
     put = what_to_put or f"put the files {', '.join(files)} into one of those folders (or set data.path)"
-    fetch = ("or unset DLRUN_OFFLINE and run again to download them" if offline()
-             else "or run again with internet access to download them")
+    fetch = (
+        "or unset DLRUN_OFFLINE and run again to download them"
+        if offline()
+        else "or run again with internet access to download them"
+    )
     return DataError(text, hint=f"{put}, {fetch} (ahead of time: dlrun data fetch {name})")

@@ -1,4 +1,5 @@
 """Seeded hold-out splits (validation, test), plain or stratified."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,9 @@ import numpy as np
 from dlrun.errors import DataError
 
 
-def holdout(n: int, fraction: float, rng: np.random.Generator, labels: np.ndarray | None = None,
-            what: str = "validation_split") -> tuple[np.ndarray, np.ndarray]:
+def holdout(
+    n: int, fraction: float, rng: np.random.Generator, labels: np.ndarray | None = None, what: str = "validation_split"
+) -> tuple[np.ndarray, np.ndarray]:
     """(kept indices, held-out indices): `round(n * fraction)` samples held out, chosen by `rng`.
 
     With `labels`, the split is stratified: each class gives its share (largest remainders settle
@@ -15,7 +17,7 @@ def holdout(n: int, fraction: float, rng: np.random.Generator, labels: np.ndarra
     samples of one permutation (the order of earlier dlrun versions, so old runs split the same).
     """
     order = rng.permutation(n)
-    n_held = int(round(n * fraction))
+    n_held = round(n * fraction)
     if n_held < 1 or n_held >= n:
         raise DataError(f"{what} {fraction} of {n} samples leaves an empty split")
     if labels is None:

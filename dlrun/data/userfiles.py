@@ -6,6 +6,7 @@ named by `data.target` (a header name, or an index); the header row is optional.
 `data.task` says whether the targets are class labels (integers from 0, or for csv any strings,
 numbered in sorted order) or regression values.
 """
+
 from __future__ import annotations
 
 import csv
@@ -54,16 +55,21 @@ def labels_or_values(ys: list[np.ndarray], task: str, source: str) -> tuple[list
     out = []
     for y in ys:
         if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
-            raise DataError(f"{source}: class labels must be one integer per sample, got shape {list(y.shape)}",
-                            hint="one-hot labels are made from integers automatically "
-                                 "(categorical_crossentropy); for several outputs use task: regression")
+            raise DataError(
+                f"{source}: class labels must be one integer per sample, got shape {list(y.shape)}",
+                hint="one-hot labels are made from integers automatically "
+                "(categorical_crossentropy); for several outputs use task: regression",
+            )
         y = y.reshape(-1)
         if y.dtype == np.bool_:
             y = y.astype(np.int64)
-        if not np.issubdtype(y.dtype, np.number) or (np.issubdtype(y.dtype, np.floating) and
-                                                     not np.all(np.mod(y, 1) == 0)):
-            raise DataError(f"{source}: class labels must be integers, got {y.dtype} values such as {y[:3].tolist()}",
-                            hint="set data.task: regression to predict numbers")
+        if not np.issubdtype(y.dtype, np.number) or (
+            np.issubdtype(y.dtype, np.floating) and not np.all(np.mod(y, 1) == 0)
+        ):
+            raise DataError(
+                f"{source}: class labels must be integers, got {y.dtype} values such as {y[:3].tolist()}",
+                hint="set data.task: regression to predict numbers",
+            )
         y = y.astype(np.int64)
         if len(y) and y.min() < 0:
             raise DataError(f"{source}: class labels must be 0, 1, 2, ...; found {int(y.min())}")
@@ -87,15 +93,19 @@ def _inputs(x: np.ndarray, source: str) -> np.ndarray:
 def load_npz(path: str | None, task: str) -> Arrays:
     p = _existing(path, "npz")
     if not zipfile.is_zipfile(p):  # np.load would take any other file for a pickle and say so
-        raise DataError(f"{p} is not an .npz file (a zip archive of .npy arrays)",
-                        hint="save it with np.savez(path, x_train=..., y_train=...); for a table use dataset: csv")
+        raise DataError(
+            f"{p} is not an .npz file (a zip archive of .npy arrays)",
+            hint="save it with np.savez(path, x_train=..., y_train=...); for a table use dataset: csv",
+        )
     try:
         with np.load(p, allow_pickle=False) as npz:
             names = set(npz.files)
             missing = [k for k in ("x_train", "y_train") if k not in names]
             if missing:
-                raise DataError(f"{p} lacks {', '.join(missing)} (it holds {', '.join(sorted(names)) or 'nothing'})",
-                                hint="save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)")
+                raise DataError(
+                    f"{p} lacks {', '.join(missing)} (it holds {', '.join(sorted(names)) or 'nothing'})",
+                    hint="save it with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)",
+                )
             if ("x_test" in names) != ("y_test" in names):
                 raise DataError(f"{p} has only one of x_test and y_test; give both or neither")
             arrays = {k: npz[k] for k in ("x_train", "y_train", "x_test", "y_test") if k in names}
@@ -103,21 +113,23 @@ def load_npz(path: str | None, task: str) -> Arrays:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise DataError(f"{p} holds Python objects (pickled arrays) and was refused",
-                            hint="save plain numeric arrays; loading pickles can run code") from None
+            raise DataError(
+                f"{p} holds Python objects (pickled arrays) and was refused",
+                hint="save plain numeric arrays; loading pickles can run code",
+            ) from None
         raise DataError(f"{p} cannot be read ({exc})") from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{p} is not a readable .npz file ({exc})") from None
     for split in ("train", "test"):
         if f"x_{split}" in arrays and len(arrays[f"x_{split}"]) != len(arrays[f"y_{split}"]):
-            raise DataError(f"{p}: x_{split} has {len(arrays[f'x_{split}'])} samples, "
-                            f"y_{split} {len(arrays[f'y_{split}'])}")
+            raise DataError(
+                f"{p}: x_{split} has {len(arrays[f'x_{split}'])} samples, y_{split} {len(arrays[f'y_{split}'])}"
+            )
     x_tr = _inputs(arrays["x_train"], f"{p}: x_train")
     x_te = _inputs(arrays["x_test"], f"{p}: x_test") if "x_test" in arrays else None
     if x_te is not None and x_te.shape[1:] != x_tr.shape[1:]:
         raise DataError(f"{p}: x_test samples have shape {list(x_te.shape[1:])}, x_train {list(x_tr.shape[1:])}")
-    ys, classes = labels_or_values([arrays["y_train"], *([arrays["y_test"]] if x_te is not None else [])],
-                                   task, str(p))
+    ys, classes = labels_or_values([arrays["y_train"], *([arrays["y_test"]] if x_te is not None else [])], task, str(p))
     return Arrays(x_tr, ys[0], x_te, ys[1] if x_te is not None else None, classes)
 
 
@@ -126,8 +138,9 @@ def npz_input_shape(path: str | None) -> tuple[int, ...] | None:
     try:
         with zipfile.ZipFile(Path(path).expanduser()) as z, z.open("x_train.npy") as f:  # type: ignore[arg-type]
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _, _ = read_header(f)
         return tuple(shape[1:])
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, TypeError):
@@ -161,14 +174,17 @@ def _target_index(target: str | int, header: list[str] | None, width: int, p: Pa
             raise DataError(f"data.target {target} is not a column of {p} ({width} columns)")
         return target % width
     if header is None:
-        raise DataError(f"data.target {target!r} names a column, but {p} has no header row",
-                        hint="give the column's index instead (0 = first, -1 = last), or add a header")
+        raise DataError(
+            f"data.target {target!r} names a column, but {p} has no header row",
+            hint="give the column's index instead (0 = first, -1 = last), or add a header",
+        )
     names = [h.strip() for h in header]
     if target not in names:
         from dlrun.registry import did_you_mean
 
-        raise DataError(f"{p} has no column {target!r}. "
-                        f"{did_you_mean(target, names) or 'Columns: ' + ', '.join(names)}".rstrip())
+        raise DataError(
+            f"{p} has no column {target!r}. {did_you_mean(target, names) or 'Columns: ' + ', '.join(names)}".rstrip()
+        )
     return names.index(target)
 
 
@@ -182,8 +198,9 @@ def load_csv(path: str | None, target: str | int, task: str, header: bool | None
     body = rows[1:] if header else rows
     width = len(rows[0])
     if width < 2:
-        raise DataError(f"{p} has {width} column; it needs features and a target",
-                        hint="is the delimiter one of , ; or tab?")
+        raise DataError(
+            f"{p} has {width} column; it needs features and a target", hint="is the delimiter one of , ; or tab?"
+        )
     if not body:
         raise DataError(f"{p} has a header but no data rows")
     t = _target_index(target, names, width, p)
@@ -198,8 +215,10 @@ def load_csv(path: str | None, target: str | int, task: str, header: bool | None
         for j, i in enumerate(feature_cols):
             value = _number(row[i])
             if value is None:
-                raise DataError(f"{p}, row {r + first_line}, column {col_name(i)}: {row[i]!r} is not a number",
-                                hint="feature columns must be numeric (no missing values)")
+                raise DataError(
+                    f"{p}, row {r + first_line}, column {col_name(i)}: {row[i]!r} is not a number",
+                    hint="feature columns must be numeric (no missing values)",
+                )
             x[r, j] = value
         raw_targets.append(row[t].strip())
     if not np.all(np.isfinite(x)):

@@ -4,25 +4,16 @@
 uses whichever is cheaper (relu and sigmoid reuse y; gelu needs x). Written against the array
 module of the input, so they run on NumPy and CuPy alike, and keep the input's dtype.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import numpy as np
-
+from dlrun.engine.backend import xp_of
 from dlrun.registry import Registry
 
-ACTIVATIONS: Registry["Activation"] = Registry("activation")
-
-
-def xp_of(x: Any):
-    """The array module (numpy or cupy) an array belongs to. Called in every kernel: keep it cheap."""
-    if type(x).__module__.startswith("cupy"):
-        import cupy  # type: ignore[import-not-found]
-
-        return cupy
-    return np
+ACTIVATIONS: Registry[Activation] = Registry("activation")
 
 
 class Activation:
@@ -156,13 +147,13 @@ class GELU(Activation):
     def forward(self, x):
         xp = xp_of(x)
         if self.approximate:
-            return 0.5 * x * (1 + xp.tanh(self._C * (x + 0.044715 * x ** 3)))
+            return 0.5 * x * (1 + xp.tanh(self._C * (x + 0.044715 * x**3)))
         return (0.5 * x * (1 + _erf(x * (1 / math.sqrt(2))))).astype(x.dtype, copy=False)
 
     def backward(self, x, y, dy):
         xp = xp_of(x)
         if self.approximate:
-            inner = self._C * (x + 0.044715 * x ** 3)
+            inner = self._C * (x + 0.044715 * x**3)
             th = xp.tanh(inner)
             d_inner = self._C * (1 + 3 * 0.044715 * x * x)
             return dy * (0.5 * (1 + th) + 0.5 * x * (1 - th * th) * d_inner)
@@ -171,8 +162,17 @@ class GELU(Activation):
         return (dy * (cdf + x * pdf)).astype(x.dtype, copy=False)
 
 
-for _cls, _aliases in [(Linear, ("none",)), (ReLU, ()), (LeakyReLU, ()), (ELU, ()), (Sigmoid, ()),
-                       (Tanh, ()), (Softmax, ()), (Swish, ("silu",)), (GELU, ())]:
+for _cls, _aliases in [
+    (Linear, ("none",)),
+    (ReLU, ()),
+    (LeakyReLU, ()),
+    (ELU, ()),
+    (Sigmoid, ()),
+    (Tanh, ()),
+    (Softmax, ()),
+    (Swish, ("silu",)),
+    (GELU, ()),
+]:
     _register(_cls, *_aliases)
 
 

@@ -4,6 +4,7 @@ Every kernel is written against an `xp` module; `Backend` carries that module an
 dtype. Parameters are always created on the host from the seed and then moved, so a CPU and a GPU
 run start from the same weights and checkpoints always hold host arrays.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,6 +14,16 @@ from typing import Any
 import numpy as np
 
 from dlrun.errors import DlrunError
+
+
+def xp_of(x: Any):
+    """The array module (numpy or cupy) an array belongs to. Called in every kernel: keep it cheap."""
+    if type(x).__module__.startswith("cupy"):
+        import cupy  # type: ignore[import-not-found]
+
+        return cupy
+    return np
+
 
 _cupy: ModuleType | None = None
 _cupy_error: str | None = None
@@ -90,7 +101,8 @@ def get_backend(device: str = "auto", dtype: Any = np.float32) -> tuple[Backend,
     if cupy is not None:
         return Backend(cupy, dtype), None
     if device == "gpu":
-        raise DlrunError(f"device: gpu was asked for, but the GPU backend is unavailable ({_cupy_error})",
-                         hint="install CuPy with `pip install 'dlrun[gpu]'` on a machine with an NVIDIA GPU, "
-                              "or set `device: cpu`")
+        raise DlrunError(
+            f"device: gpu was asked for, but the GPU backend is unavailable ({_cupy_error})",
+            hint="install CuPy with `pip install 'dlrun[gpu]'` on a machine with an NVIDIA GPU, or set `device: cpu`",
+        )
     return Backend(np, dtype), f"no GPU backend ({_cupy_error}); training on the CPU"

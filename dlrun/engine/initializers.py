@@ -2,6 +2,7 @@
 
 Weights are always created on the host (then moved), so CPU and GPU runs start identical.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,7 +12,7 @@ import numpy as np
 
 from dlrun.registry import Registry, build_from_spec
 
-INITIALIZERS: Registry[type["Initializer"]] = Registry("initializer")
+INITIALIZERS: Registry[type[Initializer]] = Registry("initializer")
 
 # Keras divides the stddev of its truncated-normal variance-scaling initializers by this constant:
 # the std of a unit normal truncated to [-2, 2].
@@ -138,8 +139,9 @@ class VarianceScaling(Initializer):
         if mode not in self._MODES:
             raise ValueError(f"mode must be one of {self._MODES}. Received: mode={mode!r}")
         if distribution not in self._DISTRIBUTIONS:
-            raise ValueError(f"distribution must be one of {self._DISTRIBUTIONS}. "
-                             f"Received: distribution={distribution!r}")
+            raise ValueError(
+                f"distribution must be one of {self._DISTRIBUTIONS}. Received: distribution={distribution!r}"
+            )
         self.scale, self.mode, self.distribution = float(scale), mode, distribution
 
     def sample(self, shape, rng):

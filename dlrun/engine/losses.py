@@ -4,14 +4,16 @@ Cross-entropies fuse with a final softmax/sigmoid: the training loop then hands 
 (`from_logits=True`), which is both stabler and what Keras's TensorFlow backend does when a
 probability output carries its logits. Values stay on the device: no host round-trip here.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from dlrun.engine.activations import Sigmoid, xp_of
+from dlrun.engine.activations import Sigmoid
+from dlrun.engine.backend import xp_of
 from dlrun.registry import Registry, build_from_spec
 
-LOSSES: Registry[type["Loss"]] = Registry("loss")
+LOSSES: Registry[type[Loss]] = Registry("loss")
 EPSILON = 1e-7
 
 
@@ -37,7 +39,7 @@ class Loss:
     def value_and_grad(self, pred: Any, target: Any) -> tuple[Any, Any]:
         raise NotImplementedError
 
-    def with_logits(self) -> "Loss":
+    def with_logits(self) -> Loss:
         """This loss taking logits, for fusing with the output activation."""
         clone = type(self)(**{**self.get_config(), "from_logits": True})
         return clone
@@ -138,7 +140,7 @@ class _Regression(Loss):
     def get_config(self) -> dict[str, Any]:
         return {}
 
-    def with_logits(self) -> "Loss":
+    def with_logits(self) -> Loss:
         raise TypeError(f"{self.keras_name} does not take logits")
 
 
@@ -178,5 +180,3 @@ def get(identifier: Any) -> Loss:
     if isinstance(identifier, Loss):
         return identifier
     return build_from_spec(LOSSES, identifier)
-
-

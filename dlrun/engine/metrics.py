@@ -1,5 +1,6 @@
 """Metrics that accumulate on the device: each batch adds to a (sum, count) pair of device scalars,
 read back once per epoch or per progress refresh, never per batch."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -57,15 +58,17 @@ class LossMetric(Metric):
         return self.loss.value(pred, target) * pred.shape[0]
 
 
-_ACCURACY_BY_KIND = {"sparse": SparseCategoricalAccuracy, "categorical": CategoricalAccuracy,
-                     "binary": BinaryAccuracy}
+_ACCURACY_BY_KIND = {"sparse": SparseCategoricalAccuracy, "categorical": CategoricalAccuracy, "binary": BinaryAccuracy}
 
 METRICS.add("accuracy", "accuracy", "acc")
 METRICS.add("sparse", "sparse_categorical_accuracy")
 METRICS.add("categorical", "categorical_accuracy")
 METRICS.add("binary", "binary_accuracy")
-for _name, _alias in [("mean_squared_error", "mse"), ("mean_absolute_error", "mae"),
-                      ("mean_absolute_percentage_error", "mape")]:
+for _name, _alias in [
+    ("mean_squared_error", "mse"),
+    ("mean_absolute_error", "mae"),
+    ("mean_absolute_percentage_error", "mape"),
+]:
     METRICS.add(("loss", _name), _name, _alias)
 
 
@@ -85,4 +88,3 @@ def get(identifier: str, loss: losses_mod.Loss) -> Metric:
 
 def names() -> list[str]:
     return METRICS.names()
-

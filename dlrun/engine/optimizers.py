@@ -4,16 +4,17 @@ Every optimizer updates one flat parameter buffer in place (the model keeps all 
 as views of it), so a step is a dozen whole-array operations however many layers there are.
 Hyper-parameters stay Python floats (no float64 creep); bias corrections are computed on the host.
 """
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from dlrun.engine.activations import xp_of
-from dlrun.engine.ops import parallel, workers_started
+from dlrun.engine.backend import xp_of
+from dlrun.engine.threads import parallel, workers_started
 from dlrun.registry import Registry, build_from_spec
 
-OPTIMIZERS: Registry[type["Optimizer"]] = Registry("optimizer")
+OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
 #: Parameters updated per piece when the CPU workers run: the piece's slots stay in cache across
 #: the update's dozen passes, and the pieces are shared among the workers.
 UPDATE_PIECE = 1 << 15
@@ -22,8 +23,9 @@ UPDATE_PIECE = 1 << 15
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
     if not ok:
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number. "
-                         f"Received: {name}={value!r}")
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number. Received: {name}={value!r}"
+        )
     return float(value)
 
 
@@ -37,11 +39,16 @@ class Optimizer:
     """Base: learning rate, weight decay and gradient clipping shared by all optimizers."""
 
     keras_name = ""
-    _slots: tuple[str, ...] = ()
+    slot_names: tuple[str, ...] = ()
 
-    def __init__(self, learning_rate: float = 0.001, weight_decay: float | None = None,
-                 clipnorm: float | None = None, clipvalue: float | None = None,
-                 global_clipnorm: float | None = None) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        weight_decay: float | None = None,
+        clipnorm: float | None = None,
+        clipvalue: float | None = None,
+        global_clipnorm: float | None = None,
+    ) -> None:
         self.learning_rate = _check_positive("learning_rate", learning_rate)
         self.weight_decay = None if weight_decay is None else _check_positive("weight_decay", weight_decay, True)
         self.clipnorm = None if clipnorm is None else _check_positive("clipnorm", clipnorm)
@@ -58,7 +65,7 @@ class Optimizer:
         """Allocate the slot buffers (moments, ...) like the flat parameter buffer."""
         xp = xp_of(params)
         self._segments = segments
-        self.slots = {name: xp.full_like(params, self._slot_init(name)) for name in self._slots}
+        self.slots = {name: xp.full_like(params, self._slot_init(name)) for name in self.slot_names}
         self._tmp = xp.empty_like(params)
 
     def _slot_init(self, name: str) -> float:
@@ -93,8 +100,9 @@ class Optimizer:
             w = params[part]
             if decay is not None:
                 w *= decay
-            self._update(w, grads[part], {k: s[part] for k, s in self.slots.items()}, self._tmp[part],
-                         self.learning_rate)
+            self._update(
+                w, grads[part], {k: s[part] for k, s in self.slots.items()}, self._tmp[part], self.learning_rate
+            )
 
         # Element-wise, so updating piece by piece gives exactly the whole-buffer result.
         xp, n = xp_of(params), params.shape[0]
@@ -129,7 +137,7 @@ class SGD(Optimizer):
         super().__init__(learning_rate, **kw)
         self.momentum = _check_fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
-        self._slots = ("momentum",) if self.momentum else ()
+        self.slot_names = ("momentum",) if self.momentum else ()
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -142,10 +150,10 @@ class SGD(Optimizer):
         m = slots["momentum"]
         m *= self.momentum
         g *= lr
-        m -= g                            # m = momentum * m - lr * g
+        m -= g  # m = momentum * m - lr * g
         if self.nesterov:
             w -= g
-            w += self.momentum * m        # w += momentum * m - lr * g
+            w += self.momentum * m  # w += momentum * m - lr * g
         else:
             w += m
 
@@ -154,18 +162,32 @@ class SGD(Optimizer):
 class RMSprop(Optimizer):
     keras_name = "rmsprop"
 
-    def __init__(self, learning_rate: float = 0.001, rho: float = 0.9, momentum: float = 0.0,
-                 epsilon: float = 1e-7, centered: bool = False, **kw: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        rho: float = 0.9,
+        momentum: float = 0.0,
+        epsilon: float = 1e-7,
+        centered: bool = False,
+        **kw: Any,
+    ) -> None:
         super().__init__(learning_rate, **kw)
         self.rho = _check_fraction("rho", rho)
         self.momentum = _check_fraction("momentum", momentum)
         self.epsilon = _check_positive("epsilon", epsilon)
         self.centered = bool(centered)
-        self._slots = ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if centered else ())
+        self.slot_names = (
+            ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if centered else ())
+        )
 
     def get_config(self):
-        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
-                "epsilon": self.epsilon, "centered": self.centered}
+        return {
+            **super().get_config(),
+            "rho": self.rho,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "centered": self.centered,
+        }
 
     def _update(self, w, g, slots, tmp, lr):
         xp = xp_of(w)
@@ -183,7 +205,7 @@ class RMSprop(Optimizer):
             xp.subtract(v, tmp, out=tmp)
             tmp += self.epsilon
         else:
-            xp.add(v, self.epsilon, out=tmp)          # epsilon inside the root, as Keras
+            xp.add(v, self.epsilon, out=tmp)  # epsilon inside the root, as Keras
         xp.sqrt(tmp, out=tmp)
         xp.divide(g, tmp, out=tmp)
         tmp *= lr
@@ -200,19 +222,23 @@ class RMSprop(Optimizer):
 class Adagrad(Optimizer):
     keras_name = "adagrad"
 
-    def __init__(self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1,
-                 epsilon: float = 1e-7, **kw: Any) -> None:
+    def __init__(
+        self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw: Any
+    ) -> None:
         super().__init__(learning_rate, **kw)
         self.initial_accumulator_value = _check_positive("initial_accumulator_value", initial_accumulator_value, True)
         self.epsilon = _check_positive("epsilon", epsilon)
-        self._slots = ("accumulator",)
+        self.slot_names = ("accumulator",)
 
     def _slot_init(self, name):
         return self.initial_accumulator_value
 
     def get_config(self):
-        return {**super().get_config(), "initial_accumulator_value": self.initial_accumulator_value,
-                "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "epsilon": self.epsilon,
+        }
 
     def _update(self, w, g, slots, tmp, lr):
         xp = xp_of(w)
@@ -233,31 +259,43 @@ class Adam(Optimizer):
 
     keras_name = "adam"
 
-    def __init__(self, learning_rate: float = 0.001, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7, amsgrad: bool = False, **kw: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        **kw: Any,
+    ) -> None:
         super().__init__(learning_rate, **kw)
         self.beta_1 = _check_fraction("beta_1", beta_1)
         self.beta_2 = _check_fraction("beta_2", beta_2)
         self.epsilon = _check_positive("epsilon", epsilon)
         self.amsgrad = bool(amsgrad)
-        self._slots = ("momentum", "velocity") + (("velocity_hat",) if amsgrad else ())
+        self.slot_names = ("momentum", "velocity") + (("velocity_hat",) if amsgrad else ())
 
     def get_config(self):
-        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
-                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+        return {
+            **super().get_config(),
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+            "amsgrad": self.amsgrad,
+        }
 
     def _update(self, w, g, slots, tmp, lr):
         xp = xp_of(w)
         t = self.iterations
-        alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        alpha = lr * math.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
         m, v = slots["momentum"], slots["velocity"]
         xp.subtract(g, m, out=tmp)
         tmp *= 1 - self.beta_1
-        m += tmp                                   # m = b1 m + (1 - b1) g
+        m += tmp  # m = b1 m + (1 - b1) g
         xp.multiply(g, g, out=tmp)
         tmp -= v
         tmp *= 1 - self.beta_2
-        v += tmp                                   # v = b2 v + (1 - b2) g^2
+        v += tmp  # v = b2 v + (1 - b2) g^2
         if self.amsgrad:
             vhat = slots["velocity_hat"]
             xp.maximum(vhat, v, out=vhat)
@@ -275,8 +313,16 @@ class AdamW(Adam):
 
     keras_name = "adamw"
 
-    def __init__(self, learning_rate: float = 0.001, weight_decay: float = 0.004, beta_1: float = 0.9,
-                 beta_2: float = 0.999, epsilon: float = 1e-7, amsgrad: bool = False, **kw: Any) -> None:
+    def __init__(
+        self,
+        learning_rate: float = 0.001,
+        weight_decay: float = 0.004,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+        amsgrad: bool = False,
+        **kw: Any,
+    ) -> None:
         super().__init__(learning_rate, beta_1, beta_2, epsilon, amsgrad, weight_decay=weight_decay, **kw)
 
 

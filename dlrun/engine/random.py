@@ -4,6 +4,7 @@ All three derive from the config's seed and are NumPy generators on the host, wh
 saved and restored exactly: that is what makes resume bit-identical, and a CPU and a GPU run draw
 the same dropout masks.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,7 +39,7 @@ class NoiseRNG:
         twice as fast as comparing uniform floats, and a quarter of the bytes to a GPU."""
         n = math.prod(shape)
         raw = self.generator.bit_generator.random_raw(-(-n // 2)).view(np.uint32)[:n]
-        keep = raw < np.uint32(min(round(p * 2.0 ** 32), 2 ** 32 - 1))
+        keep = raw < np.uint32(min(round(p * 2.0**32), 2**32 - 1))
         keep = keep.reshape(shape)
         return self.backend.asarray(keep) if self.backend.is_gpu else keep
 

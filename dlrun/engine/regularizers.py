@@ -1,12 +1,13 @@
 """Keras weight regularizers: a penalty added to the loss and its gradient added to the weight's."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from dlrun.engine.activations import xp_of
+from dlrun.engine.backend import xp_of
 from dlrun.registry import Registry, build_from_spec
 
-REGULARIZERS: Registry[type["Regularizer"]] = Registry("regularizer")
+REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
 
 
 def _factor(name: str, value: Any) -> float:

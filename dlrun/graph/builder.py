@@ -5,11 +5,11 @@ args. An entry without `inputs:` consumes the previous entry, so a plain list is
 and the same syntax describes branching graphs. Every mistake becomes a ConfigError at the entry's
 line (or the offending argument's line).
 """
+
 from __future__ import annotations
 
 import re
 from typing import Any
-
 
 import dlrun.graph.layers  # noqa: F401  (registers the catalogue)
 from dlrun.config.loader import to_plain
@@ -41,11 +41,21 @@ def parse_entry(cfg: Config, entries: Any, index: int) -> tuple[type[Layer], str
         if args is None:
             args = {}
         if not isinstance(args, dict):
-            raise cfg.error(f"the arguments of {type_name} must be a mapping, got {args!r}", entries, index, path,
-                            hint=f"write `- {type_name}: {{...}}`, or `- {type_name}` alone for no arguments")
+            raise cfg.error(
+                f"the arguments of {type_name} must be a mapping, got {args!r}",
+                entries,
+                index,
+                path,
+                hint=f"write `- {type_name}: {{...}}`, or `- {type_name}` alone for no arguments",
+            )
     else:
-        raise cfg.error(f"a layer entry is one `Type: {{args}}` mapping, got {entry!r}", entries, index, path,
-                        hint="e.g. `- Dense: {units: 10, activation: softmax}`")
+        raise cfg.error(
+            f"a layer entry is one `Type: {{args}}` mapping, got {entry!r}",
+            entries,
+            index,
+            path,
+            hint="e.g. `- Dense: {units: 10, activation: softmax}`",
+        )
     if not isinstance(type_name, str):
         raise cfg.error(f"a layer type must be a name, got {type_name!r}", entries, index, path)
     try:
@@ -55,8 +65,9 @@ def parse_entry(cfg: Config, entries: Any, index: int) -> tuple[type[Layer], str
     return cls, canonical, args, args_node
 
 
-def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, backend: Backend = CPU,
-                seed: int | None = None) -> Model:
+def build_model(
+    cfg: Config, input_shape: tuple[int, ...] | None = None, *, backend: Backend = CPU, seed: int | None = None
+) -> Model:
     """Build the Model described by `cfg` (the dataset's `input_shape` fills in a missing one).
 
     Also writes the layers' full configs into `cfg.resolved["model"]` so the resolved config is explicit.
@@ -73,14 +84,23 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, back
         inputs = {}
         for name, shape in model_cfg["inputs"].items():
             if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
-                raise cfg.error(f"input {name!r} needs a shape: a list of positive integers, got {shape!r}",
-                                raw_inputs, name, f"model.inputs.{name}")
+                raise cfg.error(
+                    f"input {name!r} needs a shape: a list of positive integers, got {shape!r}",
+                    raw_inputs,
+                    name,
+                    f"model.inputs.{name}",
+                )
             inputs[str(name)] = tuple(shape)
     else:
         shape = model_cfg["input_shape"] or (list(input_shape) if input_shape else None)
         if shape is None:
-            raise cfg.error("the model's input shape is unknown", raw_model, None, "model.input_shape",
-                            hint="add `input_shape: [..]` under model (no batch axis)")
+            raise cfg.error(
+                "the model's input shape is unknown",
+                raw_model,
+                None,
+                "model.input_shape",
+                hint="add `input_shape: [..]` under model (no batch axis)",
+            )
         inputs = {DEFAULT_INPUT: tuple(shape)}
         model_cfg["input_shape"] = list(shape)
 
@@ -98,16 +118,24 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, back
             functional = True
             node_inputs = [node_inputs] if isinstance(node_inputs, str) else node_inputs
             if not (isinstance(node_inputs, list) and node_inputs and all(isinstance(i, str) for i in node_inputs)):
-                raise cfg.error(f"inputs must be a layer name or a list of names, got {node_inputs!r}",
-                                args_node, "inputs", f"{path}.inputs")
+                raise cfg.error(
+                    f"inputs must be a layer name or a list of names, got {node_inputs!r}",
+                    args_node,
+                    "inputs",
+                    f"{path}.inputs",
+                )
         try:
             check_kwargs(cls, args, canonical)
             layer = cls(**args)
         except (TypeError, ValueError) as exc:
             arg = _received_arg(str(exc))
             blamed = args_node if isinstance(args_node, dict) and arg in args_node else entries
-            raise cfg.error(str(exc), blamed, arg if blamed is args_node else index,
-                            f"{path}.{arg}" if blamed is args_node else path) from None
+            raise cfg.error(
+                str(exc),
+                blamed,
+                arg if blamed is args_node else index,
+                f"{path}.{arg}" if blamed is args_node else path,
+            ) from None
         if not layer.name:
             base = snake_case(cls.__name__)
             while True:
@@ -120,10 +148,16 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, back
         if node_inputs is None:
             node_inputs = [previous] if layer.n_inputs == 1 else None
         if node_inputs is None:
-            raise cfg.error(f"{canonical} merges several layers: name them with `inputs: [a, b]`",
-                            entries, index, path)
-        nodes.append(Node(layer.name, layer, list(node_inputs), origin=(entries, index, path),
-                          explicit_inputs="inputs" in (args_node or {})))
+            raise cfg.error(f"{canonical} merges several layers: name them with `inputs: [a, b]`", entries, index, path)
+        nodes.append(
+            Node(
+                layer.name,
+                layer,
+                list(node_inputs),
+                origin=(entries, index, path),
+                explicit_inputs="inputs" in (args_node or {}),
+            )
+        )
         previous = layer.name
         resolved = layer.get_config()
         if "inputs" in (args_node or {}):
@@ -135,8 +169,9 @@ def build_model(cfg: Config, input_shape: tuple[int, ...] | None = None, *, back
     seed = cfg.resolved["seed"] if seed is None else seed
     rngs = streams(seed)
     try:
-        model = Model(inputs, nodes, output, backend=backend, init_rng=rngs.init, noise_rng=rngs.noise,
-                      functional=functional)
+        model = Model(
+            inputs, nodes, output, backend=backend, init_rng=rngs.init, noise_rng=rngs.noise, functional=functional
+        )
     except GraphError as exc:
         if exc.node is not None and exc.node.origin is not None:
             ents, idx, path = exc.node.origin
@@ -151,4 +186,4 @@ def rebuild_model(cfg: Config, backend: Backend = CPU) -> Model:
     return build_model(cfg, backend=backend)
 
 
-__all__ = ["build_model", "rebuild_model", "parse_entry"]
+__all__ = ["build_model", "parse_entry", "rebuild_model"]

@@ -3,6 +3,7 @@
 Shapes never include the batch dimension. Weights are declared during `build` and allocated by the
 Model afterwards (as views of one flat buffer), so a layer never allocates its own parameters.
 """
+
 from __future__ import annotations
 
 import re
@@ -10,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dlrun.engine import activations, initializers, regularizers
+from dlrun.engine.conv_ops import PADDINGS
 from dlrun.registry import Registry
 
-LAYERS: Registry[type["Layer"]] = Registry("layer")
+LAYERS: Registry[type[Layer]] = Registry("layer")
 
 Shape = tuple[int, ...]
 
@@ -32,12 +34,21 @@ def positive_int(name: str, value: Any) -> int:
 def int_tuple(name: str, value: Any, n: int, allow_zero: bool = False) -> tuple[int, ...]:
     """Normalise an int or a length-n sequence of ints to a tuple (Keras's standardize_tuple)."""
     items = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = isinstance(items, (list, tuple)) and len(items) == n and all(
-        isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0) for v in items)
+    ok = (
+        isinstance(items, (list, tuple))
+        and len(items) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0) for v in items)
+    )
     if not ok:
         kind = "non-negative" if allow_zero else "positive"
         raise ValueError(f"expected a {kind} integer or a list of {n} of them. Received: {name}={value!r}")
     return tuple(items)
+
+
+def padding_arg(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in PADDINGS:
+        raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={value!r}")
+    return value.lower()
 
 
 def rate_in_unit_interval(name: str, value: Any) -> float:
@@ -105,10 +116,18 @@ class Layer:
     def compute_output_shape(self, input_shape: Any) -> Shape:
         return input_shape
 
-    def add_weight(self, name: str, shape: Shape, initializer: Any = "zeros", trainable: bool = True,
-                   regularizer: Any = None) -> None:
-        self.weight_specs.append(WeightSpec(name, tuple(shape), initializers.get(initializer),
-                                            trainable and self.trainable, regularizers.get(regularizer)))
+    def add_weight(
+        self, name: str, shape: Shape, initializer: Any = "zeros", trainable: bool = True, regularizer: Any = None
+    ) -> None:
+        self.weight_specs.append(
+            WeightSpec(
+                name,
+                tuple(shape),
+                initializers.get(initializer),
+                trainable and self.trainable,
+                regularizers.get(regularizer),
+            )
+        )
 
     def get_config(self) -> dict[str, Any]:
         """The constructor arguments: `type(layer)(**layer.get_config())` rebuilds the layer."""
@@ -123,8 +142,14 @@ class Layer:
         raise NotImplementedError
 
     # -- helpers for layers with a kernel and a bias (Dense, Conv2D) ----------------------------------
-    def _set_kernel_options(self, use_bias: bool, kernel_initializer: Any, bias_initializer: Any,
-                            kernel_regularizer: Any, bias_regularizer: Any) -> None:
+    def _set_kernel_options(
+        self,
+        use_bias: bool,
+        kernel_initializer: Any,
+        bias_initializer: Any,
+        kernel_regularizer: Any,
+        bias_regularizer: Any,
+    ) -> None:
         self.use_bias = bool(use_bias)
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
@@ -137,10 +162,14 @@ class Layer:
             self.add_weight("bias", (kernel_shape[-1],), self.bias_initializer, regularizer=self.bias_regularizer)
 
     def _kernel_config(self) -> dict[str, Any]:
-        return {"activation": self.activation_name, "use_bias": self.use_bias,
-                "kernel_initializer": self.kernel_initializer.spec(), "bias_initializer": self.bias_initializer.spec(),
-                "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.spec(),
-                "bias_regularizer": self.bias_regularizer and self.bias_regularizer.spec()}
+        return {
+            "activation": self.activation_name,
+            "use_bias": self.use_bias,
+            "kernel_initializer": self.kernel_initializer.spec(),
+            "bias_initializer": self.bias_initializer.spec(),
+            "kernel_regularizer": self.kernel_regularizer and self.kernel_regularizer.spec(),
+            "bias_regularizer": self.bias_regularizer and self.bias_regularizer.spec(),
+        }
 
     # -- helpers for layers with an `activation` argument --------------------------------------------
     def _set_activation(self, activation: Any) -> None:
@@ -176,6 +205,8 @@ def image_shape(layer: Layer, input_shape: Any) -> tuple[int, int, int]:
             hint = f"; add a channel axis first: Reshape: {{target_shape: [{input_shape[0]}, {input_shape[1]}, 1]}}"
         elif len(input_shape) == 1:
             hint = "; a flat input must be reshaped to an image first, e.g. Reshape: {target_shape: [28, 28, 1]}"
-        raise ShapeError(f"{layer.type_name} expects 4-D input (batch, height, width, channels), i.e. a "
-                         f"per-sample shape (H, W, C), but got {len(input_shape) + 1}-D input of shape {shape}{hint}")
+        raise ShapeError(
+            f"{layer.type_name} expects 4-D input (batch, height, width, channels), i.e. a "
+            f"per-sample shape (H, W, C), but got {len(input_shape) + 1}-D input of shape {shape}{hint}"
+        )
     return tuple(input_shape)  # type: ignore[return-value]

@@ -4,6 +4,7 @@ A sequential stack is just a chain of nodes. After shape inference, every traina
 a view of one flat parameter buffer (and its gradient a view of one flat gradient buffer), so the
 optimizer updates the whole model with a few array operations.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,7 @@ from dlrun.registry import did_you_mean
 class GraphError(ValueError):
     """The graph is malformed; `node` names the offending entry (or None)."""
 
-    def __init__(self, message: str, node: "Node | None" = None) -> None:
+    def __init__(self, message: str, node: Node | None = None) -> None:
         super().__init__(message)
         self.node = node
 
@@ -51,9 +52,17 @@ class SummaryRow:
 class Model:
     """Nodes in topological order plus the model inputs' shapes and the output node's name."""
 
-    def __init__(self, inputs: dict[str, Shape], nodes: list[Node], output: str, *,
-                 backend: Backend = CPU, init_rng: np.random.Generator | None = None,
-                 noise_rng: np.random.Generator | None = None, functional: bool = False) -> None:
+    def __init__(
+        self,
+        inputs: dict[str, Shape],
+        nodes: list[Node],
+        output: str,
+        *,
+        backend: Backend = CPU,
+        init_rng: np.random.Generator | None = None,
+        noise_rng: np.random.Generator | None = None,
+        functional: bool = False,
+    ) -> None:
         self.backend = backend
         self.inputs = {k: tuple(v) for k, v in inputs.items()}
         self.functional = functional
@@ -80,15 +89,22 @@ class Model:
         for node in nodes:
             for src in node.inputs:
                 if src not in names:
-                    raise GraphError(f"{node.name!r} takes input {src!r}, which is not defined. "
-                                     f"{did_you_mean(src, sorted(names))}".rstrip(), node)
+                    raise GraphError(
+                        f"{node.name!r} takes input {src!r}, which is not defined. "
+                        f"{did_you_mean(src, sorted(names))}".rstrip(),
+                        node,
+                    )
             expected = node.layer.n_inputs
             if expected is None and len(node.inputs) < 2:
-                raise GraphError(f"{node.layer.type_name} {node.name!r} merges two or more inputs, "
-                                 f"got {len(node.inputs)}", node)
+                raise GraphError(
+                    f"{node.layer.type_name} {node.name!r} merges two or more inputs, got {len(node.inputs)}", node
+                )
             if expected is not None and len(node.inputs) != expected:
-                raise GraphError(f"{node.layer.type_name} {node.name!r} takes {expected} input, "
-                                 f"got {len(node.inputs)}: {node.inputs}", node)
+                raise GraphError(
+                    f"{node.layer.type_name} {node.name!r} takes {expected} input, "
+                    f"got {len(node.inputs)}: {node.inputs}",
+                    node,
+                )
         done, order, pending = set(self.inputs), [], list(nodes)
         while pending:
             ready = [n for n in pending if all(i in done for i in n.inputs)]
@@ -111,15 +127,17 @@ class Model:
             except ShapeError as exc:
                 raise GraphError(f"{node.layer.type_name} {node.name!r}: {exc}", node) from None
             if any(d < 1 for d in node.output_shape):
-                raise GraphError(f"{node.layer.type_name} {node.name!r} would output shape "
-                                 f"(None, {', '.join(map(str, node.output_shape))}): a size shrank below 1; "
-                                 f"use padding 'same', a smaller kernel/stride, or fewer down-sampling layers",
-                                 node)
+                raise GraphError(
+                    f"{node.layer.type_name} {node.name!r} would output shape "
+                    f"(None, {', '.join(map(str, node.output_shape))}): a size shrank below 1; "
+                    f"use padding 'same', a smaller kernel/stride, or fewer down-sampling layers",
+                    node,
+                )
             shapes[node.name] = node.output_shape
 
     def _mark_gradients(self) -> None:
         """Skip input gradients no parameter needs (e.g. the first Dense's dx: a whole matmul)."""
-        upstream_params: dict[str, bool] = {name: False for name in self.inputs}
+        upstream_params: dict[str, bool] = dict.fromkeys(self.inputs, False)
         for node in self.nodes:
             carries = any(upstream_params[i] for i in node.inputs)
             node.layer.needs_input_grad = carries
@@ -152,8 +170,11 @@ class Model:
             layer.grads[w.name] = self.flat_grads[seg].reshape(w.shape)
         for layer, w, values in host_state:
             layer.params[w.name] = self.backend.asarray(values) if self.backend.is_gpu else values
-        self._regularized = [(layer.params[w.name], layer.grads[w.name], w.regularizer)
-                             for layer, w in trainable if w.regularizer is not None]
+        self._regularized = [
+            (layer.params[w.name], layer.grads[w.name], w.regularizer)
+            for layer, w in trainable
+            if w.regularizer is not None
+        ]
 
     # -- computation ---------------------------------------------------------------------------------
     def node(self, name: str) -> Node:
@@ -178,7 +199,7 @@ class Model:
 
     def _consumers_count(self) -> dict[str, int]:
         if not hasattr(self, "_consumers"):
-            counts = {name: 0 for name in (*self.inputs, *self._by_name)}
+            counts = dict.fromkeys((*self.inputs, *self._by_name), 0)
             for node in self.nodes:
                 for i in node.inputs:
                     counts[i] += 1

@@ -1,11 +1,14 @@
-"""Keras-style model summaries: the same table, names, shapes, counts and size units as Keras 3."""
+"""Model reports without data: the Keras-style summary (the same table, names, shapes, counts and
+size units as Keras 3), memory estimates and a Graphviz graph."""
+
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from dlrun.graph.model import Model
+import numpy as np
 
-_FLOAT_BYTES = 4
+from dlrun.graph.model import Model
 
 
 def readable_size(n_bytes: float) -> str:
@@ -23,11 +26,24 @@ def shape_text(shape: tuple[int, ...]) -> str:
 
 def summary_dict(model: Model) -> dict[str, Any]:
     trainable, non_trainable = model.param_counts()
-    layers = [{"name": r.name, "type": r.type, "output_shape": [None, *r.output_shape], "params": r.params,
-               "trainable_params": r.trainable, "connected_to": r.connected_to} for r in model.summary_rows()]
-    return {"model": "functional" if model.functional else "sequential", "layers": layers,
-            "total_params": trainable + non_trainable, "trainable_params": trainable,
-            "non_trainable_params": non_trainable}
+    layers = [
+        {
+            "name": r.name,
+            "type": r.type,
+            "output_shape": [None, *r.output_shape],
+            "params": r.params,
+            "trainable_params": r.trainable,
+            "connected_to": r.connected_to,
+        }
+        for r in model.summary_rows()
+    ]
+    return {
+        "model": "functional" if model.functional else "sequential",
+        "layers": layers,
+        "total_params": trainable + non_trainable,
+        "trainable_params": trainable,
+        "non_trainable_params": non_trainable,
+    }
 
 
 def _table(headers: list[str], rows: list[list[str]], widths: list[int], right: set[int]) -> list[str]:
@@ -65,9 +81,64 @@ def summary_text(model: Model, title: str | None = None) -> str:
         widths[i] = max([widths[i], len(headers[i])] + [len(line) for row in rows for line in row[i].split("\n")])
     trainable, non_trainable = model.param_counts()
     total = trainable + non_trainable
+    size = _value_bytes(model)
     name = title or ("functional" if model.functional else "sequential")
-    lines = [f'Model: "{name}"', *_table(headers, rows, widths, {2}),
-             f" Total params: {total:,} ({readable_size(total * _FLOAT_BYTES)})",
-             f" Trainable params: {trainable:,} ({readable_size(trainable * _FLOAT_BYTES)})",
-             f" Non-trainable params: {non_trainable:,} ({readable_size(non_trainable * _FLOAT_BYTES)})"]
+    lines = [
+        f'Model: "{name}"',
+        *_table(headers, rows, widths, {2}),
+        f" Total params: {total:,} ({readable_size(total * size)})",
+        f" Trainable params: {trainable:,} ({readable_size(trainable * size)})",
+        f" Non-trainable params: {non_trainable:,} ({readable_size(non_trainable * size)})",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _value_bytes(model: Model) -> int:
+    """Bytes per weight or activation value: the model's compute dtype (float32 unless asked)."""
+    return np.dtype(model.backend.dtype).itemsize
+
+
+def memory_estimate(model: Model, optimizer: Any, batch_size: int) -> dict[str, Any]:
+    """Optimizer state (values and bytes) and the activations one training batch keeps alive."""
+    trainable, _ = model.param_counts()
+    slots = list(optimizer.slot_names)
+    size = _value_bytes(model)
+    activations = sum(math.prod(n.output_shape) for n in model.nodes) + model.input_size()
+    return {
+        "optimizer_slots": slots,
+        "optimizer_values": trainable * len(slots),
+        "optimizer_bytes": trainable * len(slots) * size,
+        "batch_size": batch_size,
+        "activation_bytes_per_batch": activations * batch_size * size,
+        "dtype": np.dtype(model.backend.dtype).name,
+    }
+
+
+def memory_text(estimate: dict[str, Any], optimizer_name: str) -> str:
+    slots = ", ".join(estimate["optimizer_slots"]) or "no state"
+    return (
+        f" Optimizer state: {estimate['optimizer_values']:,} values "
+        f"({readable_size(estimate['optimizer_bytes'])}; {optimizer_name}: {slots})\n"
+        f" Activations per batch of {estimate['batch_size']}: "
+        f"{readable_size(estimate['activation_bytes_per_batch'])} (estimate: every layer output, {estimate['dtype']})\n"
+    )
+
+
+def graph_dot(model: Model, title: str) -> str:
+    """A Graphviz description of the graph with input/output shapes, like Keras's plot_model."""
+
+    def q(text: str) -> str:
+        return '"' + text.replace('"', '\\"') + '"'
+
+    lines = [f"digraph {q(title)} {{", "  rankdir=TB;", '  node [shape=record, fontname="Helvetica", fontsize=10];']
+    shapes: dict[str, tuple[int, ...]] = dict(model.inputs)
+    for name, shape in model.inputs.items():
+        lines.append(f"  {q(name)} [label={q(f'{name} (InputLayer) | output: {shape_text(shape)}')}];")
+    for node in model.nodes:
+        ins = ", ".join(shape_text(shapes[i]) for i in node.inputs)
+        label = f"{node.name} ({node.layer.type_name}) | {{input: {ins} | output: {shape_text(node.output_shape)}}}"
+        lines.append(f"  {q(node.name)} [label={q(label)}];")
+        shapes[node.name] = node.output_shape
+        lines.extend(f"  {q(i)} -> {q(node.name)};" for i in node.inputs)
+    lines.append("}")
     return "\n".join(lines) + "\n"

@@ -185,17 +185,3 @@ def _check_meta(path: Path, meta: Any) -> None:
                               f"version {FORMAT_VERSION}", hint="upgrade dlrun to load it")
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path} has no config record")
-
-
-def save_training_state(path: str | Path, trainer: Any, *, weights_only: bool = False) -> None:
-    """Checkpoint a Trainer: everything needed to resume exactly, or (`weights_only`) the weights
-    and config alone, which `dlrun evaluate` and `predict` can still use."""
-    if trainer.config is None:
-        raise CheckpointError("this trainer has no config to store in a checkpoint")
-    if weights_only:
-        ckpt = Checkpoint(trainer.config, trainer.model.get_weights(), {},
-                          {"epoch": trainer.epoch, "weights_only": True})
-    else:
-        weights, optimizer, meta = trainer.snapshot()
-        ckpt = Checkpoint(trainer.config, weights, optimizer, meta)
-    save(path, ckpt)

@@ -1,4 +1,5 @@
 """Callback base class: Keras's hooks, plus state that checkpoints save for exact resume."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,9 @@ class Callback:
     leave the callback exactly as it was then (counters, best values, files it appends to).
     """
 
-    trainer: "Trainer"
+    trainer: Trainer
 
-    def set_trainer(self, trainer: "Trainer") -> None:
+    def set_trainer(self, trainer: Trainer) -> None:
         self.trainer = trainer
 
     def on_train_begin(self) -> None: ...

@@ -8,13 +8,15 @@ CSVLogger. Differences from Keras, all deliberate:
 - Relative file paths go inside the run folder; checkpoints are dlrun `.npz` files.
 - Every callback returns its counters and best values from `get_state` for exact resume.
 """
+
 from __future__ import annotations
 
 import csv
 import math
 import string
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dlrun.engine.metrics import METRICS
 from dlrun.errors import DlrunError
@@ -35,10 +37,15 @@ def _int(name: str, value: Any, minimum: int = 0) -> int:
 
 
 def _float(name: str, value: Any, *, non_negative: bool = False) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value) or (
-            non_negative and value < 0):
-        raise ValueError(f"{name} must be a {'non-negative ' if non_negative else ''}number. "
-                         f"Received: {name}={value!r}")
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or (non_negative and value < 0)
+    ):
+        raise ValueError(
+            f"{name} must be a {'non-negative ' if non_negative else ''}number. Received: {name}={value!r}"
+        )
     return float(value)
 
 
@@ -61,7 +68,7 @@ def canonical_monitor(monitor: Any) -> str:
 
 
 def direction(monitor: str) -> str | None:
-    """"min" for losses, "max" for accuracies, None when the name does not say (Keras's auto mode)."""
+    """ "min" for losses, "max" for accuracies, None when the name does not say (Keras's auto mode)."""
     base = monitor.removeprefix("val_")
     if base == "loss":
         return "min"
@@ -86,9 +93,11 @@ class MonitorCallback(Callback):
         self.mode = mode
         op = mode if mode != "auto" else direction(self.monitor)
         if op is None:
-            raise ValueError(f"{type(self).__name__} callback received monitor={self.monitor}, but dlrun cannot "
-                             "tell whether it should be maximized or minimized. Pass `mode: max` to use the "
-                             "highest value or `mode: min` to use the lowest. Received: mode='auto'")
+            raise ValueError(
+                f"{type(self).__name__} callback received monitor={self.monitor}, but dlrun cannot "
+                "tell whether it should be maximized or minimized. Pass `mode: max` to use the "
+                "highest value or `mode: min` to use the lowest. Received: mode='auto'"
+            )
         self.lower_is_better = op == "min"
         self.min_delta = abs(_float("min_delta", min_delta))
 
@@ -116,9 +125,17 @@ class EarlyStopping(MonitorCallback):
         start_from_epoch: epochs of warm-up before monitoring starts. Defaults to 0.
     """
 
-    def __init__(self, monitor: str = "val_loss", min_delta: float = 0, patience: int = 0, verbose: int = 1,
-                 mode: str = "auto", baseline: float | None = None, restore_best_weights: bool = False,
-                 start_from_epoch: int = 0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        min_delta: float = 0,
+        patience: int = 0,
+        verbose: int = 1,
+        mode: str = "auto",
+        baseline: float | None = None,
+        restore_best_weights: bool = False,
+        start_from_epoch: int = 0,
+    ) -> None:
         super().__init__(monitor, mode, min_delta)
         self.patience = _int("patience", patience)
         self.verbose = _int("verbose", verbose)
@@ -128,9 +145,16 @@ class EarlyStopping(MonitorCallback):
         self.on_train_begin()
 
     def get_config(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "min_delta": self.min_delta, "patience": self.patience,
-                "verbose": self.verbose, "mode": self.mode, "baseline": self.baseline,
-                "restore_best_weights": self.restore_best_weights, "start_from_epoch": self.start_from_epoch}
+        return {
+            "monitor": self.monitor,
+            "min_delta": self.min_delta,
+            "patience": self.patience,
+            "verbose": self.verbose,
+            "mode": self.mode,
+            "baseline": self.baseline,
+            "restore_best_weights": self.restore_best_weights,
+            "start_from_epoch": self.start_from_epoch,
+        }
 
     def on_train_begin(self) -> None:
         self.wait = 0
@@ -168,8 +192,13 @@ class EarlyStopping(MonitorCallback):
             self.trainer.model.set_weights(self.best_weights)
 
     def get_state(self) -> dict[str, Any]:
-        return {"wait": self.wait, "stopped_epoch": self.stopped_epoch, "best": self.best,
-                "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+        return {
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_weights": self.best_weights,
+        }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.wait, self.stopped_epoch = int(state["wait"]), int(state["stopped_epoch"])
@@ -196,36 +225,57 @@ class ModelCheckpoint(MonitorCallback):
         initial_value_threshold: the value a first save must beat (with save_best_only). Defaults to None.
     """
 
-    def __init__(self, filepath: str | None = None, monitor: str = "val_loss", verbose: int = 1,
-                 save_best_only: bool = False, save_weights_only: bool = False, mode: str = "auto",
-                 save_freq: str | int = "epoch", initial_value_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        filepath: str | None = None,
+        monitor: str = "val_loss",
+        verbose: int = 1,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+    ) -> None:
         super().__init__(monitor, mode)
         self.filepath = _str("filepath", "checkpoints/epoch{epoch:03d}.npz" if filepath is None else filepath)
         if not self.filepath.endswith(".npz"):
-            raise ValueError("ModelCheckpoint saves dlrun checkpoints: the filepath must end in `.npz`. "
-                             f"Received: filepath={self.filepath!r}")
+            raise ValueError(
+                "ModelCheckpoint saves dlrun checkpoints: the filepath must end in `.npz`. "
+                f"Received: filepath={self.filepath!r}"
+            )
         try:
             self.fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f is not None]
         except ValueError as exc:
             raise ValueError(f"filepath is not a valid pattern ({exc}). Received: filepath={self.filepath!r}") from None
         if Path(self.filepath) in (Path("checkpoints/last.npz"), Path("checkpoints/best.npz")):
-            raise ValueError("checkpoints/last.npz and checkpoints/best.npz are the run's own checkpoints; "
-                             f"choose another name. Received: filepath={self.filepath!r}")
+            raise ValueError(
+                "checkpoints/last.npz and checkpoints/best.npz are the run's own checkpoints; "
+                f"choose another name. Received: filepath={self.filepath!r}"
+            )
         self.verbose = _int("verbose", verbose)
         self.save_best_only = _bool("save_best_only", save_best_only)
         self.save_weights_only = _bool("save_weights_only", save_weights_only)
         if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1):
-            raise ValueError("save_freq must be 'epoch' or a positive number of batches. "
-                             f"Received: save_freq={save_freq!r}")
+            raise ValueError(
+                f"save_freq must be 'epoch' or a positive number of batches. Received: save_freq={save_freq!r}"
+            )
         self.save_freq = save_freq
-        self.initial_value_threshold = (None if initial_value_threshold is None
-                                        else _float("initial_value_threshold", initial_value_threshold))
+        self.initial_value_threshold = (
+            None if initial_value_threshold is None else _float("initial_value_threshold", initial_value_threshold)
+        )
         self.on_train_begin()
 
     def get_config(self) -> dict[str, Any]:
-        return {"filepath": self.filepath, "monitor": self.monitor, "verbose": self.verbose,
-                "save_best_only": self.save_best_only, "save_weights_only": self.save_weights_only,
-                "mode": self.mode, "save_freq": self.save_freq, "initial_value_threshold": self.initial_value_threshold}
+        return {
+            "filepath": self.filepath,
+            "monitor": self.monitor,
+            "verbose": self.verbose,
+            "save_best_only": self.save_best_only,
+            "save_weights_only": self.save_weights_only,
+            "mode": self.mode,
+            "save_freq": self.save_freq,
+            "initial_value_threshold": self.initial_value_threshold,
+        }
 
     def on_train_begin(self) -> None:
         threshold = self.initial_value_threshold
@@ -245,7 +295,7 @@ class ModelCheckpoint(MonitorCallback):
             self._save(epoch, logs, None)
 
     def _save(self, epoch: int, logs: dict[str, float], batch: int | None) -> None:
-        from dlrun.runs.checkpoint import save_training_state
+        from dlrun.runs import checkpoint as ckpt_mod
 
         values = {**logs, "lr": logs.get("learning_rate")}
         if batch is not None:
@@ -253,8 +303,10 @@ class ModelCheckpoint(MonitorCallback):
         try:
             path = self.output_path(self.filepath.format(**{**values, "epoch": epoch + 1}))
         except (KeyError, ValueError, IndexError) as exc:
-            raise DlrunError(f'ModelCheckpoint cannot fill in its filepath "{self.filepath}" ({exc!r}); '
-                             f"available: epoch, {', '.join(values)}") from None
+            raise DlrunError(
+                f'ModelCheckpoint cannot fill in its filepath "{self.filepath}" ({exc!r}); '
+                f"available: epoch, {', '.join(values)}"
+            ) from None
         if self.save_best_only:
             current = logs.get(self.monitor)
             if current is None:
@@ -264,12 +316,14 @@ class ModelCheckpoint(MonitorCallback):
                     self.message(f"Epoch {epoch + 1}: {self.monitor} did not improve from {self.best:.5f}")
                 return
             if self.verbose > 0:
-                self.message(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
-                             f"saving model to {path}")
+                self.message(
+                    f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {current:.5f}, "
+                    f"saving model to {path}"
+                )
             self.best = current
         elif self.verbose > 0:
             self.message(f"Epoch {epoch + 1}: saving model to {path}")
-        save_training_state(path, self.trainer, weights_only=self.save_weights_only)
+        ckpt_mod.save(path, self.trainer.checkpoint(weights_only=self.save_weights_only))
 
     def get_state(self) -> dict[str, Any]:
         return {"best": self.best, "batches_since_save": self.batches_since_save}
@@ -293,8 +347,17 @@ class ReduceLROnPlateau(Callback):
         min_lr: lower bound on the learning rate. Defaults to 0.
     """
 
-    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10, verbose: int = 1,
-                 mode: str = "auto", min_delta: float = 1e-4, cooldown: int = 0, min_lr: float = 0.0) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        verbose: int = 1,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+    ) -> None:
         self.monitor = canonical_monitor(monitor)
         self.factor = _float("factor", factor)
         if self.factor >= 1.0:
@@ -313,8 +376,16 @@ class ReduceLROnPlateau(Callback):
         self.on_train_begin()
 
     def get_config(self) -> dict[str, Any]:
-        return {"monitor": self.monitor, "factor": self.factor, "patience": self.patience, "verbose": self.verbose,
-                "mode": self.mode, "min_delta": self.min_delta, "cooldown": self.cooldown, "min_lr": self.min_lr}
+        return {
+            "monitor": self.monitor,
+            "factor": self.factor,
+            "patience": self.patience,
+            "verbose": self.verbose,
+            "mode": self.mode,
+            "min_delta": self.min_delta,
+            "cooldown": self.cooldown,
+            "min_lr": self.min_lr,
+        }
 
     def on_train_begin(self) -> None:
         self.best = math.inf if self.lower_is_better else -math.inf
@@ -372,8 +443,10 @@ class LearningRateScheduler(Callback):
         if isinstance(schedule, (str, dict)):
             schedule = build_from_spec(SCHEDULES, schedule)
         if not callable(schedule):
-            raise ValueError(f"schedule must be a schedule such as {{type: cosine_decay, decay_steps: 10}}. "
-                             f"Received: schedule={schedule!r}")
+            raise ValueError(
+                f"schedule must be a schedule such as {{type: cosine_decay, decay_steps: 10}}. "
+                f"Received: schedule={schedule!r}"
+            )
         self.schedule: Schedule | Callable[..., float] = schedule
         self.verbose = _int("verbose", verbose)
 
@@ -394,7 +467,7 @@ class LearningRateScheduler(Callback):
                 lr = self.schedule(epoch, float(optimizer.learning_rate))
             except TypeError:
                 lr = self.schedule(epoch)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) and not hasattr(lr, "__float__"):
+        if isinstance(lr, bool) or (not isinstance(lr, (int, float)) and not hasattr(lr, "__float__")):
             raise DlrunError(f"The output of the `schedule` function should be a float. Got: {lr!r}")
         optimizer.learning_rate = float(lr)
         if self.verbose > 0:
@@ -428,8 +501,9 @@ class TerminateOnNaN(Callback):
         if math.isfinite(value):
             return
         if self.raise_error:
-            raise DlrunError(f"NaN or Inf loss encountered at batch {batch}. Loss value: {value}. "
-                             "Terminating training immediately.")
+            raise DlrunError(
+                f"NaN or Inf loss encountered at batch {batch}. Loss value: {value}. Terminating training immediately."
+            )
         self.message(f"Batch {batch}: Invalid loss, terminating training")
         self.trainer.stop_training = True
 

@@ -6,12 +6,14 @@ TrainingInterrupted. A second signal stops at once (KeyboardInterrupt for SIGINT
 for SIGTERM); files are written atomically, so that cannot corrupt anything already saved.
 Outside the main thread (where Python cannot install handlers) this is a no-op.
 """
+
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

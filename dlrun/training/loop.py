@@ -7,14 +7,17 @@ asks for a refresh (it decides how often), so the hot loop has no host round-tri
 an epoch (after a batch): weights, optimizer slots and step, the RNG states (the shuffle stream as it
 was when the epoch's permutation was drawn), the epoch's running sums, history and callback state.
 """
+
 from __future__ import annotations
 
+import contextlib
 import copy
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +27,7 @@ from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
 from dlrun.errors import CheckpointError, TrainingInterrupted
 from dlrun.graph.model import Model
+from dlrun.runs.checkpoint import Checkpoint
 from dlrun.training.callbacks import Callback
 
 EVAL_BATCH = 1024  # inference batches: no gradients kept, so bigger is faster and gives the same mean
@@ -32,7 +36,7 @@ EVAL_BATCH = 1024  # inference batches: no gradients kept, so bigger is faster a
 class ProgressListener(Protocol):
     """How the loop reports to whoever displays it (the CLI); all methods optional in practice."""
 
-    def on_train_begin(self, trainer: "Trainer") -> None: ...
+    def on_train_begin(self, trainer: Trainer) -> None: ...
 
     def on_epoch_begin(self, epoch: int, epochs: int, batches: int) -> None: ...
 
@@ -78,21 +82,25 @@ class Trainer:
         self.backend = self.model.backend
         act = self.model.output_activation
         # Fuse softmax/sigmoid with cross-entropy: the model then outputs logits while training.
-        self.fused = (not self.loss.from_logits and self.loss.fuses_with is not None
-                      and self.model.fuse_output_activation(self.loss.fuses_with))
+        self.fused = (
+            not self.loss.from_logits
+            and self.loss.fuses_with is not None
+            and self.model.fuse_output_activation(self.loss.fuses_with)
+        )
         self.train_loss = self.loss.with_logits() if self.fused else self.loss
         self.output_activation = act
         self.history: dict[str, list[float]] = {}
-        self.epoch = 0                # epochs completed
+        self.epoch = 0  # epochs completed
         self.stop_training = False
-        self.interrupt: int | None = None   # a signal number, set (by a handler) to stop after this batch
-        self._progress: dict[str, Any] | None = None       # the running epoch, after each batch
-        self._resume_epoch: dict[str, Any] | None = None   # a snapshot's unfinished epoch, to go on with
+        self.interrupt: int | None = None  # a signal number, set (by a handler) to stop after this batch
+        self._progress: dict[str, Any] | None = None  # the running epoch, after each batch
+        self._resume_epoch: dict[str, Any] | None = None  # a snapshot's unfinished epoch, to go on with
         self._resume_callbacks: list[dict[str, Any]] | None = None
         self.optimizer.build(self.model.flat_params, self.model.segments)
         self._targets = self._target_transform()
-        self.train_batches = self.data.batches(self.data.train, self.batch_size, self.backend, self._targets,
-                                               training=True)
+        self.train_batches = self.data.batches(
+            self.data.train, self.batch_size, self.backend, self._targets, training=True
+        )
 
     # -- data ----------------------------------------------------------------------------------------
     def _target_transform(self) -> Callable[[Any], Any] | None:
@@ -222,8 +230,11 @@ class Trainer:
             cb.on_interrupt()
         signum = self.interrupt or signal.SIGINT
         name = signal.Signals(signum).name
-        where = (f"in epoch {self.epoch + 1} after batch {self._progress['batch']}/{len(self.train_batches)}"
-                 if self._progress else f"after epoch {self.epoch}")
+        where = (
+            f"in epoch {self.epoch + 1} after batch {self._progress['batch']}/{len(self.train_batches)}"
+            if self._progress
+            else f"after epoch {self.epoch}"
+        )
         exc = TrainingInterrupted(f"training stopped by {name} {where}")
         exc.exit_code = 128 + int(signum)
         exc.signal, exc.epoch = int(signum), self.epoch  # type: ignore[attr-defined]
@@ -232,10 +243,8 @@ class Trainer:
 
     def _end_listener(self) -> None:
         """Close the display (a live progress bar) when training ends early; never masks an error."""
-        try:
+        with contextlib.suppress(Exception):  # the original exception matters more
             self.listener.on_train_end(self.history)
-        except Exception:  # noqa: BLE001 - the original exception matters more
-            pass
 
     def running_logs(self) -> dict[str, float]:
         """Means over the current epoch so far plus the learning rate (a sync: for rare use)."""
@@ -267,6 +276,16 @@ class Trainer:
         return logs
 
     # -- state for checkpoints -----------------------------------------------------------------------
+    def checkpoint(self, *, weights_only: bool = False) -> Checkpoint:
+        """Everything needed to resume exactly, or (`weights_only`) the weights and config alone,
+        which `dlrun evaluate` and `predict` can still use."""
+        if self.config is None:
+            raise CheckpointError("this trainer has no config to store in a checkpoint")
+        if weights_only:
+            return Checkpoint(self.config, self.model.get_weights(), {}, {"epoch": self.epoch, "weights_only": True})
+        weights, optimizer, meta = self.snapshot()
+        return Checkpoint(self.config, weights, optimizer, meta)
+
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
         """(weights, optimizer slots, metadata) as host values: everything needed to resume exactly.
 
@@ -279,23 +298,31 @@ class Trainer:
             "stop_training": self.stop_training,
             "history": copy.deepcopy(self.history),
             "optimizer": {"iterations": self.optimizer.iterations, "learning_rate": self.optimizer.learning_rate},
-            "rng": {"noise": copy.deepcopy(self.model.noise.get_state()),
-                    "shuffle": copy.deepcopy(self.shuffle_rng.bit_generator.state)},
+            "rng": {
+                "noise": copy.deepcopy(self.model.noise.get_state()),
+                "shuffle": copy.deepcopy(self.shuffle_rng.bit_generator.state),
+            },
             "callbacks": [{"type": type(cb).__name__, "state": cb.get_state()} for cb in self.callbacks],
         }
         if self._progress is not None:
             p = self._progress
-            meta["partial_epoch"] = {"batch": p["batch"], "seen": p["seen"], "shuffle": copy.deepcopy(p["shuffle"]),
-                                     "sums": [float(v) for v in self.backend.to_host(p["sums"])]}
+            meta["partial_epoch"] = {
+                "batch": p["batch"],
+                "seen": p["seen"],
+                "shuffle": copy.deepcopy(p["shuffle"]),
+                "sums": [float(v) for v in self.backend.to_host(p["sums"])],
+            }
         return self.model.get_weights(), optimizer, meta
 
     def restore(self, weights: dict[str, np.ndarray], optimizer: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         """Put a snapshot back (the inverse of `snapshot`); callback states are handed over by `fit`."""
         self.model.set_weights(weights)
         opt = meta.get("optimizer", {})
-        self.optimizer.load_state(opt.get("iterations", 0),
-                                  {k: self.backend.asarray(v) if self.backend.is_gpu else v for k, v in optimizer.items()},
-                                  opt.get("learning_rate"))
+        self.optimizer.load_state(
+            opt.get("iterations", 0),
+            {k: self.backend.asarray(v) if self.backend.is_gpu else v for k, v in optimizer.items()},
+            opt.get("learning_rate"),
+        )
         self.epoch = int(meta.get("epoch", 0))
         self.stop_training = bool(meta.get("stop_training", False))
         self.history = {k: list(v) for k, v in meta.get("history", {}).items()}

@@ -5,6 +5,7 @@ rate; Keras's `keras.optimizers.schedules` count optimizer steps instead, so her
 `warmup_steps` and `boundaries` are numbers of epochs. `initial_learning_rate` defaults to the
 optimizer's configured learning rate.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,7 +13,7 @@ from typing import Any
 
 from dlrun.registry import Registry
 
-SCHEDULES: Registry[type["Schedule"]] = Registry("learning-rate schedule")
+SCHEDULES: Registry[type[Schedule]] = Registry("learning-rate schedule")
 
 
 def _number(name: str, value: Any, *, positive: bool = False, non_negative: bool = False) -> float:
@@ -29,8 +30,10 @@ def _number(name: str, value: Any, *, positive: bool = False, non_negative: bool
 
 def _epochs(name: str, value: Any, *, positive: bool = False) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
-        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} integer (epochs). "
-                         f"Received: {name}={value!r}")
+        raise ValueError(
+            f"{name} must be a {'positive' if positive else 'non-negative'} integer (epochs). "
+            f"Received: {name}={value!r}"
+        )
     return value
 
 
@@ -64,8 +67,10 @@ class PiecewiseConstantDecay(Schedule):
         if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
             raise ValueError(f"boundaries must increase. Received: boundaries={boundaries!r}")
         if not isinstance(values, list) or len(values) != len(boundaries) + 1:
-            raise ValueError(f"values must be a list one longer than boundaries ({len(self.boundaries) + 1} "
-                             f"values). Received: values={values!r}")
+            raise ValueError(
+                f"values must be a list one longer than boundaries ({len(self.boundaries) + 1} "
+                f"values). Received: values={values!r}"
+            )
         self.values = [_number("values", v, positive=True) for v in values]
 
     def __call__(self, epoch: int) -> float:
@@ -85,12 +90,16 @@ class ExponentialDecay(Schedule):
 
     keras_name = "exponential_decay"
 
-    def __init__(self, decay_steps: int, decay_rate: float, initial_learning_rate: float | None = None,
-                 staircase: bool = False) -> None:
+    def __init__(
+        self, decay_steps: int, decay_rate: float, initial_learning_rate: float | None = None, staircase: bool = False
+    ) -> None:
         self.decay_steps = _epochs("decay_steps", decay_steps, positive=True)
         self.decay_rate = _number("decay_rate", decay_rate, positive=True)
-        self.initial_learning_rate = (None if initial_learning_rate is None
-                                      else _number("initial_learning_rate", initial_learning_rate, positive=True))
+        self.initial_learning_rate = (
+            None
+            if initial_learning_rate is None
+            else _number("initial_learning_rate", initial_learning_rate, positive=True)
+        )
         if not isinstance(staircase, bool):
             raise ValueError(f"staircase must be true or false. Received: staircase={staircase!r}")
         self.staircase = staircase
@@ -99,11 +108,15 @@ class ExponentialDecay(Schedule):
         p = epoch / self.decay_steps
         if self.staircase:
             p = math.floor(p)
-        return float(self.initial_learning_rate) * self.decay_rate ** p
+        return float(self.initial_learning_rate) * self.decay_rate**p
 
     def get_config(self) -> dict[str, Any]:
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "decay_rate": self.decay_rate, "staircase": self.staircase}
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "decay_rate": self.decay_rate,
+            "staircase": self.staircase,
+        }
 
 
 @SCHEDULES.register("cosine_decay", "cosine")
@@ -114,11 +127,20 @@ class CosineDecay(Schedule):
 
     keras_name = "cosine_decay"
 
-    def __init__(self, decay_steps: int, initial_learning_rate: float | None = None, alpha: float = 0.0,
-                 warmup_target: float | None = None, warmup_steps: int = 0) -> None:
+    def __init__(
+        self,
+        decay_steps: int,
+        initial_learning_rate: float | None = None,
+        alpha: float = 0.0,
+        warmup_target: float | None = None,
+        warmup_steps: int = 0,
+    ) -> None:
         self.decay_steps = _epochs("decay_steps", decay_steps, positive=True)
-        self.initial_learning_rate = (None if initial_learning_rate is None
-                                      else _number("initial_learning_rate", initial_learning_rate, non_negative=True))
+        self.initial_learning_rate = (
+            None
+            if initial_learning_rate is None
+            else _number("initial_learning_rate", initial_learning_rate, non_negative=True)
+        )
         self.alpha = _number("alpha", alpha, non_negative=True)
         if self.alpha > 1:
             raise ValueError(f"alpha must be in [0, 1]. Received: alpha={alpha!r}")
@@ -139,5 +161,10 @@ class CosineDecay(Schedule):
         return self._decay(step - self.warmup_steps, self.warmup_target)
 
     def get_config(self) -> dict[str, Any]:
-        return {"initial_learning_rate": self.initial_learning_rate, "decay_steps": self.decay_steps,
-                "alpha": self.alpha, "warmup_target": self.warmup_target, "warmup_steps": self.warmup_steps}
+        return {
+            "initial_learning_rate": self.initial_learning_rate,
+            "decay_steps": self.decay_steps,
+            "alpha": self.alpha,
+            "warmup_target": self.warmup_target,
+            "warmup_steps": self.warmup_steps,
+        }

@@ -1,4 +1,5 @@
 """Config -> loss, optimizer, metrics and callbacks, with config errors that point at the YAML line."""
+
 from __future__ import annotations
 
 import re
@@ -69,13 +70,23 @@ def _callback_entry(cfg: Config, entries: Any, index: int) -> tuple[str, dict[st
         name, args_node = next(iter(entry.items()))
         args = {} if args_node is None else args_node
         if not isinstance(args, dict):
-            raise cfg.error(f"the arguments of {name} must be a mapping, got {to_plain(args)!r}", entries, index, path,
-                            hint=f"write `- {name}: {{...}}`, or `- {name}` alone for no arguments")
+            raise cfg.error(
+                f"the arguments of {name} must be a mapping, got {to_plain(args)!r}",
+                entries,
+                index,
+                path,
+                hint=f"write `- {name}: {{...}}`, or `- {name}` alone for no arguments",
+            )
         if not isinstance(name, str):
             raise cfg.error(f"a callback type must be a name, got {name!r}", entries, index, path)
         return name, dict(args), args_node
-    raise cfg.error(f"a callback entry is a name or one `Name: {{args}}` mapping, got {to_plain(entry)!r}",
-                    entries, index, path, hint="e.g. `- EarlyStopping: {monitor: val_loss, patience: 3}`")
+    raise cfg.error(
+        f"a callback entry is a name or one `Name: {{args}}` mapping, got {to_plain(entry)!r}",
+        entries,
+        index,
+        path,
+        hint="e.g. `- EarlyStopping: {monitor: val_loss, patience: 3}`",
+    )
 
 
 def make_callbacks(cfg: Config, metrics: list[Metric], optimizer: Optimizer | None = None) -> list[Any]:
@@ -120,11 +131,17 @@ def make_callbacks(cfg: Config, metrics: list[Metric], optimizer: Optimizer | No
         explicit = isinstance(args_node, dict) and "monitor" in args_node
         if monitor is not None and (explicit or not isinstance(cb, cbs.ModelCheckpoint) or cb.save_best_only):
             if monitor not in available:
-                hint = ("validation values (val_*) need data.validation_split > 0"
-                        if monitor.startswith("val_") and f"val_{monitor[4:]}" not in available else
-                        did_you_mean(monitor, available) or None)
-                raise error(f"{canonical} monitors {monitor!r}, which this run will not log. "
-                            f"Values it logs: {', '.join(available)}", "monitor", hint)
+                hint = (
+                    "validation values (val_*) need data.validation_split > 0"
+                    if monitor.startswith("val_") and f"val_{monitor[4:]}" not in available
+                    else did_you_mean(monitor, available) or None
+                )
+                raise error(
+                    f"{canonical} monitors {monitor!r}, which this run will not log. "
+                    f"Values it logs: {', '.join(available)}",
+                    "monitor",
+                    hint,
+                )
         if isinstance(cb, cbs.ModelCheckpoint):
             _check_filepath(cb, available, error)
         if isinstance(cb, cbs.LearningRateScheduler) and optimizer is not None:
@@ -146,10 +163,14 @@ def _check_filepath(cb: Any, available: list[str], error: Any) -> None:
         base = field_name.split(".")[0].split("[")[0]
         if base not in known:
             hint = did_you_mean(base, known) or None
-            raise error(f"the filepath field {{{field_name}}} is not a value this run logs"
-                        f"{' when saving every few batches' if batch_level and base.startswith('val_') else ''}. "
-                        f"Fields: {', '.join('{' + k + '}' for k in known)}", "filepath", hint)
+            raise error(
+                f"the filepath field {{{field_name}}} is not a value this run logs"
+                f"{' when saving every few batches' if batch_level and base.startswith('val_') else ''}. "
+                f"Fields: {', '.join('{' + k + '}' for k in known)}",
+                "filepath",
+                hint,
+            )
     try:
-        cb.filepath.format(**{**{k: 0.5 for k in known}, "epoch": 1, "batch": 1})
+        cb.filepath.format(**{**dict.fromkeys(known, 0.5), "epoch": 1, "batch": 1})
     except (ValueError, IndexError, KeyError, AttributeError) as exc:
         raise error(f"the filepath {cb.filepath!r} cannot be filled in ({exc})", "filepath") from None

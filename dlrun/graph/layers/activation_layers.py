@@ -1,10 +1,11 @@
 """Activation layers with arguments: ReLU, LeakyReLU, ELU, Softmax."""
+
 from __future__ import annotations
 
 from typing import Any
 
 from dlrun.engine import activations
-from dlrun.engine.activations import xp_of
+from dlrun.engine.backend import xp_of
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
@@ -27,8 +28,9 @@ class ReLU(Layer):
         threshold: Defaults to 0.
     """
 
-    def __init__(self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.max_value = _non_negative("ReLU", "max_value", max_value, nullable=True)
         self.negative_slope = _non_negative("ReLU", "negative_slope", negative_slope)
@@ -52,8 +54,12 @@ class ReLU(Layer):
         return xp_of(dy).where(x > self.threshold, inside, dy * self.negative_slope)
 
     def get_config(self):
-        return {**super().get_config(), "max_value": self.max_value, "negative_slope": self.negative_slope,
-                "threshold": self.threshold}
+        return {
+            **super().get_config(),
+            "max_value": self.max_value,
+            "negative_slope": self.negative_slope,
+            "threshold": self.threshold,
+        }
 
 
 class _FunctionLayer(Layer):
@@ -135,8 +141,10 @@ class Softmax(_FunctionLayer):
     def compute_output_shape(self, input_shape):
         rank = len(input_shape) + 1
         if not (1 <= self.axis < rank or -rank < self.axis <= -1):
-            raise ShapeError(f"Softmax axis={self.axis} is out of range for input of shape "
-                             f"(None, {', '.join(map(str, input_shape))}); the batch axis 0 cannot be used")
+            raise ShapeError(
+                f"Softmax axis={self.axis} is out of range for input of shape "
+                f"(None, {', '.join(map(str, input_shape))}); the batch axis 0 cannot be used"
+            )
         return input_shape
 
     @property

@@ -1,22 +1,28 @@
 """Convolution layers (channels-last): Conv2D as im2col plus one matmul."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from dlrun.engine.activations import xp_of
-from dlrun.engine.ops import (PADDINGS, Workspace, chunk_samples, col2im, column_sums, conv_chunk,
-                              conv_chunk_kernel_grad, conv_forward, crop_hw, effective_kernel, matmul, output_length,
-                              pad_hw, padded_chunks, padding_amounts, parallel)
-from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple, positive_int
+from dlrun.engine.backend import xp_of
+from dlrun.engine.conv_ops import (
+    col2im,
+    conv_chunk,
+    conv_chunk_kernel_grad,
+    conv_forward,
+    crop_hw,
+    effective_kernel,
+    output_length,
+    pad_hw,
+    padded_chunks,
+    padding_amounts,
+)
+from dlrun.engine.threads import matmul, parallel
+from dlrun.engine.workspace import Workspace, chunk_samples, column_sums
+from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple, padding_arg, positive_int
 
 #: Activations whose backward reads only their output (see dlrun.engine.activations).
 _OUTPUT_ONLY_GRADIENT = frozenset({"relu", "sigmoid", "tanh", "softmax"})
-
-
-def padding_arg(value: Any) -> str:
-    if not isinstance(value, str) or value.lower() not in PADDINGS:
-        raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={value!r}")
-    return value.lower()
 
 
 @LAYERS.register("Conv2D", "Convolution2D")
@@ -39,10 +45,21 @@ class Conv2D(Layer):
     Example: `Conv2D: {filters: 32, kernel_size: 3, padding: same, activation: relu}`.
     """
 
-    def __init__(self, filters: int, kernel_size: Any, strides: Any = 1, padding: str = "valid",
-                 dilation_rate: Any = 1, activation: str | None = None, use_bias: bool = True,
-                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: Any,
+        strides: Any = 1,
+        padding: str = "valid",
+        dilation_rate: Any = 1,
+        activation: str | None = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.filters = positive_int("filters", filters)
         self.kernel_size = int_tuple("kernel_size", kernel_size, 2)
@@ -50,8 +67,10 @@ class Conv2D(Layer):
         self.padding = padding_arg(padding)
         self.dilation_rate = int_tuple("dilation_rate", dilation_rate, 2)
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError("strides > 1 cannot be combined with dilation_rate > 1. "
-                             f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}")
+            raise ValueError(
+                "strides > 1 cannot be combined with dilation_rate > 1. "
+                f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}"
+            )
         self._set_activation(activation)
         self._set_kernel_options(use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer)
         self._ws = Workspace()
@@ -95,8 +114,18 @@ class Conv2D(Layer):
             matmul(x.reshape(-1, x.shape[3]), kernel, out=z)
             epilogue(z, slice(None))
         else:
-            conv_forward(x, self._pads, self.params["kernel"], self.strides, self.dilation_rate, (oh, ow), z,
-                         self._ws, key="f", epilogue=epilogue)
+            conv_forward(
+                x,
+                self._pads,
+                self.params["kernel"],
+                self.strides,
+                self.dilation_rate,
+                (oh, ow),
+                z,
+                self._ws,
+                key="f",
+                epilogue=epilogue,
+            )
         self._z, self._a, self._linear = z, a, linear
         return a.reshape(n, oh, ow, f)
 
@@ -160,14 +189,30 @@ class Conv2D(Layer):
                 if stride1:
                     dpad_buf = wws.get("dpad", (chunk, *dpad_hw, f), dtype, xp, fill=0.0)
                     dsrc = pad_hw(dz.reshape(m, oh, ow, f), dpads, out=dpad_buf[:m])
-                    conv_chunk(dsrc, flipped, (1, 1), self.dilation_rate, (h, w),
-                               dx.reshape(-1, c)[first * h * w:last * h * w], wws, key="d")
+                    conv_chunk(
+                        dsrc,
+                        flipped,
+                        (1, 1),
+                        self.dilation_rate,
+                        (h, w),
+                        dx.reshape(-1, c)[first * h * w : last * h * w],
+                        wws,
+                        key="d",
+                    )
                 else:
-                    dcols = xp.matmul(dz, kernel2d.T,
-                                      out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp))
+                    dcols = xp.matmul(
+                        dz, kernel2d.T, out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp)
+                    )
                     padded = (m, *padded_hw, c)
-                    dxpad = col2im(dcols, padded, self.kernel_size, self.strides, self.dilation_rate, (oh, ow),
-                                   out=wws.rows("dxpad", m, padded[1:], dtype, xp))
+                    dxpad = col2im(
+                        dcols,
+                        padded,
+                        self.kernel_size,
+                        self.strides,
+                        self.dilation_rate,
+                        (oh, ow),
+                        out=wws.rows("dxpad", m, padded[1:], dtype, xp),
+                    )
                     dx[first:last] = crop_hw(dxpad, self._pads)
             return dk, db
 
@@ -181,6 +226,12 @@ class Conv2D(Layer):
         return dx if want_dx else None
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
-                "strides": list(self.strides), "padding": self.padding, "dilation_rate": list(self.dilation_rate),
-                **self._kernel_config()}
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+            "dilation_rate": list(self.dilation_rate),
+            **self._kernel_config(),
+        }

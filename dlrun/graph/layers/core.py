@@ -1,11 +1,11 @@
 """Core layers: Dense, Flatten, Reshape, Activation, Dropout, SpatialDropout2D."""
+
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from dlrun.engine import activations
-from dlrun.engine.ops import matmul
+from dlrun.engine.threads import matmul
 from dlrun.graph.layer import LAYERS, Layer, ShapeError, image_shape, positive_int, rate_in_unit_interval
 
 
@@ -24,9 +24,17 @@ class Dense(Layer):
     Input shape (..., input_dim); output shape (..., units).
     """
 
-    def __init__(self, units: int, activation: str | None = None, use_bias: bool = True,
-                 kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
-                 kernel_regularizer: Any = None, bias_regularizer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        use_bias: bool = True,
+        kernel_initializer: Any = "glorot_uniform",
+        bias_initializer: Any = "zeros",
+        kernel_regularizer: Any = None,
+        bias_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.units = positive_int("units", units)
         self._set_activation(activation)
@@ -39,9 +47,11 @@ class Dense(Layer):
 
     def build(self, input_shape):
         if len(input_shape) > 1:
-            raise ShapeError(f"Dense expects a flat input (batch, features) but got {len(input_shape) + 1}-D "
-                             f"input of shape (None, {', '.join(map(str, input_shape))}); "
-                             f"add a Flatten layer before it")
+            raise ShapeError(
+                f"Dense expects a flat input (batch, features) but got {len(input_shape) + 1}-D "
+                f"input of shape (None, {', '.join(map(str, input_shape))}); "
+                f"add a Flatten layer before it"
+            )
         out = super().build(input_shape)
         self._add_kernel_and_bias((input_shape[-1], self.units))
         return out
@@ -88,11 +98,16 @@ class Reshape(Layer):
 
     def __init__(self, target_shape: list[int] | tuple[int, ...], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        ok = isinstance(target_shape, (list, tuple)) and target_shape and all(
-            isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in target_shape)
+        ok = (
+            isinstance(target_shape, (list, tuple))
+            and target_shape
+            and all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in target_shape)
+        )
         if not ok or list(target_shape).count(-1) > 1:
-            raise ValueError("target_shape must be a list of positive integers with at most one -1. "
-                             f"Received: target_shape={target_shape!r}")
+            raise ValueError(
+                "target_shape must be a list of positive integers with at most one -1. "
+                f"Received: target_shape={target_shape!r}"
+            )
         self.target_shape = tuple(target_shape)
 
     def compute_output_shape(self, input_shape):
@@ -102,8 +117,10 @@ class Reshape(Layer):
                 raise ShapeError(f"cannot reshape {total} values into {list(self.target_shape)}")
             return tuple(total // known if d == -1 else d for d in self.target_shape)
         if total != known:
-            raise ShapeError(f"cannot reshape input of shape {tuple(input_shape)} ({total} values) into "
-                             f"{tuple(self.target_shape)} ({known} values)")
+            raise ShapeError(
+                f"cannot reshape input of shape {tuple(input_shape)} ({total} values) into "
+                f"{tuple(self.target_shape)} ({known} values)"
+            )
         return self.target_shape
 
     def forward(self, x, training):
@@ -151,15 +168,18 @@ class Dropout(Layer):
     def __init__(self, rate: float, noise_shape: list[int] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rate = rate_in_unit_interval("rate", rate)
-        if noise_shape is not None and not (isinstance(noise_shape, (list, tuple)) and all(
-                isinstance(d, int) and d > 0 for d in noise_shape)):
+        if noise_shape is not None and not (
+            isinstance(noise_shape, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in noise_shape)
+        ):
             raise ValueError(f"noise_shape must be a list of positive integers. Received: noise_shape={noise_shape!r}")
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
 
     def compute_output_shape(self, input_shape):
         if self.noise_shape is not None and len(self.noise_shape) != len(input_shape):
-            raise ShapeError(f"noise_shape {list(self.noise_shape)} must have one entry per input axis "
-                             f"(input shape {tuple(input_shape)})")
+            raise ShapeError(
+                f"noise_shape {list(self.noise_shape)} must have one entry per input axis "
+                f"(input shape {tuple(input_shape)})"
+            )
         return input_shape
 
     def _mask_shape(self, x: Any) -> tuple[int, ...]:
@@ -178,8 +198,11 @@ class Dropout(Layer):
         return dy if self._mask is None else dy * self._mask
 
     def get_config(self):
-        return {**super().get_config(), "rate": self.rate,
-                "noise_shape": None if self.noise_shape is None else list(self.noise_shape)}
+        return {
+            **super().get_config(),
+            "rate": self.rate,
+            "noise_shape": None if self.noise_shape is None else list(self.noise_shape),
+        }
 
 
 @LAYERS.register("SpatialDropout2D")

@@ -1,9 +1,10 @@
 """Merge layers: combine two or more inputs (named with `inputs: [a, b]` in a config)."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from dlrun.engine.activations import xp_of
+from dlrun.engine.backend import xp_of
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
@@ -19,9 +20,11 @@ class _Merge(Layer):
     def compute_output_shape(self, input_shapes):
         shapes = [tuple(s) for s in input_shapes]
         if any(s != shapes[0] for s in shapes[1:]):
-            raise ShapeError(f"{self.type_name} needs inputs of the same shape, got "
-                             f"{', '.join(_shape_text(s) for s in shapes)}; make them match (e.g. a 1x1 Conv2D "
-                             f"or Dense to change the channels, pooling or strides to change the size)")
+            raise ShapeError(
+                f"{self.type_name} needs inputs of the same shape, got "
+                f"{', '.join(_shape_text(s) for s in shapes)}; make them match (e.g. a 1x1 Conv2D "
+                f"or Dense to change the channels, pooling or strides to change the size)"
+            )
         return shapes[0]
 
 
@@ -149,18 +152,23 @@ class Concatenate(Layer):
         shapes = [tuple(s) for s in input_shapes]
         rank = len(shapes[0]) + 1
         if any(len(s) != len(shapes[0]) for s in shapes):
-            raise ShapeError(f"Concatenate needs inputs of the same rank, got "
-                             f"{', '.join(_shape_text(s) for s in shapes)}")
+            raise ShapeError(
+                f"Concatenate needs inputs of the same rank, got {', '.join(_shape_text(s) for s in shapes)}"
+            )
         ax = self.axis + rank if self.axis < 0 else self.axis
         if not 1 <= ax < rank:
-            raise ShapeError(f"Concatenate axis={self.axis} is out of range for inputs of rank {rank} "
-                             f"(the batch axis 0 cannot be joined); use 1 to {rank - 1}, or -1")
+            raise ShapeError(
+                f"Concatenate axis={self.axis} is out of range for inputs of rank {rank} "
+                f"(the batch axis 0 cannot be joined); use 1 to {rank - 1}, or -1"
+            )
         i = ax - 1
-        if any(s[:i] + s[i + 1:] != shapes[0][:i] + shapes[0][i + 1:] for s in shapes):
-            raise ShapeError(f"Concatenate on axis {self.axis} needs inputs that match on every other axis, got "
-                             f"{', '.join(_shape_text(s) for s in shapes)}")
+        if any(s[:i] + s[i + 1 :] != shapes[0][:i] + shapes[0][i + 1 :] for s in shapes):
+            raise ShapeError(
+                f"Concatenate on axis {self.axis} needs inputs that match on every other axis, got "
+                f"{', '.join(_shape_text(s) for s in shapes)}"
+            )
         self._ax = ax
-        return (*shapes[0][:i], sum(s[i] for s in shapes), *shapes[0][i + 1:])
+        return (*shapes[0][:i], sum(s[i] for s in shapes), *shapes[0][i + 1 :])
 
     def forward(self, xs, training):
         self._sizes = [x.shape[self._ax] for x in xs]

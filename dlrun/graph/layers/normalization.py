@@ -1,18 +1,24 @@
 """Normalization layers: BatchNormalization (with moving statistics) and LayerNormalization."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from dlrun.engine import initializers, regularizers
-from dlrun.engine.activations import xp_of
-from dlrun.engine import ops
-from dlrun.engine.ops import Workspace, column_sums, parallel
+from dlrun.engine import initializers, regularizers, workspace
+from dlrun.engine.backend import xp_of
+from dlrun.engine.threads import parallel
+from dlrun.engine.workspace import Workspace, column_sums
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
 def _number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value > low if low_open else value >= low) and (high is None or value <= high)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and (value > low if low_open else value >= low)
+        and (high is None or value <= high)
+    )
     if not ok:
         bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
         raise ValueError(f"expected a number {bound}. Received: {name}={value!r}")
@@ -24,8 +30,10 @@ def _axis(layer: Layer, axis: int, input_shape: Any) -> int:
     rank = len(input_shape) + 1
     full = axis + rank if axis < 0 else axis
     if not 1 <= full < rank:
-        raise ShapeError(f"{layer.type_name} axis={axis} is out of range for input of shape "
-                         f"(None, {', '.join(map(str, input_shape))}); use an axis from 1 to {rank - 1} (or -1)")
+        raise ShapeError(
+            f"{layer.type_name} axis={axis} is out of range for input of shape "
+            f"(None, {', '.join(map(str, input_shape))}); use an axis from 1 to {rank - 1} (or -1)"
+        )
     return full - 1
 
 
@@ -33,8 +41,16 @@ class _Normalization(Layer):
     """What BatchNormalization and LayerNormalization share: epsilon and the learned scale (gamma)
     and offset (beta) with their initializers and regularizers."""
 
-    def _set_affine_options(self, epsilon: float, center: bool, scale: bool, beta_initializer: Any,
-                            gamma_initializer: Any, beta_regularizer: Any, gamma_regularizer: Any) -> None:
+    def _set_affine_options(
+        self,
+        epsilon: float,
+        center: bool,
+        scale: bool,
+        beta_initializer: Any,
+        gamma_initializer: Any,
+        beta_regularizer: Any,
+        gamma_regularizer: Any,
+    ) -> None:
         self.epsilon = _number("epsilon", epsilon, 0.0, low_open=True)
         self.center, self.scale = bool(center), bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
@@ -49,10 +65,15 @@ class _Normalization(Layer):
             self.add_weight("beta", shape, self.beta_initializer, regularizer=self.beta_regularizer)
 
     def _affine_config(self) -> dict[str, Any]:
-        return {"epsilon": self.epsilon, "center": self.center, "scale": self.scale,
-                "beta_initializer": self.beta_initializer.spec(), "gamma_initializer": self.gamma_initializer.spec(),
-                "beta_regularizer": self.beta_regularizer and self.beta_regularizer.spec(),
-                "gamma_regularizer": self.gamma_regularizer and self.gamma_regularizer.spec()}
+        return {
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": self.beta_initializer.spec(),
+            "gamma_initializer": self.gamma_initializer.spec(),
+            "beta_regularizer": self.beta_regularizer and self.beta_regularizer.spec(),
+            "gamma_regularizer": self.gamma_regularizer and self.gamma_regularizer.spec(),
+        }
 
 
 @LAYERS.register("BatchNormalization")
@@ -74,17 +95,29 @@ class BatchNormalization(_Normalization):
     Weights (Keras order): gamma, beta (trainable), moving_mean, moving_variance (non-trainable).
     """
 
-    def __init__(self, axis: int = -1, momentum: float = 0.99, epsilon: float = 1e-3, center: bool = True,
-                 scale: bool = True, beta_initializer: Any = "zeros", gamma_initializer: Any = "ones",
-                 moving_mean_initializer: Any = "zeros", moving_variance_initializer: Any = "ones",
-                 beta_regularizer: Any = None, gamma_regularizer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        moving_mean_initializer: Any = "zeros",
+        moving_variance_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if not isinstance(axis, int) or isinstance(axis, bool):
             raise ValueError(f"axis must be an integer. Received: axis={axis!r}")
         self.axis = axis
         self.momentum = _number("momentum", momentum, 0.0, 1.0)
-        self._set_affine_options(epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
-                                 gamma_regularizer)
+        self._set_affine_options(
+            epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer
+        )
         self.moving_mean_initializer = initializers.get(moving_mean_initializer)
         self.moving_variance_initializer = initializers.get(moving_variance_initializer)
         self._ws = Workspace()
@@ -115,7 +148,7 @@ class BatchNormalization(_Normalization):
         if self._last:
             return y2.reshape(shape)
         xp = xp_of(y2)
-        moved = (*shape[:self._feature + 1], *shape[self._feature + 2:], shape[self._feature + 1])
+        moved = (*shape[: self._feature + 1], *shape[self._feature + 2 :], shape[self._feature + 1])
         return xp.ascontiguousarray(xp.moveaxis(y2.reshape(moved), -1, self._feature + 1))
 
     def _fold(self, wide: Any) -> Any:
@@ -131,7 +164,7 @@ class BatchNormalization(_Normalization):
         is in cache), spread over the CPU workers; the results in order. A GPU takes all rows at once."""
         n = x2.shape[0]
         xp = xp_of(x2)
-        step = max(1, ops.CACHE_VALUES // 2 // x2.shape[1]) if xp.__name__ == "numpy" else n
+        step = max(1, workspace.CACHE_VALUES // 2 // x2.shape[1]) if xp.__name__ == "numpy" else n
         return parallel(xp, n, lambda first, last, worker: fn(slice(first, last), worker), step=step)
 
     def _scratch(self, worker: int, like: Any) -> Any:
@@ -239,9 +272,14 @@ class BatchNormalization(_Normalization):
         return self._from_2d(dx2, dy.shape)
 
     def get_config(self):
-        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum, **self._affine_config(),
-                "moving_mean_initializer": self.moving_mean_initializer.spec(),
-                "moving_variance_initializer": self.moving_variance_initializer.spec()}
+        return {
+            **super().get_config(),
+            "axis": self.axis,
+            "momentum": self.momentum,
+            **self._affine_config(),
+            "moving_mean_initializer": self.moving_mean_initializer.spec(),
+            "moving_variance_initializer": self.moving_variance_initializer.spec(),
+        }
 
 
 @LAYERS.register("LayerNormalization")
@@ -257,17 +295,30 @@ class LayerNormalization(_Normalization):
     gamma and beta have the shape of the normalized axes.
     """
 
-    def __init__(self, axis: int | list[int] = -1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
-                 beta_initializer: Any = "zeros", gamma_initializer: Any = "ones", beta_regularizer: Any = None,
-                 gamma_regularizer: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        axis: int | list[int] = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         axes = [axis] if isinstance(axis, int) and not isinstance(axis, bool) else axis
-        if not (isinstance(axes, (list, tuple)) and axes and all(
-                isinstance(a, int) and not isinstance(a, bool) for a in axes)):
+        if not (
+            isinstance(axes, (list, tuple))
+            and axes
+            and all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+        ):
             raise ValueError(f"axis must be an integer or a list of integers. Received: axis={axis!r}")
         self.axis = axis if isinstance(axis, int) else list(axis)
-        self._set_affine_options(epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer,
-                                 gamma_regularizer)
+        self._set_affine_options(
+            epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer
+        )
 
     def build(self, input_shape):
         out = super().build(input_shape)

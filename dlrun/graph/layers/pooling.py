@@ -1,13 +1,13 @@
 """Pooling and resampling layers (channels-last): max/average pooling, global pooling, padding, up-sampling."""
+
 from __future__ import annotations
 
 from typing import Any
 
-from dlrun.engine.activations import xp_of
-from dlrun.engine.ops import (avg_pool, avg_pool_backward, crop_hw, max_pool, max_pool_backward, output_length,
-                              pad_hw, padding_amounts, window_counts)
-from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple
-from dlrun.graph.layers.conv import padding_arg
+from dlrun.engine.backend import xp_of
+from dlrun.engine.conv_ops import crop_hw, output_length, pad_hw, padding_amounts
+from dlrun.engine.pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward, window_counts
+from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple, padding_arg
 
 
 class _Pooling2D(Layer):
@@ -32,8 +32,12 @@ class _Pooling2D(Layer):
         return out
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
-                "padding": self.padding}
+        return {
+            **super().get_config(),
+            "pool_size": list(self.pool_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+        }
 
 
 @LAYERS.register("MaxPooling2D", "MaxPool2D")
@@ -67,8 +71,9 @@ class AveragePooling2D(_Pooling2D):
         xp = xp_of(x)
         cached = getattr(self, "_count_table", None)
         if cached is None or cached.dtype != x.dtype or xp_of(cached) is not xp:
-            cached = self._count_table = window_counts(xp, self.input_shape[:2], self.pool_size, self.strides,
-                                                       self._pads, self.output_shape[:2], x.dtype)
+            cached = self._count_table = window_counts(
+                xp, self.input_shape[:2], self.pool_size, self.strides, self._pads, self.output_shape[:2], x.dtype
+            )
         return cached
 
     def forward(self, x, training):
@@ -111,7 +116,7 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
     def backward(self, dy):
         n, h, w, c = self._x_shape
         dx = xp_of(dy).empty(self._x_shape, dtype=dy.dtype)
-        dx[...] = (dy.reshape(n, 1, 1, c) * (1.0 / (h * w)))
+        dx[...] = dy.reshape(n, 1, 1, c) * (1.0 / (h * w))
         return dx
 
 
@@ -135,6 +140,7 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 
 def _padding_pairs(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
     """Keras ZeroPadding2D's padding: int, [rows, cols] or [[top, bottom], [left, right]]."""
+
     def nonneg(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
@@ -145,8 +151,10 @@ def _padding_pairs(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
             return (value[0], value[0]), (value[1], value[1])
         if all(isinstance(v, (list, tuple)) and len(v) == 2 and all(nonneg(u) for u in v) for v in value):
             return (value[0][0], value[0][1]), (value[1][0], value[1][1])
-    raise ValueError("padding must be a non-negative int, [rows, cols] or [[top, bottom], [left, right]]. "
-                     f"Received: padding={value!r}")
+    raise ValueError(
+        "padding must be a non-negative int, [rows, cols] or [[top, bottom], [left, right]]. "
+        f"Received: padding={value!r}"
+    )
 
 
 @LAYERS.register("ZeroPadding2D")
@@ -193,8 +201,10 @@ class UpSampling2D(Layer):
         super().__init__(**kwargs)
         self.size = int_tuple("size", size, 2)
         if interpolation != "nearest":
-            raise ValueError(f"interpolation must be 'nearest' (the only one dlrun implements). "
-                             f"Received: interpolation={interpolation!r}")
+            raise ValueError(
+                f"interpolation must be 'nearest' (the only one dlrun implements). "
+                f"Received: interpolation={interpolation!r}"
+            )
         self.interpolation = interpolation
 
     def compute_output_shape(self, input_shape):

@@ -4,17 +4,26 @@ validator uses: the section schema and the registries of layers, losses, optimiz
 Names are matched as dlrun matches them (case-insensitive, underscores optional), so the schema
 accepts `Adam` and `adam` alike; `examples` lists the canonical spellings for editor completion.
 """
+
 from __future__ import annotations
 
 import inspect
 from typing import Any
 
+import dlrun.graph.layers  # noqa: F401  (registers the catalogue)
 from dlrun.config import schema as cs
+from dlrun.data.augment import AUGMENTATIONS
+from dlrun.engine.losses import LOSSES
+from dlrun.engine.metrics import METRICS
+from dlrun.engine.optimizers import OPTIMIZERS
+from dlrun.graph.layer import LAYERS
 from dlrun.registry import Registry
+from dlrun.training.callbacks_builtin import CALLBACKS
 
 
 def _name_pattern(registry: Registry[Any]) -> str:
     """A regex matching every name and alias the registry accepts."""
+
     def one(key: str) -> str:
         return "[_-]?".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in key)
 
@@ -35,8 +44,12 @@ def _json_type(value: Any) -> dict[str, Any]:
     return {}
 
 
-_ANNOTATED = {"int": {"type": "integer"}, "float": {"type": "number"}, "bool": {"type": "boolean"},
-              "str": {"type": "string"}}
+_ANNOTATED = {
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "str": {"type": "string"},
+}
 
 
 def _arguments(cls: type, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -79,19 +92,29 @@ def _entries(registry: Registry[Any], extra: dict[str, Any] | None = None) -> di
     return {
         "anyOf": [
             {"type": "string", "pattern": _name_pattern(registry), "examples": registry.names()},
-            {"type": "object", "minProperties": 1, "maxProperties": 1,
-             "patternProperties": dict(variants), "additionalProperties": False},
+            {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 1,
+                "patternProperties": dict(variants),
+                "additionalProperties": False,
+            },
         ]
     }
 
 
 def _spec(registry: Registry[Any]) -> dict[str, Any]:
     """`name` or `{type: name, **args}` (losses, optimizers)."""
-    return {"anyOf": [
-        {"type": "string", "pattern": _name_pattern(registry), "examples": registry.names()},
-        {"type": "object", "required": ["type"],
-         "properties": {"type": {"type": "string", "pattern": _name_pattern(registry)}}},
-    ]}
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": _name_pattern(registry), "examples": registry.names()},
+            {
+                "type": "object",
+                "required": ["type"],
+                "properties": {"type": {"type": "string", "pattern": _name_pattern(registry)}},
+            },
+        ]
+    }
 
 
 _CHECKS = {
@@ -142,22 +165,20 @@ def _section(section: dict[str, Any]) -> dict[str, Any]:
 
 
 def json_schema() -> dict[str, Any]:
-    import dlrun.graph.layers  # noqa: F401  (registers the catalogue)
-    from dlrun.engine.losses import LOSSES
-    from dlrun.engine.metrics import METRICS
-    from dlrun.engine.optimizers import OPTIMIZERS
-    from dlrun.data.augment import AUGMENTATIONS
-    from dlrun.graph.layer import LAYERS
-    from dlrun.training.callbacks_builtin import CALLBACKS
-
+    """The whole config language: sections, keys and every registered name with its arguments."""
     root = _section(cs.SCHEMA)
     props = root["properties"]
-    graph_args = {"name": {"type": "string"},
-                  "inputs": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}}
+    graph_args = {
+        "name": {"type": "string"},
+        "inputs": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    }
     props["model"]["properties"]["layers"]["items"] = _entries(LAYERS, graph_args)
     props["model"]["properties"]["layers"]["minItems"] = 1
     props["model"]["properties"]["inputs"]["additionalProperties"] = {
-        "type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1}
+        "type": "array",
+        "items": {"type": "integer", "minimum": 1},
+        "minItems": 1,
+    }
     props["loss"].update(_spec(LOSSES))
     props["optimizer"].update(_spec(OPTIMIZERS))
     props["metrics"]["items"] = {"type": "string", "pattern": _name_pattern(METRICS), "examples": METRICS.names()}
@@ -165,5 +186,9 @@ def json_schema() -> dict[str, Any]:
     props["data"]["properties"]["augmentation"]["items"] = _entries(AUGMENTATIONS)
     for key in ("loss", "optimizer"):
         props[key].pop("type", None)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "$id": "https://dlrun.dev/schema/config.json", "title": "dlrun config", **root}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://dlrun.dev/schema/config.json",
+        "title": "dlrun config",
+        **root,
+    }

@@ -1,87 +1,27 @@
-"""The `dlrun` command: a thin shell over dlrun.api. The only place that prints or picks exit codes.
+"""The `dlrun` commands: a thin shell over dlrun.api.
 
 Heavy modules (NumPy, the engine) are imported inside the commands so `dlrun --help` stays fast.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-app = typer.Typer(rich_markup_mode="rich", no_args_is_help=True, add_completion=False,
-                  help="Declarative deep-learning training: describe a model in YAML, train it, evaluate it.")
+from dlrun.cli import output
+from dlrun.cli.data import app as data_app
 
-_state = {"debug": False}
-
-
-def _stderr() -> Console:
-    return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
-
-
-def _stdout() -> Console:
-    """Tables for stdout: full width when piped (rich would assume 80 columns)."""
-    tty = sys.stdout.isatty()
-    return Console(no_color="NO_COLOR" in os.environ, width=None if tty else 200, highlight=False)
-
-
-def _guard(fn: Callable[[], Any]) -> Any:
-    """Run a command body: DlrunError -> one message and its exit code; no traceback unless --debug."""
-    from dlrun.errors import DlrunError
-
-    try:
-        return fn()
-    except DlrunError as exc:
-        console = _stderr()
-        if _state["debug"]:  # the traceback as well, with the same message and exit code
-            console.print_exception()
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
-        snippet = _source_snippet(exc.file, exc.line, exc.column)
-        if snippet:
-            console.print(escape(snippet), markup=True, soft_wrap=True, style="dim")
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        _stderr().print("[yellow]interrupted[/]")
-        raise typer.Exit(130) from None
-
-
-def _source_snippet(file: str | None, line: int | None, column: int | None) -> str | None:
-    """The offending config line with a caret under the column, as compilers show it."""
-    if not file or not line:
-        return None
-    try:
-        text = Path(file).read_text(encoding="utf-8").splitlines()[line - 1]
-    except (OSError, IndexError, UnicodeDecodeError):
-        return None
-    gutter = f"  {line} | "
-    caret = " " * (len(gutter) + (column or 1) - 1) + "^"
-    return f"{gutter}{text.expandtabs(1)}\n{caret}"
-
-
-class ProgressMode(str, Enum):
-    auto = "auto"
-    rich = "rich"
-    plain = "plain"
-    json = "json"
-
-
-def _listener(mode: ProgressMode, quiet: bool) -> Any:
-    from dlrun.console import JsonProgress, PlainProgress, RichProgress
-    from dlrun.training.loop import SilentListener
-
-    if quiet:
-        return SilentListener()
-    if mode == ProgressMode.auto:
-        mode = ProgressMode.rich if sys.stdout.isatty() and os.environ.get("TERM") != "dumb" else ProgressMode.plain
-    if mode == ProgressMode.rich:
-        return RichProgress(Console(no_color="NO_COLOR" in os.environ))
-    return JsonProgress() if mode == ProgressMode.json else PlainProgress()
+app = typer.Typer(
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Declarative deep-learning training: describe a model in YAML, train it, evaluate it.",
+)
 
 
 def _print_version(value: bool) -> None:
@@ -96,21 +36,31 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main_callback(
     debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    _state["debug"] = debug
+    output.state["debug"] = debug
 
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="The YAML config to train.")] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder from its last checkpoint, with the config saved there.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="The YAML config to train.")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume", help="Continue the run in this folder from its last checkpoint, with the config saved there."
+        ),
+    ] = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.")] = Path("runs"),
-    device: Annotated[Optional[str], typer.Option(help="Override the config's device: auto, cpu or gpu.")] = None,
-    progress: Annotated[ProgressMode, typer.Option(help="auto (rich in a terminal, plain otherwise), rich, plain, json.")] = ProgressMode.auto,
+    device: Annotated[str | None, typer.Option(help="Override the config's device: auto, cpu or gpu.")] = None,
+    progress: Annotated[
+        output.ProgressMode, typer.Option(help="auto (rich in a terminal, plain otherwise), rich, plain, json.")
+    ] = output.ProgressMode.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final result.")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (YAML), repeatable.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (YAML), repeatable.")
+    ] = None,
 ) -> None:
     """Train a model described by a YAML config and write a run folder.
 
@@ -126,22 +76,25 @@ def train(
         from dlrun.errors import DlrunError
 
         if (config is None) == (resume is None):
-            raise DlrunError("pass a config to train, or --resume RUN_DIR to continue a run (not both)",
-                             hint="dlrun train configs/fashion_mnist_mlp.yaml, or dlrun train --resume runs/<name>/<time>")
+            raise DlrunError(
+                "pass a config to train, or --resume RUN_DIR to continue a run (not both)",
+                hint="dlrun train configs/fashion_mnist_mlp.yaml, or dlrun train --resume runs/<name>/<time>",
+            )
         if resume is not None and set_:
             raise DlrunError("--set does not apply to --resume: a run continues with the config it started with")
-        listener = _listener(progress, quiet)
-        bar = None if quiet or progress == ProgressMode.json else DownloadBar(_stderr(), "dataset")
+        listener = output.make_listener(progress, quiet)
+        bar = None if quiet or progress == output.ProgressMode.json else DownloadBar(output.stderr(), "dataset")
         try:
             if resume is not None:
                 result = api.resume(resume, listener=listener, device=device, download_progress=bar)
             else:
-                result = api.train(config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_,
-                                   download_progress=bar)
+                result = api.train(
+                    config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_, download_progress=bar
+                )
         finally:
             if bar is not None:
                 bar.close()
-        if progress == ProgressMode.json:  # with -q too: scripts read this line
+        if progress == output.ProgressMode.json:  # with -q too: scripts read this line
             print(json.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
             return
         lines = [f"run folder: {result.run_dir}"]
@@ -153,12 +106,13 @@ def train(
         if isinstance(listener, RichProgress):
             from rich.panel import Panel
 
-            listener.console.print(Panel("\n".join(escape(line) for line in lines), title="done", expand=False,
-                                         border_style="green"))
+            listener.console.print(
+                Panel("\n".join(escape(line) for line in lines), title="done", expand=False, border_style="green")
+            )
         else:
             print("\n".join(lines))
 
-    _guard(body)
+    output.guard(body)
 
 
 def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +129,13 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
 def summary(
     source: Annotated[Path, typer.Argument(help="A YAML config or a checkpoint (.npz).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
-    dot: Annotated[Optional[Path], typer.Option("--dot", help="Also write a Graphviz graph with shapes to this .dot file (and .png/.svg next to it when Graphviz is installed).")] = None,
+    dot: Annotated[
+        Path | None,
+        typer.Option(
+            "--dot",
+            help="Also write a Graphviz graph with shapes to this .dot file (and .png/.svg next to it when Graphviz is installed).",
+        ),
+    ] = None,
 ) -> None:
     """Print a Keras-style model summary (shapes, parameter counts) without touching data.
 
@@ -192,7 +152,7 @@ def summary(
         if dot is not None:  # with --json, stdout holds the JSON alone
             _render_dot(dot, sys.stderr if as_json else sys.stdout)
 
-    _guard(body)
+    output.guard(body)
 
 
 @app.command()
@@ -201,7 +161,7 @@ def evaluate(
     split: Annotated[str, typer.Option(help="test or val.")] = "test",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
-    data_path: Annotated[Optional[str], typer.Option("--data-path", help="Folder holding the dataset files.")] = None,
+    data_path: Annotated[str | None, typer.Option("--data-path", help="Folder holding the dataset files.")] = None,
 ) -> None:
     """Score a saved model on its dataset's test (or validation) split.
 
@@ -218,17 +178,20 @@ def evaluate(
         if as_json:
             print(json.dumps({**report["scores"], **{k: v for k, v in report.items() if k != "scores"}}))
             return
-        print(f"{split} ({report['samples']:,} samples): " + "  ".join(f"{k} {v:.4f}" for k, v in report["scores"].items()))
+        print(
+            f"{split} ({report['samples']:,} samples): "
+            + "  ".join(f"{k} {v:.4f}" for k, v in report["scores"].items())
+        )
         if "confusion" in report:
             _print_confusion(report)
 
-    _guard(body)
+    output.guard(body)
 
 
 @app.command()
 def validate(
     config: Annotated[Path, typer.Argument(help="The YAML config to check.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY.PATH=VALUE.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY.PATH=VALUE.")] = None,
 ) -> None:
     """Check a config (schema, names, arguments, shapes) without data or training: for CI.
 
@@ -242,7 +205,7 @@ def validate(
         trainable, frozen = setup.model.param_counts()
         print(f"ok: {config} ({len(setup.model.nodes)} layers, {trainable + frozen:,} parameters)")
 
-    _guard(body)
+    output.guard(body)
 
 
 def _write_dot(text: str, path: Path) -> None:
@@ -285,13 +248,15 @@ def _print_confusion(report: dict[str, Any]) -> None:
     for i, (name, row) in enumerate(zip(names, report["confusion"])):
         cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim]0[/]") for j, v in enumerate(row)]
         table.add_row(f"{i} {name}", f"{report['per_class_accuracy'][name]:.3f}", *cells)
-    _stdout().print(table)
+    output.stdout().print(table)
 
 
 @app.command()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file, or a run folder (its best checkpoint).")],
-    input_: Annotated[Path, typer.Option("--input", "-i", help="An .npz of inputs (array 'x') or an image (PNG/JPEG).")],
+    input_: Annotated[
+        Path, typer.Option("--input", "-i", help="An .npz of inputs (array 'x') or an image (PNG/JPEG).")
+    ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per sample.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -310,13 +275,13 @@ def predict(
         for i, row in enumerate(rows):
             print(f"{i}: " + "  ".join(f"{c} {p:.3f}" for c, p in row))
 
-    _guard(body)
+    output.guard(body)
 
 
 @app.command()
 def plot(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG to write (default: <run>/history.png).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default: <run>/history.png).")] = None,
 ) -> None:
     """Plot training and validation loss/metric curves per epoch to a PNG (needs matplotlib).
 
@@ -328,7 +293,7 @@ def plot(
 
         print(f"plot: {api.plot(list(run_dirs), out)}")
 
-    _guard(body)
+    output.guard(body)
 
 
 @app.command("runs")
@@ -357,18 +322,24 @@ def list_runs(
         for r in infos:
             best = f"{r.best_val[0]} {r.best_val[1]:.4f}" if r.best_val else "-"
             test = f"{r.test[0]} {r.test[1]:.4f}" if r.test else "-"
-            table.add_row(f"{r.name}/{r.path.name}", r.date, str(r.epochs), best, test,
-                          f"[{colours.get(r.status, 'white')}]{r.status}[/]")
-        _stdout().print(table if infos else f"no runs under {root}")
+            table.add_row(
+                f"{r.name}/{r.path.name}",
+                r.date,
+                str(r.epochs),
+                best,
+                test,
+                f"[{colours.get(r.status, 'white')}]{r.status}[/]",
+            )
+        output.stdout().print(table if infos else f"no runs under {root}")
 
-    _guard(body)
+    output.guard(body)
 
 
 @app.command()
 def compare(
     run_a: Annotated[Path, typer.Argument(help="A run folder.")],
     run_b: Annotated[Path, typer.Argument(help="Another run folder.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also plot both runs' curves to this PNG.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also plot both runs' curves to this PNG.")] = None,
 ) -> None:
     """Show two runs' config differences and their metric curves side by side.
 
@@ -378,14 +349,14 @@ def compare(
     def body() -> None:
         from rich.table import Table
 
-        from dlrun import api, reports
+        from dlrun import api
 
         (cfg_a, hist_a), (cfg_b, hist_b) = api.load_run(run_a), api.load_run(run_b)
-        console = _stdout()
+        console = output.stdout()
         diff = Table(title="config differences", title_justify="left")
         for col in ("key", str(run_a), str(run_b)):
             diff.add_column(col)
-        for key, a, b in reports.config_diff(cfg_a, cfg_b):
+        for key, a, b in api.config_diff(cfg_a, cfg_b):
             diff.add_row(key, repr(a), repr(b))
         console.print(diff if diff.row_count else "configs are identical")
         # Every quantity either run recorded ("-" where one lacks it).
@@ -394,15 +365,17 @@ def compare(
         curves.add_column("epoch", justify="right")
         for k in keys:
             curves.add_column(k, justify="right")
+
+        def cell(h: dict[str, list[float]], k: str, e: int) -> str:
+            return f"{h[k][e]:.4f}" if e < len(h.get(k, [])) else "-"
+
         for e in range(max(len(next(iter(hist_a.values()), [])), len(next(iter(hist_b.values()), [])))):
-            def cell(h: dict[str, list[float]], k: str) -> str:
-                return f"{h[k][e]:.4f}" if e < len(h.get(k, [])) else "-"
-            curves.add_row(str(e + 1), *[f"{cell(hist_a, k)} | {cell(hist_b, k)}" for k in keys])
+            curves.add_row(str(e + 1), *[f"{cell(hist_a, k, e)} | {cell(hist_b, k, e)}" for k in keys])
         console.print(curves)
         if out is not None:
             print(f"plot: {api.plot([run_a, run_b], out)}")
 
-    _guard(body)
+    output.guard(body)
 
 
 @app.command()
@@ -413,19 +386,11 @@ def schema() -> None:
     """
 
     def body() -> None:
-        from dlrun.config.jsonschema import json_schema
+        from dlrun import api
 
-        print(json.dumps(json_schema(), indent=2))
+        print(json.dumps(api.json_schema(), indent=2))
 
-    _guard(body)
-
-
-app.add_typer(__import__("dlrun.cli_data", fromlist=["app"]).app, name="data")  # dlrun data list|fetch|path
+    output.guard(body)
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+app.add_typer(data_app, name="data")  # dlrun data list|fetch|path

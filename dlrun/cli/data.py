@@ -1,13 +1,20 @@
 """`dlrun data list|fetch|path`: where datasets are, fetching them ahead, and where to put them by hand."""
+
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-app = typer.Typer(name="data", rich_markup_mode="rich", no_args_is_help=True,
-                  help="Datasets: where they are, fetch them ahead of time, where to put them by hand.")
+from dlrun.cli.output import guard, stderr, stdout
+
+app = typer.Typer(
+    name="data",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    help="Datasets: where they are, fetch them ahead of time, where to put them by hand.",
+)
 
 
 def _size(n: int | None) -> str:
@@ -22,14 +29,13 @@ def _size(n: int | None) -> str:
 
 @app.command("list")
 def list_datasets(
-    path: Annotated[Optional[str], typer.Option("--path", help="Also look here first (as data.path does).")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="Also look here first (as data.path does).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show every dataset, where it was found (or not) and its size on disk.
 
     [bold]Example:[/] dlrun data list
     """
-    from dlrun.cli import _guard, _stdout
 
     def body() -> None:
         from rich.table import Table
@@ -39,8 +45,20 @@ def list_datasets(
 
         entries = [catalog.describe(name, path) for name in DATASETS]
         if as_json:
-            print(json.dumps([{"name": e.name, "kind": e.kind, "found": str(e.found) if e.found else None,
-                               "size": e.size, "description": e.description} for e in entries]))
+            print(
+                json.dumps(
+                    [
+                        {
+                            "name": e.name,
+                            "kind": e.kind,
+                            "found": str(e.found) if e.found else None,
+                            "size": e.size,
+                            "description": e.description,
+                        }
+                        for e in entries
+                    ]
+                )
+            )
             return
         table = Table()
         for col in ("dataset", "status", "where", "size"):
@@ -55,9 +73,9 @@ def list_datasets(
             else:
                 status, where = "[dim]your file[/]", e.put
             table.add_row(e.name, status, where, _size(e.size))
-        _stdout().print(table)
+        stdout().print(table)
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
@@ -68,7 +86,6 @@ def fetch(
 
     [bold]Example:[/] dlrun data fetch cifar10
     """
-    from dlrun.cli import _guard, _stderr
 
     def body() -> None:
         from dlrun.console import DownloadBar
@@ -78,26 +95,25 @@ def fetch(
         if entry.found is not None:
             print(f"{name}: already at {entry.found} ({_size(entry.size)})")
             return
-        bar = DownloadBar(_stderr(), name)
+        bar = DownloadBar(stderr(), name)
         try:
             where = catalog.fetch(name, bar)
         finally:
             bar.close()
         print(f"{name}: {where}")
 
-    _guard(body)
+    guard(body)
 
 
 @app.command()
 def path(
     name: Annotated[str, typer.Argument(help="A dataset name (dlrun data list shows them).")],
-    data_path: Annotated[Optional[str], typer.Option("--path", help="A data.path to look in first.")] = None,
+    data_path: Annotated[str | None, typer.Option("--path", help="A data.path to look in first.")] = None,
 ) -> None:
     """Print where a dataset is looked for, in order, and which files to put there by hand.
 
     [bold]Example:[/] dlrun data path cifar10
     """
-    from dlrun.cli import _guard
 
     def body() -> None:
         from dlrun.data import catalog
@@ -111,4 +127,4 @@ def path(
                 print(f"  {folder}")
         print(f"{e.put}" + (f"\nofficial download: {e.url}" if e.url else ""))
 
-    _guard(body)
+    guard(body)

@@ -1,0 +1,35 @@
+"""The library API the CLI is a thin shell over: load, summarize, validate, train, resume, evaluate,
+predict, and read run folders back.
+
+Nothing here prints; progress goes to a listener the caller provides, errors are DlrunError.
+"""
+
+from __future__ import annotations
+
+from dlrun.api.inference import evaluate, evaluate_report, predict
+from dlrun.api.runfolders import load_run, plot, runs
+from dlrun.api.schema import json_schema
+from dlrun.api.setup import Setup, as_config, config_from_checkpoint, graph, prepare, summary, validate
+from dlrun.api.training import RunResult, resume, train
+from dlrun.runs.compare import config_diff
+
+__all__ = [
+    "RunResult",
+    "Setup",
+    "as_config",
+    "config_diff",
+    "config_from_checkpoint",
+    "evaluate",
+    "evaluate_report",
+    "graph",
+    "json_schema",
+    "load_run",
+    "plot",
+    "predict",
+    "prepare",
+    "resume",
+    "runs",
+    "summary",
+    "train",
+    "validate",
+]

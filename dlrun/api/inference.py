@@ -1,0 +1,102 @@
+"""A checkpoint alone, scored on its dataset or run on new inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlrun.api.setup import Setup, config_from_checkpoint, prepare
+from dlrun.data.dataset import Batches, Split, input_normalization, known_class_names, load_dataset
+from dlrun.data.inputs import load_inputs
+from dlrun.engine.random import streams
+from dlrun.errors import CheckpointError
+from dlrun.runs import checkpoint as ckpt_mod
+from dlrun.training.evaluation import confusion_matrix, per_class_accuracy
+from dlrun.training.loop import Trainer
+
+
+def evaluate(
+    checkpoint: str | Path, *, split: str = "test", device: str | None = "cpu", data_path: str | None = None
+) -> dict[str, float]:
+    """Load a checkpoint alone, rebuild its model, and score it (loss and metrics) on a split of its dataset."""
+    return evaluate_report(checkpoint, split=split, device=device, data_path=data_path, details=False)["scores"]
+
+
+def _checkpoint_file(path: Path) -> Path:
+    """A checkpoint file, or a run folder standing for its best checkpoint (else its last)."""
+    if path.is_dir():
+        for name in ("best.npz", "last.npz"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise CheckpointError(
+            f"{path} is a folder without checkpoints/best.npz or checkpoints/last.npz",
+            hint="pass a checkpoint file, or a run folder whose first epoch has ended",
+        )
+    return path
+
+
+def _load_for_inference(checkpoint: str | Path, device: str | None, data_path: str | None = None) -> tuple[Setup, Path]:
+    path = _checkpoint_file(Path(checkpoint))
+    ckpt = ckpt_mod.load(path)
+    cfg = config_from_checkpoint(path, ckpt)
+    if data_path is not None:
+        cfg.resolved["data"]["path"] = data_path
+    setup = prepare(cfg, device=device)
+    try:
+        setup.model.set_weights(ckpt.weights)
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return setup, path
+
+
+def _predict_batches(setup: Setup, x: Any, scale: float | None) -> np.ndarray:
+    """Probabilities for host inputs `x`, in inference batches."""
+    batches = Batches(Split(x, np.zeros(len(x), dtype=np.int64)), 1024, setup.backend, scale)
+    outs = [setup.backend.to_host(setup.model.forward(xb, training=False)) for xb, _ in batches.epoch()]
+    return np.concatenate(outs) if outs else np.zeros((0, *setup.model.output_node.output_shape), np.float32)
+
+
+def evaluate_report(
+    checkpoint: str | Path,
+    *,
+    split: str = "test",
+    device: str | None = "cpu",
+    data_path: str | None = None,
+    details: bool = True,
+) -> dict[str, Any]:
+    """Scores plus, for classifiers (when `details`), per-class accuracy and the confusion matrix."""
+    setup, _ = _load_for_inference(checkpoint, device, data_path)
+    cfg = setup.config
+    data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=streams(cfg.resolved["seed"]).split)
+    part = data.split(split)
+    trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data)
+    report: dict[str, Any] = {"split": split, "samples": len(part), "scores": trainer.evaluate(part)}
+    classes = setup.model.output_node.output_shape[-1]
+    if details and data.num_classes and setup.loss.accuracy_kind in ("sparse", "categorical") and classes > 1:
+        probs = _predict_batches(setup, part.x, data.scale)
+        matrix = confusion_matrix(probs.argmax(axis=-1), part.y.reshape(-1), classes)
+        names = data.class_names or [str(i) for i in range(classes)]
+        report.update(
+            class_names=names,
+            confusion=matrix.tolist(),
+            per_class_accuracy=dict(zip(names, per_class_accuracy(matrix))),
+        )
+    return report
+
+
+def predict(
+    checkpoint: str | Path, inputs: str | Path, *, top_k: int = 3, device: str | None = "cpu"
+) -> list[list[tuple[str, float]]]:
+    """Top-k (class name, probability) for every input sample."""
+    setup, _ = _load_for_inference(checkpoint, device)
+    x, _ = load_inputs(inputs, next(iter(setup.model.inputs.values())))
+    normalization = input_normalization(setup.config.resolved["data"], x.dtype)  # as in training
+    names = known_class_names(setup.config.resolved["data"])
+    probs = _predict_batches(setup, x, normalization).reshape(len(x), -1)
+    if probs.shape[1] == 1:  # a sigmoid output: two classes
+        probs = np.concatenate([1 - probs, probs], axis=1)
+    names = names if names and len(names) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
+    order = np.argsort(-probs, axis=1)[:, :top_k]
+    return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]

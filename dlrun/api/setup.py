@@ -1,0 +1,101 @@
+"""Config -> everything it describes, built and checked before any data is touched; and the
+commands that need nothing more: summary, graph, validate."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlrun.config.loader import from_plain
+from dlrun.config.overrides import apply_overrides
+from dlrun.config.schema import Config, load_config, parse_config
+from dlrun.data.dataset import dataset_input_shape, known_targets
+from dlrun.engine.backend import Backend, get_backend
+from dlrun.errors import CheckpointError, ConfigError
+from dlrun.graph import summary as summaries
+from dlrun.graph.builder import build_model
+from dlrun.graph.model import Model
+from dlrun.runs import checkpoint as ckpt_mod
+from dlrun.training.setup import make_callbacks, make_loss, make_metrics, make_optimizer
+from dlrun.training.targets import check_targets
+
+
+@dataclass
+class Setup:
+    """Everything a config describes, built and checked, before any data is touched."""
+
+    config: Config
+    backend: Backend
+    model: Model
+    loss: Any
+    optimizer: Any
+    metrics: list[Any]
+    device_note: str | None = None
+    callbacks: list[Any] = field(default_factory=list)
+
+
+def as_config(source: str | Path | Config | dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """A validated Config from a file path (with `--set` overrides), a plain dict, or a Config."""
+    if isinstance(source, Config):
+        return source
+    if isinstance(source, dict):
+        return parse_config(apply_overrides(from_plain(copy.deepcopy(source)), overrides or []), None)
+    return load_config(source, overrides)
+
+
+def prepare(
+    source: str | Path | Config | dict[str, Any], *, device: str | None = None, overrides: list[str] | None = None
+) -> Setup:
+    """Parse and validate a config and build the model, loss, optimizer and metrics (no data)."""
+    cfg = as_config(source, overrides)
+    backend, note = get_backend(device or cfg.resolved["device"])
+    shape = dataset_input_shape(cfg.resolved["data"], needed=not cfg.resolved["model"]["input_shape"])
+    model = build_model(cfg, shape, backend=backend)
+    loss = make_loss(cfg)
+    optimizer = make_optimizer(cfg)
+    metrics = make_metrics(cfg, loss)
+    callbacks = make_callbacks(cfg, metrics, optimizer)
+    return Setup(cfg, backend, model, loss, optimizer, metrics, note, callbacks)
+
+
+def summary(source: str | Path, overrides: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """(Keras-style text, JSON-able dict) for a config file or a checkpoint file; no data is read.
+
+    Beyond Keras's table: the optimizer state size and the activation memory of one training batch.
+    """
+    cfg = _config_or_checkpoint_config(Path(source), overrides)
+    setup = prepare(cfg, device="cpu")
+    memory = summaries.memory_estimate(setup.model, setup.optimizer, cfg.resolved["training"]["batch_size"])
+    text = summaries.summary_text(setup.model) + summaries.memory_text(memory, setup.optimizer.keras_name)
+    return text, {**summaries.summary_dict(setup.model), "memory": memory}
+
+
+def graph(source: str | Path, overrides: list[str] | None = None) -> str:
+    """A Graphviz (dot) description of the model graph with shapes."""
+    cfg = _config_or_checkpoint_config(Path(source), overrides)
+    return summaries.graph_dot(prepare(cfg, device="cpu").model, cfg.name)
+
+
+def _config_or_checkpoint_config(path: Path, overrides: list[str] | None) -> Config:
+    if path.suffix == ".npz":
+        return config_from_checkpoint(path, ckpt_mod.load(path))
+    return load_config(path, overrides)
+
+
+def config_from_checkpoint(path: Path, ckpt: ckpt_mod.Checkpoint) -> Config:
+    try:
+        return parse_config(from_plain(copy.deepcopy(ckpt.config)), str(path))
+    except ConfigError as exc:
+        raise CheckpointError(f"{path} holds a config this dlrun cannot use: {exc.message}") from None
+
+
+def validate(source: str | Path, overrides: list[str] | None = None) -> Setup:
+    """Everything `train` checks before it trains that needs no data: the config, the model, and
+    (for datasets whose targets are known without loading them) that output, loss and targets agree."""
+    setup = prepare(source, device="cpu", overrides=overrides)
+    targets = known_targets(setup.config.resolved["data"])
+    if targets is not None:
+        check_targets(setup.config, setup.model, setup.loss, setup.config.resolved["data"]["dataset"], targets)
+    return setup

@@ -1,0 +1,197 @@
+"""Train a config end to end, or resume a run folder, writing the run folder as it goes."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dlrun.api.setup import Setup, config_from_checkpoint, prepare
+from dlrun.config.schema import Config
+from dlrun.data.dataset import Dataset, load_dataset
+from dlrun.data.sources import ProgressFn
+from dlrun.engine.random import streams
+from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted
+from dlrun.graph.summary import summary_text
+from dlrun.runs import checkpoint as ckpt_mod
+from dlrun.runs import manifest as manifest_mod
+from dlrun.runs.atomic import remove_temporaries, write_json, write_text
+from dlrun.runs.folder import new_run_dir, write_config, write_metrics
+from dlrun.runs.plot import plot_history
+from dlrun.training.interrupt import graceful_interrupts
+from dlrun.training.loop import SilentListener, Trainer
+from dlrun.training.recorder import RunRecorder
+from dlrun.training.targets import check_data_fits, check_targets
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: dict[str, list[float]]
+    metrics: dict[str, float]
+    best_epoch: int | None
+    device: str
+    #: The model's final weights (host copies), after callbacks such as EarlyStopping's restore.
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def train(
+    source: str | Path | Config | dict[str, Any],
+    *,
+    runs_dir: str | Path = "runs",
+    listener: Any = None,
+    device: str | None = None,
+    download_progress: ProgressFn | None = None,
+    overrides: list[str] | None = None,
+) -> RunResult:
+    """Train a config end to end and write its run folder; returns where and what it reached.
+
+    SIGINT/SIGTERM stop after the current batch with a resumable checkpoint: TrainingInterrupted.
+    """
+    listener = listener or SilentListener()
+    setup = prepare(source, device=device, overrides=overrides)
+    cfg = setup.config
+    if setup.device_note:
+        listener.message(setup.device_note)
+    # Data errors surface here, before any run folder exists.
+    data, trainer = _make_trainer(setup, listener, download_progress)
+    run_dir = new_run_dir(runs_dir, cfg.name)
+    resolved = cfg.resolved
+    try:
+        write_json(run_dir / "history.json", {})  # a run folder always holds a readable history
+        write_config(run_dir, resolved)
+        write_text(run_dir / "summary.txt", summary_text(setup.model, cfg.name))
+        manifest_mod.write(
+            run_dir,
+            manifest_mod.build(
+                seed=resolved["seed"],
+                backend=setup.backend,
+                device=setup.backend.describe(),
+                data_cfg=resolved["data"],
+                data=data,
+                config_file=cfg.file,
+                overrides=overrides,
+            ),
+        )
+    except BaseException:
+        # Nothing trained yet: leave no folder that looks like a run.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # the config's folder, unless earlier runs are in it
+        raise
+    return _fit_and_finish(setup, data, trainer, run_dir)
+
+
+def resume(
+    run_dir: str | Path, *, listener: Any = None, device: str | None = None, download_progress: ProgressFn | None = None
+) -> RunResult:
+    """Continue a run from `run_dir/checkpoints/last.npz` with the config saved in it, in the same
+    folder. The result is bit-identical to a run that was never interrupted (same machine)."""
+    listener = listener or SilentListener()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise DlrunError(f"no run folder at {run_dir}", hint="pass a run folder such as runs/<name>/<timestamp>")
+    path = run_dir / "checkpoints" / "last.npz"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint to resume from ({path} is missing)",
+            hint="the run stopped before its first epoch ended: train it again from its config",
+        )
+    ckpt = ckpt_mod.load(path)
+    if not ckpt.resumable:
+        raise CheckpointError(f"{path} holds weights only and cannot resume a run")
+    setup = prepare(config_from_checkpoint(path, ckpt), device=device)
+    if setup.device_note:
+        listener.message(setup.device_note)
+    data, trainer = _make_trainer(setup, listener, download_progress)
+    try:
+        trainer.restore(ckpt.weights, ckpt.optimizer, ckpt.meta)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} does not fit its own config: {exc}") from None
+    for folder in (run_dir, run_dir / "checkpoints"):
+        remove_temporaries(folder)  # left by writes that a kill cut short
+    write_json(run_dir / "history.json", trainer.history)  # a kill may have left it one epoch behind
+    partial = ckpt.meta.get("partial_epoch")
+    manifest_mod.add_resume(
+        run_dir,
+        backend=setup.backend,
+        device=setup.backend.describe(),
+        from_epoch=trainer.epoch,
+        from_batch=partial["batch"] if partial else None,
+    )
+    if trainer.epoch >= trainer.epochs or trainer.stop_training:
+        listener.message(
+            f"Resuming {run_dir}: training had finished after epoch {trainer.epoch}; completing the run's results"
+        )
+    else:
+        where = f"epoch {trainer.epoch + 1} of {trainer.epochs}"
+        if partial:
+            where += f", batch {partial['batch'] + 1}"
+        listener.message(f"Resuming {run_dir} at {where}")
+    return _fit_and_finish(setup, data, trainer, run_dir)
+
+
+def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | None) -> tuple[Dataset, Trainer]:
+    """Load the data (seeded split) and build the Trainer with the config's callbacks."""
+    cfg = setup.config
+    rngs = streams(cfg.resolved["seed"])
+    data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=rngs.split, progress=download_progress)
+    if data.statistics:  # standardisation: into config.yaml and every checkpoint, for evaluate/predict
+        cfg.resolved["data"]["statistics"] = data.statistics
+    check_data_fits(cfg, setup.model, data)
+    check_targets(cfg, setup.model, setup.loss, data.name, data.targets)
+    tcfg = cfg.resolved["training"]
+    trainer = Trainer(
+        setup.model,
+        setup.loss,
+        setup.optimizer,
+        setup.metrics,
+        data,
+        batch_size=tcfg["batch_size"],
+        epochs=tcfg["epochs"],
+        shuffle=tcfg["shuffle"],
+        shuffle_rng=rngs.shuffle,
+        callbacks=list(setup.callbacks),
+        listener=listener,
+        config=cfg.resolved,
+    )
+    return data, trainer
+
+
+def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path) -> RunResult:
+    """Train (checkpointing every epoch into `run_dir`), then score and write metrics.json."""
+    trainer.run_dir = run_dir
+    recorder = RunRecorder(run_dir, setup.config.resolved, "val_loss" if data.val is not None else "loss")
+    trainer.callbacks.append(recorder)  # last: its checkpoint holds every other callback's state
+    try:
+        with graceful_interrupts(trainer):
+            history = trainer.fit()
+    except TrainingInterrupted as exc:
+        exc.message = f"{exc.message}; the run's state after it is saved in {run_dir / 'checkpoints' / 'last.npz'}"
+        exc.args = (exc.message,)
+        exc.hint = f"resume with: dlrun train --resume {run_dir}"
+        exc.run_dir = run_dir  # type: ignore[attr-defined]
+        raise
+    metrics: dict[str, Any] = {}
+    if data.val is not None:
+        metrics["val"] = trainer.evaluate(data.val)
+    if data.test is not None:
+        metrics["test"] = trainer.evaluate(data.test)
+    metrics["best_epoch"] = recorder.best_epoch
+    metrics["epochs"] = trainer.epoch
+    write_metrics(run_dir, metrics)
+    _plot_if_possible(run_dir, history)
+    return RunResult(
+        run_dir, history, metrics, recorder.best_epoch, setup.backend.describe(), setup.model.get_weights()
+    )
+
+
+def _plot_if_possible(run_dir: Path, history: dict[str, list[float]]) -> None:
+    """history.png beside history.json when matplotlib is installed (an optional extra)."""
+    if history and importlib.util.find_spec("matplotlib") is not None:
+        plot_history({run_dir.name: history}, run_dir / "history.png")

@@ -1,0 +1,80 @@
+"""What every command shares: consoles, the error guard (message and exit code), progress listeners."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+#: Set by the `--debug` option of the main command.
+state = {"debug": False}
+
+
+def stderr() -> Console:
+    return Console(stderr=True, no_color="NO_COLOR" in os.environ, highlight=False)
+
+
+def stdout() -> Console:
+    """Tables for stdout: full width when piped (rich would assume 80 columns)."""
+    tty = sys.stdout.isatty()
+    return Console(no_color="NO_COLOR" in os.environ, width=None if tty else 200, highlight=False)
+
+
+def guard(fn: Callable[[], Any]) -> Any:
+    """Run a command body: DlrunError -> one message and its exit code; no traceback unless --debug."""
+    from dlrun.errors import DlrunError
+
+    try:
+        return fn()
+    except DlrunError as exc:
+        console = stderr()
+        if state["debug"]:  # the traceback as well, with the same message and exit code
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+        snippet = source_snippet(exc.file, exc.line, exc.column)
+        if snippet:
+            console.print(escape(snippet), markup=True, soft_wrap=True, style="dim")
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        stderr().print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def source_snippet(file: str | None, line: int | None, column: int | None) -> str | None:
+    """The offending config line with a caret under the column, as compilers show it."""
+    if not file or not line:
+        return None
+    try:
+        text = Path(file).read_text(encoding="utf-8").splitlines()[line - 1]
+    except (OSError, IndexError, UnicodeDecodeError):
+        return None
+    gutter = f"  {line} | "
+    caret = " " * (len(gutter) + (column or 1) - 1) + "^"
+    return f"{gutter}{text.expandtabs(1)}\n{caret}"
+
+
+class ProgressMode(str, Enum):
+    auto = "auto"
+    rich = "rich"
+    plain = "plain"
+    json = "json"
+
+
+def make_listener(mode: ProgressMode, quiet: bool) -> Any:
+    from dlrun.console import JsonProgress, PlainProgress, RichProgress
+    from dlrun.training.loop import SilentListener
+
+    if quiet:
+        return SilentListener()
+    if mode == ProgressMode.auto:
+        mode = ProgressMode.rich if sys.stdout.isatty() and os.environ.get("TERM") != "dumb" else ProgressMode.plain
+    if mode == ProgressMode.rich:
+        return RichProgress(Console(no_color="NO_COLOR" in os.environ))
+    return JsonProgress() if mode == ProgressMode.json else PlainProgress()
