@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from dlrun import api
 from dlrun.cli import app
-from dlrun.console import RichProgress
+from dlrun.cli.progress import RichProgress
 
 runner = CliRunner()
 

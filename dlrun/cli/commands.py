@@ -72,7 +72,7 @@ def train(
 
     def body() -> None:
         from dlrun import api
-        from dlrun.console import DownloadBar, RichProgress
+        from dlrun.cli.progress import DownloadBar, RichProgress
         from dlrun.errors import DlrunError
 
         if (config is None) == (resume is None):

@@ -88,7 +88,7 @@ def fetch(
     """
 
     def body() -> None:
-        from dlrun.console import DownloadBar
+        from dlrun.cli.progress import DownloadBar
         from dlrun.data import catalog
 
         entry = catalog.describe(name)

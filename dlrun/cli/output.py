@@ -68,7 +68,7 @@ class ProgressMode(str, Enum):
 
 
 def make_listener(mode: ProgressMode, quiet: bool) -> Any:
-    from dlrun.console import JsonProgress, PlainProgress, RichProgress
+    from dlrun.cli.progress import JsonProgress, PlainProgress, RichProgress
     from dlrun.training.loop import SilentListener
 
     if quiet:
