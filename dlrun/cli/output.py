@@ -47,17 +47,30 @@ def guard(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(130) from None
 
 
+SNIPPET_WIDTH = 100
+
+
 def source_snippet(file: str | None, line: int | None, column: int | None) -> str | None:
     """The offending config line with a caret under the column, as compilers show it."""
     if not file or not line:
         return None
     try:
-        text = Path(file).read_text(encoding="utf-8").splitlines()[line - 1]
+        if Path(file).stat().st_size > 1 << 20:  # a file too large to be a config: no snippet
+            return None
+        text = Path(file).read_text(encoding="utf-8").splitlines()[line - 1].expandtabs(1)
     except (OSError, IndexError, UnicodeDecodeError):
         return None
+    col = (column or 1) - 1
+    # A long line is shown as a window around the column, so the message stays a few lines long.
+    start = max(0, min(col - SNIPPET_WIDTH // 2, len(text) - SNIPPET_WIDTH))
+    shown = text[start : start + SNIPPET_WIDTH]
+    if start > 0:
+        shown, col = "..." + shown, col - start + 3
+    if start + SNIPPET_WIDTH < len(text):
+        shown += "..."
     gutter = f"  {line} | "
-    caret = " " * (len(gutter) + (column or 1) - 1) + "^"
-    return f"{gutter}{text.expandtabs(1)}\n{caret}"
+    caret = " " * (len(gutter) + col) + "^"
+    return f"{gutter}{shown}\n{caret}"
 
 
 class ProgressMode(str, Enum):

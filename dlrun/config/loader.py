@@ -94,12 +94,73 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
 
 
+#: Bounds on what a config may expand to. Aliases let a few hundred bytes describe billions of
+#: nodes (`&a [*a, *a, ...]` nested nine deep), which every later walk of the tree would expand.
+MAX_BYTES = 1 << 20
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+
+
+def _check_expansion(text: str, file: str) -> None:
+    """Refuse YAML whose tree, with every alias expanded, is too large or too deep.
+
+    One pass over the parser's events (no recursion, no tree built): each collection's expanded size
+    is the sum of its children's, an alias counts as the size of what its anchor expanded to."""
+    anchored: dict[str, int] = {}
+    stack: list[list[Any]] = []  # [anchor, expanded size so far] per open collection
+    total = 0
+
+    def refuse(what: str, mark: Any) -> ConfigError:
+        return ConfigError(
+            what,
+            file=file,
+            line=mark.line + 1,
+            column=mark.column + 1,
+            hint="write the values out; dlrun configs need neither deep nesting nor alias trees",
+        )
+
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if len(stack) >= MAX_DEPTH:
+                raise refuse(f"the YAML nests deeper than {MAX_DEPTH} levels", event.start_mark)
+            stack.append([event.anchor, 1])
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, size = stack.pop()
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        elif isinstance(event, yaml.AliasEvent):
+            anchor, size = None, anchored.get(event.anchor, 1)
+        else:
+            continue
+        if anchor is not None:
+            anchored[anchor] = size
+        if stack:
+            stack[-1][1] += size
+        else:
+            total += size
+        if (stack[-1][1] if stack else total) > MAX_NODES:
+            raise refuse(
+                f"the YAML expands to more than {MAX_NODES:,} values (through aliases: *name)", event.start_mark
+            )
+
+
 def load_yaml_text(text: str, file: str = "<string>") -> Any:
-    """Parse YAML text safely; syntax errors become ConfigError with the line and column."""
+    """Parse YAML text safely; syntax errors become ConfigError with the line and column.
+
+    Only SafeLoader's tags, at most MAX_BYTES of text, and a tree of at most MAX_NODES values
+    (aliases expanded) and MAX_DEPTH levels."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(
+            f"the YAML is {len(text):,} characters long; configs are limited to {MAX_BYTES:,}",
+            file=file,
+            hint="is this really a dlrun config?",
+        )
     try:
+        _check_expansion(text, file)
         return yaml.load(text, Loader=_Loader)  # _Loader derives from SafeLoader
     except ConfigError as exc:
-        exc.file = file
+        exc.file = exc.file or file
         raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -120,6 +181,13 @@ def load_yaml_text(text: str, file: str = "<string>") -> Any:
 def load_yaml_file(path: str | Path) -> Any:
     path = Path(path)
     try:
+        if path.exists() and not path.is_file() and not path.is_dir():  # a FIFO or device would block
+            raise ConfigError(f"{path} is not a regular file", hint="pass a YAML config file")
+        if path.is_file() and path.stat().st_size > MAX_BYTES:  # refused before it is read into memory
+            raise ConfigError(
+                f"{path} is {path.stat().st_size:,} bytes; configs are limited to {MAX_BYTES:,}",
+                hint="is this really a dlrun config?",
+            )
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}", hint="check the path") from None
