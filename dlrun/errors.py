@@ -56,6 +56,12 @@ class ConfigError(DlrunError):
     exit_code = 2
 
 
+class UsageError(DlrunError):
+    """The command line itself is wrong: options that exclude each other, a missing argument."""
+
+    exit_code = 2
+
+
 class DataError(DlrunError):
     """A dataset cannot be found, fetched, verified or parsed."""
 

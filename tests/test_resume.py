@@ -203,7 +203,7 @@ def test_resume_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint to resume from"):
         api.resume(tmp_path / "empty")
     res = CliRunner().invoke(app, ["train"])
-    assert res.exit_code == 1 and "--resume" in res.output
+    assert res.exit_code == 2 and "--resume" in res.output  # a usage error, like a config error
 
 
 def test_weights_only_checkpoint_cannot_resume(tmp_path):

@@ -11,7 +11,7 @@ from dlrun.api.runfolders import load_run, plot, runs
 from dlrun.api.schema import json_schema
 from dlrun.api.setup import Setup, as_config, config_from_checkpoint, graph, prepare, summary, validate
 from dlrun.api.training import RunResult, resume, train
-from dlrun.runs.compare import config_diff
+from dlrun.runs.compare import config_diff, yaml_text
 
 __all__ = [
     "RunResult",
@@ -32,4 +32,5 @@ __all__ = [
     "summary",
     "train",
     "validate",
+    "yaml_text",
 ]

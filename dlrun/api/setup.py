@@ -13,7 +13,7 @@ from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config, load_config, parse_config
 from dlrun.data.dataset import dataset_input_shape, known_targets
 from dlrun.engine.backend import Backend, get_backend
-from dlrun.errors import CheckpointError, ConfigError
+from dlrun.errors import CheckpointError, ConfigError, UsageError
 from dlrun.graph import summary as summaries
 from dlrun.graph.builder import build_model
 from dlrun.graph.model import Model
@@ -80,6 +80,8 @@ def graph(source: str | Path, overrides: list[str] | None = None) -> str:
 
 def _config_or_checkpoint_config(path: Path, overrides: list[str] | None) -> Config:
     if path.suffix == ".npz":
+        if overrides:
+            raise UsageError("--set applies to YAML configs, not to checkpoints", hint="pass the run's config.yaml")
         return config_from_checkpoint(path, ckpt_mod.load(path))
     return load_config(path, overrides)
 

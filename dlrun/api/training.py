@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import shutil
 from dataclasses import dataclass, field
@@ -12,11 +13,13 @@ from typing import Any
 import numpy as np
 
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
+from dlrun.config.loader import from_plain, to_plain
+from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config
 from dlrun.data.dataset import Dataset, load_dataset
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.random import streams
-from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted
+from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.graph.summary import summary_text
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
@@ -88,10 +91,18 @@ def train(
 
 
 def resume(
-    run_dir: str | Path, *, listener: Any = None, device: str | None = None, download_progress: ProgressFn | None = None
+    run_dir: str | Path,
+    *,
+    listener: Any = None,
+    device: str | None = None,
+    download_progress: ProgressFn | None = None,
+    overrides: list[str] | None = None,
 ) -> RunResult:
     """Continue a run from `run_dir/checkpoints/last.npz` with the config saved in it, in the same
-    folder. The result is bit-identical to a run that was never interrupted (same machine)."""
+    folder. The result is bit-identical to a run that was never interrupted (same machine).
+
+    `overrides` may only set `training.epochs`: a finished or interrupted run then trains on to that
+    many epochs (what `fit` again on the same model does in Keras)."""
     listener = listener or SilentListener()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -105,6 +116,7 @@ def resume(
     ckpt = ckpt_mod.load(path)
     if not ckpt.resumable:
         raise CheckpointError(f"{path} holds weights only and cannot resume a run")
+    extended = _extend_epochs(ckpt, overrides or [])
     setup = prepare(config_from_checkpoint(path, ckpt), device=device)
     if setup.device_note:
         listener.message(setup.device_note)
@@ -113,6 +125,14 @@ def resume(
         trainer.restore(ckpt.weights, ckpt.optimizer, ckpt.meta)
     except (ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path} does not fit its own config: {exc}") from None
+    if extended:
+        if trainer.epochs < trainer.epoch:
+            raise UsageError(
+                f"the run has already trained {trainer.epoch} epochs; training.epochs={trainer.epochs} would undo them",
+                hint=f"pass --set training.epochs={trainer.epoch + 1} or more",
+            )
+        trainer.stop_training = False  # an early stop ended the old budget; the new one starts now
+        write_config(run_dir, setup.config.resolved)
     for folder in (run_dir, run_dir / "checkpoints"):
         remove_temporaries(folder)  # left by writes that a kill cut short
     write_json(run_dir / "history.json", trainer.history)  # a kill may have left it one epoch behind
@@ -134,6 +154,22 @@ def resume(
             where += f", batch {partial['batch'] + 1}"
         listener.message(f"Resuming {run_dir} at {where}")
     return _fit_and_finish(setup, data, trainer, run_dir)
+
+
+def _extend_epochs(ckpt: ckpt_mod.Checkpoint, overrides: list[str]) -> bool:
+    """Apply `--set training.epochs=N` to a checkpoint's config; any other override is refused."""
+    if not overrides:
+        return False
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key != "training.epochs":
+            raise UsageError(
+                f"--set {item!s:.60} does not apply to --resume: a run continues with the config it started with",
+                hint="only --set training.epochs=N can extend a resumed run",
+            )
+    tree = apply_overrides(from_plain(copy.deepcopy(ckpt.config)), overrides)
+    ckpt.config = to_plain(tree)
+    return True
 
 
 def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | None) -> tuple[Dataset, Trainer]:

@@ -35,7 +35,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    debug: Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")] = False,
+    debug: output.DebugOption = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -61,6 +61,7 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (YAML), repeatable.")
     ] = None,
+    debug: output.DebugOption = False,
 ) -> None:
     """Train a model described by a YAML config and write a run folder.
 
@@ -73,20 +74,18 @@ def train(
     def body() -> None:
         from dlrun import api
         from dlrun.cli.progress import DownloadBar, RichProgress
-        from dlrun.errors import DlrunError
+        from dlrun.errors import UsageError
 
         if (config is None) == (resume is None):
-            raise DlrunError(
+            raise UsageError(
                 "pass a config to train, or --resume RUN_DIR to continue a run (not both)",
                 hint="dlrun train configs/fashion_mnist_mlp.yaml, or dlrun train --resume runs/<name>/<time>",
             )
-        if resume is not None and set_:
-            raise DlrunError("--set does not apply to --resume: a run continues with the config it started with")
         listener = output.make_listener(progress, quiet)
         bar = None if quiet or progress == output.ProgressMode.json else DownloadBar(output.stderr(), "dataset")
         try:
             if resume is not None:
-                result = api.resume(resume, listener=listener, device=device, download_progress=bar)
+                result = api.resume(resume, listener=listener, device=device, download_progress=bar, overrides=set_)
             else:
                 result = api.train(
                     config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_, download_progress=bar
@@ -112,7 +111,7 @@ def train(
         else:
             print("\n".join(lines))
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -136,6 +135,8 @@ def summary(
             help="Also write a Graphviz graph with shapes to this .dot file (and .png/.svg next to it when Graphviz is installed).",
         ),
     ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY.PATH=VALUE.")] = None,
+    debug: output.DebugOption = False,
 ) -> None:
     """Print a Keras-style model summary (shapes, parameter counts) without touching data.
 
@@ -145,14 +146,14 @@ def summary(
     def body() -> None:
         from dlrun import api
 
-        text, data = api.summary(source)
+        text, data = api.summary(source, set_)
         if dot is not None:  # written before printing: a bad path fails with nothing on stdout
-            _write_dot(api.graph(source), dot)
+            _write_dot(api.graph(source, set_), dot)
         print(json.dumps(data, indent=2) if as_json else text, end="\n" if as_json else "")
         if dot is not None:  # with --json, stdout holds the JSON alone
             _render_dot(dot, sys.stderr if as_json else sys.stdout)
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 @app.command()
@@ -162,6 +163,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
     data_path: Annotated[str | None, typer.Option("--data-path", help="Folder holding the dataset files.")] = None,
+    debug: output.DebugOption = False,
 ) -> None:
     """Score a saved model on its dataset's test (or validation) split.
 
@@ -170,10 +172,10 @@ def evaluate(
 
     def body() -> None:
         from dlrun import api
-        from dlrun.errors import DlrunError
+        from dlrun.errors import UsageError
 
         if split not in ("test", "val"):
-            raise DlrunError(f"--split must be test or val, got {split!r}")
+            raise UsageError(f"--split must be test or val, got {split!r:.40}")
         report = api.evaluate_report(checkpoint, split=split, device=device, data_path=data_path)
         if as_json:
             print(json.dumps({**report["scores"], **{k: v for k, v in report.items() if k != "scores"}}))
@@ -185,13 +187,14 @@ def evaluate(
         if "confusion" in report:
             _print_confusion(report)
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 @app.command()
 def validate(
     config: Annotated[Path, typer.Argument(help="The YAML config to check.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY.PATH=VALUE.")] = None,
+    debug: output.DebugOption = False,
 ) -> None:
     """Check a config (schema, names, arguments, shapes) without data or training: for CI.
 
@@ -205,7 +208,7 @@ def validate(
         trainable, frozen = setup.model.param_counts()
         print(f"ok: {config} ({len(setup.model.nodes)} layers, {trainable + frozen:,} parameters)")
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 def _write_dot(text: str, path: Path) -> None:
@@ -259,6 +262,7 @@ def predict(
     ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per sample.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: output.DebugOption = False,
 ) -> None:
     """Print the top-k classes with probabilities for each input.
 
@@ -275,13 +279,14 @@ def predict(
         for i, row in enumerate(rows):
             print(f"{i}: " + "  ".join(f"{c} {p:.3f}" for c, p in row))
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 @app.command()
 def plot(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run folders.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default: <run>/history.png).")] = None,
+    debug: output.DebugOption = False,
 ) -> None:
     """Plot training and validation loss/metric curves per epoch to a PNG (needs matplotlib).
 
@@ -293,13 +298,14 @@ def plot(
 
         print(f"plot: {api.plot(list(run_dirs), out)}")
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 @app.command("runs")
 def list_runs(
     root: Annotated[Path, typer.Argument(help="The runs folder.")] = Path("runs"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: output.DebugOption = False,
 ) -> None:
     """List runs: name, date, epochs, best validation metric, test metric, status.
 
@@ -332,7 +338,7 @@ def list_runs(
             )
         output.stdout().print(table if infos else f"no runs under {root}")
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 @app.command()
@@ -340,6 +346,7 @@ def compare(
     run_a: Annotated[Path, typer.Argument(help="A run folder.")],
     run_b: Annotated[Path, typer.Argument(help="Another run folder.")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also plot both runs' curves to this PNG.")] = None,
+    debug: output.DebugOption = False,
 ) -> None:
     """Show two runs' config differences and their metric curves side by side.
 
@@ -355,9 +362,9 @@ def compare(
         console = output.stdout()
         diff = Table(title="config differences", title_justify="left")
         for col in ("key", str(run_a), str(run_b)):
-            diff.add_column(col)
+            diff.add_column(escape(col))
         for key, a, b in api.config_diff(cfg_a, cfg_b):
-            diff.add_row(key, repr(a), repr(b))
+            diff.add_row(escape(key), escape(api.yaml_text(a)), escape(api.yaml_text(b)))
         console.print(diff if diff.row_count else "configs are identical")
         # Every quantity either run recorded ("-" where one lacks it).
         keys = [k for k in dict.fromkeys([*hist_a, *hist_b]) if k != "learning_rate"]
@@ -375,11 +382,13 @@ def compare(
         if out is not None:
             print(f"plot: {api.plot([run_a, run_b], out)}")
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    debug: output.DebugOption = False,
+) -> None:
     """Print the JSON Schema of the config language (for editors: yaml-language-server).
 
     [bold]Example:[/] dlrun schema > dlrun.schema.json
@@ -390,7 +399,7 @@ def schema() -> None:
 
         print(json.dumps(api.json_schema(), indent=2))
 
-    output.guard(body)
+    output.guard(body, debug)
 
 
 app.add_typer(data_app, name="data")  # dlrun data list|fetch|path

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dlrun.cli.output import guard, stderr, stdout
+from dlrun.cli.output import DebugOption, guard, stderr, stdout
 
 app = typer.Typer(
     name="data",
@@ -31,6 +31,7 @@ def _size(n: int | None) -> str:
 def list_datasets(
     path: Annotated[str | None, typer.Option("--path", help="Also look here first (as data.path does).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Show every dataset, where it was found (or not) and its size on disk.
 
@@ -75,12 +76,13 @@ def list_datasets(
             table.add_row(e.name, status, where, _size(e.size))
         stdout().print(table)
 
-    guard(body)
+    guard(body, debug)
 
 
 @app.command()
 def fetch(
     name: Annotated[str, typer.Argument(help="fashion_mnist or cifar10.")],
+    debug: DebugOption = False,
 ) -> None:
     """Download a dataset into the user cache now (checksum-verified), so training needs no network.
 
@@ -102,13 +104,14 @@ def fetch(
             bar.close()
         print(f"{name}: {where}")
 
-    guard(body)
+    guard(body, debug)
 
 
 @app.command()
 def path(
     name: Annotated[str, typer.Argument(help="A dataset name (dlrun data list shows them).")],
     data_path: Annotated[str | None, typer.Option("--path", help="A data.path to look in first.")] = None,
+    debug: DebugOption = False,
 ) -> None:
     """Print where a dataset is looked for, in order, and which files to put there by hand.
 
@@ -127,4 +130,4 @@ def path(
                 print(f"  {folder}")
         print(f"{e.put}" + (f"\nofficial download: {e.url}" if e.url else ""))
 
-    guard(body)
+    guard(body, debug)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.markup import escape
 
 #: Set by the `--debug` option of the main command.
 state = {"debug": False}
+
+#: `--debug` is accepted after the command too (`dlrun train c.yaml --debug`), where people type it.
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")]
 
 
 def stderr() -> Console:
@@ -27,7 +30,7 @@ def stdout() -> Console:
     return Console(no_color="NO_COLOR" in os.environ, width=None if tty else 200, highlight=False)
 
 
-def guard(fn: Callable[[], Any]) -> Any:
+def guard(fn: Callable[[], Any], debug: bool = False) -> Any:
     """Run a command body: DlrunError -> one message and its exit code; no traceback unless --debug."""
     from dlrun.errors import DlrunError
 
@@ -35,7 +38,7 @@ def guard(fn: Callable[[], Any]) -> Any:
         return fn()
     except DlrunError as exc:
         console = stderr()
-        if state["debug"]:  # the traceback as well, with the same message and exit code
+        if state["debug"] or debug:  # the traceback as well, with the same message and exit code
             console.print_exception()
         console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         snippet = source_snippet(exc.file, exc.line, exc.column)

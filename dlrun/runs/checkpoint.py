@@ -13,6 +13,7 @@ Layout (format version 1):
     optimizer/<slot>    the optimizer's flat slot buffers (moments, ...)
     state/<n>           arrays referenced from the metadata
 """
+
 from __future__ import annotations
 
 import json
@@ -61,8 +62,16 @@ class Checkpoint:
 def save(path: str | Path, ckpt: Checkpoint) -> None:
     """Write atomically: a crash mid-write leaves the previous file intact."""
     arrays: dict[str, np.ndarray] = {}
-    meta = _pack({"format": FORMAT, "format_version": FORMAT_VERSION, "dlrun_version": __version__,
-                  **ckpt.meta, "config": ckpt.config}, arrays)
+    meta = _pack(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dlrun_version": __version__,
+            **ckpt.meta,
+            "config": ckpt.config,
+        },
+        arrays,
+    )
     out = {_META: np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)}
     out.update({_WEIGHTS + k: np.ascontiguousarray(v) for k, v in ckpt.weights.items()})
     out.update({_OPTIMIZER + k: np.ascontiguousarray(v) for k, v in ckpt.optimizer.items()})
@@ -107,8 +116,7 @@ def load(path: str | Path) -> Checkpoint:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}",
-                              hint="pass a .npz file from a run's checkpoints/ folder")
+        raise CheckpointError(f"checkpoint not found: {path}", hint="pass a .npz file from a run's checkpoints/ folder")
     _check_magic(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -117,27 +125,40 @@ def load(path: str | Path) -> Checkpoint:
                 raise CheckpointError(f"{path} is not a dlrun checkpoint (no metadata record)")
             unknown = [n for n in names if n != _META and not n.startswith((_WEIGHTS, _OPTIMIZER, _STATE))]
             if unknown:
-                raise CheckpointError(f"{path} is not a dlrun checkpoint (unexpected entries: "
-                                      f"{', '.join(unknown[:5])})")
+                raise CheckpointError(
+                    f"{path} is not a dlrun checkpoint (unexpected entries: {', '.join(unknown[:5])})"
+                )
             raw_meta = _entry(npz, _META, path)
             if raw_meta.dtype != np.uint8 or raw_meta.ndim != 1:
                 raise CheckpointError(f"{path} is not a dlrun checkpoint (bad metadata record)")
             meta = json.loads(raw_meta.tobytes().decode("utf-8"))
             _check_meta(path, meta)
-            weights = {n[len(_WEIGHTS):]: _entry(npz, n, path) for n in names if n.startswith(_WEIGHTS)}
-            optimizer = {n[len(_OPTIMIZER):]: _entry(npz, n, path) for n in names if n.startswith(_OPTIMIZER)}
+            weights = {n[len(_WEIGHTS) :]: _entry(npz, n, path) for n in names if n.startswith(_WEIGHTS)}
+            optimizer = {n[len(_OPTIMIZER) :]: _entry(npz, n, path) for n in names if n.startswith(_OPTIMIZER)}
             state = {n: _entry(npz, n, path) for n in names if n.startswith(_STATE)}
     except CheckpointError:
         raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
-            raise CheckpointError(f"{path} contains pickled Python objects and was refused (nothing was "
-                                  f"loaded or run)", hint=_HOSTILE_HINT) from None
+            raise CheckpointError(
+                f"{path} contains pickled Python objects and was refused (nothing was loaded or run)",
+                hint=_HOSTILE_HINT,
+            ) from None
         raise CheckpointError(f"{path} is corrupt ({exc})", hint="the file is truncated or damaged") from None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, UnicodeDecodeError,
-            json.JSONDecodeError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} is not a readable dlrun checkpoint ({type(exc).__name__}: {exc})",
-                              hint="the file is truncated or of another format") from None
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        KeyError,
+        UnicodeDecodeError,
+        json.JSONDecodeError,
+        RuntimeError,
+    ) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable dlrun checkpoint ({type(exc).__name__}: {exc})",
+            hint="the file is truncated or of another format",
+        ) from None
     for name, arr in (*weights.items(), *optimizer.items()):
         if arr.dtype.kind not in "fiub":
             raise CheckpointError(f"{path} is corrupt (array {name!r} has dtype {arr.dtype})")
@@ -164,13 +185,18 @@ def _check_magic(path: Path) -> None:
     if head[:4] in _ZIP_MAGIC:
         return
     if not head:
-        raise CheckpointError(f"{path} is empty, not a dlrun checkpoint",
-                              hint="the file was truncated; use another checkpoint (e.g. last.npz or best.npz)")
+        raise CheckpointError(
+            f"{path} is empty, not a dlrun checkpoint",
+            hint="the file was truncated; use another checkpoint (e.g. last.npz or best.npz)",
+        )
     if head[:1] == b"\x80":
-        raise CheckpointError(f"{path} is a Python pickle, not a dlrun checkpoint; refused without loading it",
-                              hint=_HOSTILE_HINT)
-    raise CheckpointError(f"{path} is not a dlrun checkpoint (not an .npz archive)",
-                          hint="pass a .npz file from a run's checkpoints/ folder")
+        raise CheckpointError(
+            f"{path} is a Python pickle, not a dlrun checkpoint; refused without loading it", hint=_HOSTILE_HINT
+        )
+    raise CheckpointError(
+        f"{path} is not a dlrun checkpoint (not an .npz archive)",
+        hint="pass a .npz file from a run's checkpoints/ folder",
+    )
 
 
 def _check_meta(path: Path, meta: Any) -> None:
@@ -180,8 +206,11 @@ def _check_meta(path: Path, meta: Any) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(f"{path} has an invalid checkpoint format version {version!r}")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {version}, written by dlrun "
-                              f"{meta.get('dlrun_version', '?')}; this dlrun ({__version__}) reads up to "
-                              f"version {FORMAT_VERSION}", hint="upgrade dlrun to load it")
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}, written by dlrun "
+            f"{meta.get('dlrun_version', '?')}; this dlrun ({__version__}) reads up to "
+            f"version {FORMAT_VERSION}",
+            hint="upgrade dlrun to load it",
+        )
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path} has no config record")

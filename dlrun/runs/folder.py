@@ -1,5 +1,6 @@
 """The run folder: `runs/<name>/<timestamp>/` with config.yaml, summary.txt, history.json,
 checkpoints/{best,last}.npz and metrics.json. Every file is written atomically."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -19,8 +20,11 @@ def new_run_dir(runs_root: str | Path, name: str) -> Path:
     base = Path(runs_root) / name
     blocker = _nearest_existing(base)
     if blocker is not None and not blocker.is_dir():
-        raise CheckpointError("is a file, so no run folder can be created in it", path=str(blocker),
-                              hint="pass --runs-dir a folder (or a path where one can be created)")
+        raise CheckpointError(
+            "is a file, so no run folder can be created in it",
+            path=str(blocker),
+            hint="pass --runs-dir a folder (or a path where one can be created)",
+        )
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     for i in range(1000):
         path = base / (stamp if i == 0 else f"{stamp}-{i}")

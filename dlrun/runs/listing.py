@@ -1,4 +1,5 @@
 """What `dlrun runs` shows: every run folder under a root, with its status and headline scores."""
+
 from __future__ import annotations
 
 import json

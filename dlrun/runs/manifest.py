@@ -4,6 +4,7 @@ The seed; the versions of dlrun, Python, NumPy (and CuPy when used); the backend
 dataset files' SHA-256; the command line and `--set` overrides; the config file and the git commit
 of the repository holding it (when there is one). A resumed run adds an entry to `resumes`.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -46,7 +47,7 @@ def dataset_files(data_cfg: dict[str, Any], data: Any = None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in recorded.items():
         if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
-            out[str(key)] = value.lower()        # already a digest
+            out[str(key)] = value.lower()  # already a digest
         elif Path(str(value)).is_file():
             paths.append(Path(str(value)))
         elif Path(str(key)).is_file():
@@ -88,8 +89,12 @@ def git_commit(config_file: str | None) -> str | None:
     if not config_file:
         return None
     try:
-        proc = subprocess.run(["git", "-C", str(Path(config_file).resolve().parent), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(
+            ["git", "-C", str(Path(config_file).resolve().parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = proc.stdout.strip()
@@ -103,8 +108,16 @@ def versions(backend: Any) -> dict[str, Any]:
     return out
 
 
-def build(*, seed: int, backend: Any, device: str, data_cfg: dict[str, Any], data: Any = None,
-          config_file: str | None, overrides: list[str] | None) -> dict[str, Any]:
+def build(
+    *,
+    seed: int,
+    backend: Any,
+    device: str,
+    data_cfg: dict[str, Any],
+    data: Any = None,
+    config_file: str | None,
+    overrides: list[str] | None,
+) -> dict[str, Any]:
     return {
         "created": _now(),
         "seed": seed,
@@ -133,7 +146,14 @@ def add_resume(run_dir: Path, *, backend: Any, device: str, from_epoch: int, fro
             manifest = {}
     except (OSError, ValueError):
         manifest = {}
-    manifest.setdefault("resumes", []).append({
-        "time": _now(), "argv": list(sys.argv), "versions": versions(backend), "device": device,
-        "from_epoch": from_epoch, "from_batch": from_batch})
+    manifest.setdefault("resumes", []).append(
+        {
+            "time": _now(),
+            "argv": list(sys.argv),
+            "versions": versions(backend),
+            "device": device,
+            "from_epoch": from_epoch,
+            "from_batch": from_batch,
+        }
+    )
     write(run_dir, manifest)

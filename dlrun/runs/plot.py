@@ -1,4 +1,5 @@
 """history.png: loss and metric curves of one or more runs (matplotlib, an optional extra)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,16 +16,20 @@ def plot_history(histories: dict[str, dict[str, list[float]]], path: Path) -> Pa
     """
     for label, history in histories.items():
         if not any(v for k, v in history.items() if k != "learning_rate"):
-            raise DlrunError(f"run {label} has no finished epoch to plot yet",
-                             hint="plot it after its first epoch ends (dlrun runs shows its epochs)")
+            raise DlrunError(
+                f"run {label} has no finished epoch to plot yet",
+                hint="plot it after its first epoch ends (dlrun runs shows its epochs)",
+            )
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    quantities = sorted({k for h in histories.values() for k in h if not k.startswith("val_") and k != "learning_rate"},
-                        key=lambda k: (k != "loss", k))
+    quantities = sorted(
+        {k for h in histories.values() for k in h if not k.startswith("val_") and k != "learning_rate"},
+        key=lambda k: (k != "loss", k),
+    )
     fig, axes = plt.subplots(1, len(quantities), figsize=(5 * len(quantities), 3.6), squeeze=False)
     for ax, key in zip(axes[0], quantities):
         for label, history in histories.items():
