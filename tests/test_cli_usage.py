@@ -100,3 +100,29 @@ def test_compare_renders_yaml_and_keeps_brackets(tmp_path):
     assert res.exit_code == 0, res.output
     assert "model.layers[1]" in res.output and "{Dropout: {name: dropout" in res.output and "rate: 0.5" in res.output
     assert "None" not in res.output and "'relu'" not in res.output
+
+
+def test_the_end_of_training_prints_the_best_weights_scores(tmp_path):
+    """Training past its best epoch: the printed scores are best.npz's, which evaluate RUN_DIR reports."""
+    cfg = {
+        **CONFIG,
+        "seed": 1,
+        "data": {"dataset": "synthetic", "samples": 300, "features": 8, "classes": 3, "validation_split": 0.3},
+        "model": {
+            "layers": [{"Dense": {"units": 32, "activation": "relu"}}, {"Dense": {"units": 3, "activation": "softmax"}}]
+        },
+        "optimizer": {"type": "adam", "learning_rate": 0.1},
+        "training": {"epochs": 8},
+    }
+    res = runner.invoke(app, ["train", str(_config_file(tmp_path, cfg)), "--runs-dir", str(tmp_path / "runs"), "-q"])
+    assert res.exit_code == 0, res.output
+    [run] = list((tmp_path / "runs" / "usage").iterdir())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best"]["epoch"] == metrics["best_epoch"] < metrics["epochs"] == 8
+    evaluated = api.evaluate(run)
+    assert metrics["best"]["test"] == evaluated
+    assert f"best weights: epoch {metrics['best_epoch']} (checkpoints/best.npz)" in res.output
+    assert f"test: loss {evaluated['loss']:.4f}" in res.output.split("final weights")[0]
+    assert "final weights: epoch 8" in res.output
+    listed = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert json.loads(listed.output)[0]["test"] == ["accuracy", evaluated["accuracy"]]

@@ -213,18 +213,43 @@ def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path
         exc.hint = f"resume with: dlrun train --resume {run_dir}"
         exc.run_dir = run_dir  # type: ignore[attr-defined]
         raise
-    metrics: dict[str, Any] = {}
-    if data.val is not None:
-        metrics["val"] = trainer.evaluate(data.val)
-    if data.test is not None:
-        metrics["test"] = trainer.evaluate(data.test)
+    final = setup.model.get_weights()
+    metrics: dict[str, Any] = _scores(trainer, data)
     metrics["best_epoch"] = recorder.best_epoch
     metrics["epochs"] = trainer.epoch
+    metrics["best"] = _best_scores(trainer, data, run_dir, recorder.best_epoch, final, metrics)
     write_metrics(run_dir, metrics)
     _plot_if_possible(run_dir, history)
-    return RunResult(
-        run_dir, history, metrics, recorder.best_epoch, setup.backend.describe(), setup.model.get_weights()
-    )
+    return RunResult(run_dir, history, metrics, recorder.best_epoch, setup.backend.describe(), final)
+
+
+def _scores(trainer: Trainer, data: Dataset) -> dict[str, Any]:
+    """The model's current scores on the held-out splits the run has."""
+    return {name: trainer.evaluate(part) for name, part in (("val", data.val), ("test", data.test)) if part is not None}
+
+
+def _best_scores(
+    trainer: Trainer,
+    data: Dataset,
+    run_dir: Path,
+    best_epoch: int | None,
+    final: dict[str, np.ndarray],
+    final_scores: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The scores of checkpoints/best.npz: what `dlrun evaluate RUN_DIR` reports, and what the end of
+    training prints (the final weights can be an epoch or more past the best one)."""
+    path = run_dir / "checkpoints" / "best.npz"
+    if best_epoch is None or not path.is_file():
+        return None
+    best = {"epoch": best_epoch, "checkpoint": str(path.relative_to(run_dir))}
+    weights = ckpt_mod.load(path).weights
+    if all(np.array_equal(weights[k], v) for k, v in final.items()):  # e.g. EarlyStopping restored them
+        return {**best, **{k: v for k, v in final_scores.items() if k in ("val", "test")}}
+    trainer.model.set_weights(weights)
+    try:
+        return {**best, **_scores(trainer, data)}
+    finally:
+        trainer.model.set_weights(final)
 
 
 def _plot_if_possible(run_dir: Path, history: dict[str, list[float]]) -> None:

@@ -96,12 +96,7 @@ def train(
         if progress == output.ProgressMode.json:  # with -q too: scripts read this line
             print(json.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
             return
-        lines = [f"run folder: {result.run_dir}"]
-        if result.best_epoch:
-            lines.append(f"best epoch: {result.best_epoch}")
-        for split in ("val", "test"):
-            if split in result.metrics:
-                lines.append(f"{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in result.metrics[split].items()))
+        lines = [f"run folder: {result.run_dir}", *_score_lines(result.metrics)]
         if isinstance(listener, RichProgress):
             from rich.panel import Panel
 
@@ -114,13 +109,33 @@ def train(
     output.guard(body, debug)
 
 
-def _flat_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+def _score_lines(metrics: dict[str, Any]) -> list[str]:
+    """The scores of the weights the run folder calls best (what `dlrun evaluate RUN_DIR` reports),
+    then the final weights' when training went on past the best epoch."""
+
+    def scores(source: dict[str, Any], indent: str = "") -> list[str]:
+        return [
+            f"{indent}{split}: " + "  ".join(f"{k} {v:.4f}" for k, v in source[split].items())
+            for split in ("val", "test")
+            if split in source
+        ]
+
+    best = metrics.get("best")
+    if not best:
+        return scores(metrics)
+    lines = [f"best weights: epoch {best['epoch']} ({best['checkpoint']})", *scores(best, "  ")]
+    if best["epoch"] != metrics.get("epochs"):
+        lines += [f"final weights: epoch {metrics['epochs']}", *scores(metrics, "  ")]
+    return lines
+
+
+def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in metrics.items():
         if isinstance(value, dict):
-            out.update({f"{key}_{k}": v for k, v in value.items()})
+            out.update(_flat_metrics(value, f"{prefix}{key}_"))
         else:
-            out[key] = value
+            out[f"{prefix}{key}"] = value
     return out
 
 

@@ -95,7 +95,7 @@ class RichProgress:
         self._last = 0.0
 
     def message(self, text: str) -> None:
-        self.console.print(text)
+        self.console.print(text, markup=False, highlight=False)  # paths and names are not markup
 
     def _table(self) -> Table:
         table = Table(title=None, header_style="bold", expand=False)

@@ -105,4 +105,6 @@ def get_backend(device: str = "auto", dtype: Any = np.float32) -> tuple[Backend,
             f"device: gpu was asked for, but the GPU backend is unavailable ({_cupy_error})",
             hint="install CuPy with `pip install 'dlrun[gpu]'` on a machine with an NVIDIA GPU, or set `device: cpu`",
         )
-    return Backend(np, dtype), f"no GPU backend ({_cupy_error}); training on the CPU"
+    if _cupy_error and _cupy_error.startswith("ModuleNotFoundError"):  # the usual case: nothing to worry about
+        return Backend(np, dtype), "training on the CPU (for an NVIDIA GPU: pip install 'dlrun[gpu]')"
+    return Backend(np, dtype), f"training on the CPU: the GPU backend is unavailable ({_cupy_error})"

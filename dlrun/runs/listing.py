@@ -42,7 +42,9 @@ def run_info(run_dir: Path) -> RunInfo:
         if history.get(key):
             best_val = (key, better(history[key]))
             break
-    test = _headline(metrics.get("test", {})) if metrics else None
+    # The best weights' test score (what `dlrun evaluate RUN_DIR` reports), else the final weights'.
+    scored = ((metrics.get("best") or {}).get("test") or metrics.get("test", {})) if isinstance(metrics, dict) else {}
+    test = _headline(scored) if scored else None
     if metrics is not None:
         status = "finished"
     elif (run_dir / "checkpoints" / "last.npz").is_file():
