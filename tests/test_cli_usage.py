@@ -126,3 +126,10 @@ def test_the_end_of_training_prints_the_best_weights_scores(tmp_path):
     assert "final weights: epoch 8" in res.output
     listed = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
     assert json.loads(listed.output)[0]["test"] == ["accuracy", evaluated["accuracy"]]
+
+
+def test_an_empty_runs_dir_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["train", str(_config_file(tmp_path)), "--runs-dir", ""])
+    assert res.exit_code == 2 and "--runs-dir is empty" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["usage.yaml"]

@@ -52,7 +52,7 @@ def train(
             "--resume", help="Continue the run in this folder from its last checkpoint, with the config saved there."
         ),
     ] = None,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where run folders go.")] = Path("runs"),
+    runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where run folders go.")] = "runs",
     device: Annotated[str | None, typer.Option(help="Override the config's device: auto, cpu or gpu.")] = None,
     progress: Annotated[
         output.ProgressMode, typer.Option(help="auto (rich in a terminal, plain otherwise), rich, plain, json.")
@@ -76,6 +76,8 @@ def train(
         from dlrun.cli.progress import DownloadBar, RichProgress
         from dlrun.errors import UsageError
 
+        if not runs_dir.strip():  # Path("") would silently mean the current folder
+            raise UsageError("--runs-dir is empty", hint="pass a folder, e.g. --runs-dir runs")
         if (config is None) == (resume is None):
             raise UsageError(
                 "pass a config to train, or --resume RUN_DIR to continue a run (not both)",

@@ -4,6 +4,9 @@ checkpoints/{best,last}.npz and metrics.json. Every file is written atomically."
 from __future__ import annotations
 
 import datetime as _dt
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +56,55 @@ def write_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
     write_json(run_dir / "metrics.json", metrics)
+
+
+LOCK = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir` for this process: a second `dlrun train --resume` of the same folder is refused
+    while this one runs. The lock file holds the PID; one left by a process that died (kill -9) is
+    stale and taken over."""
+    path = Path(run_dir) / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _lock_owner(path)
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise CheckpointError(
+                    f"{run_dir} is in use by another dlrun process (PID {owner})",
+                    hint="wait for it to finish or stop it; a lock left by a process that is gone is cleared by itself",
+                ) from None
+            path.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        except OSError as exc:
+            raise CheckpointError(f"cannot lock the run folder ({exc.strerror or exc})", path=str(path)) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise CheckpointError(f"cannot lock the run folder {run_dir}", path=str(path))
+    try:
+        yield
+    finally:
+        if _lock_owner(path) == os.getpid():
+            path.unlink(missing_ok=True)
+
+
+def _lock_owner(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
