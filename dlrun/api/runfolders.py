@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dlrun.errors import DlrunError
+from dlrun.runs.folder import read_history
 from dlrun.runs.listing import RunInfo, list_runs
 from dlrun.runs.plot import plot_history
 
@@ -25,12 +25,13 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], dict[str, list[float]
     run_dir = Path(run_dir)
     try:
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else {}
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise DlrunError(
             f"{run_dir} is not a readable run folder ({exc})", hint="pass a folder such as runs/<name>/<timestamp>"
         ) from None
-    return config, history
+    if not isinstance(config, dict):
+        raise DlrunError(f"{run_dir / 'config.yaml'} is not a dlrun config", hint="pass a run folder")
+    return config, read_history(run_dir)
 
 
 def plot(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:

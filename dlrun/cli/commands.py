@@ -5,7 +5,6 @@ Heavy modules (NumPy, the engine) are imported inside the commands so `dlrun --h
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
+from dlrun import jsonio
 from dlrun.cli import output
 from dlrun.cli.data import app as data_app
 
@@ -96,7 +96,7 @@ def train(
             if bar is not None:
                 bar.close()
         if progress == output.ProgressMode.json:  # with -q too: scripts read this line
-            print(json.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
+            print(jsonio.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
             return
         lines = [f"run folder: {result.run_dir}", *_score_lines(result.metrics)]
         if isinstance(listener, RichProgress):
@@ -166,7 +166,7 @@ def summary(
         text, data = api.summary(source, set_)
         if dot is not None:  # written before printing: a bad path fails with nothing on stdout
             _write_dot(api.graph(source, set_), dot)
-        print(json.dumps(data, indent=2) if as_json else text, end="\n" if as_json else "")
+        print(jsonio.dumps(data, indent=2) if as_json else text, end="\n" if as_json else "")
         if dot is not None:  # with --json, stdout holds the JSON alone
             _render_dot(dot, sys.stderr if as_json else sys.stdout)
 
@@ -195,7 +195,7 @@ def evaluate(
             raise UsageError(f"--split must be test or val, got {split!r:.40}")
         report = api.evaluate_report(checkpoint, split=split, device=device, data_path=data_path)
         if as_json:
-            print(json.dumps({**report["scores"], **{k: v for k, v in report.items() if k != "scores"}}))
+            print(jsonio.dumps({**report["scores"], **{k: v for k, v in report.items() if k != "scores"}}))
             return
         print(
             f"{split} ({report['samples']:,} samples): "
@@ -291,7 +291,7 @@ def predict(
 
         rows = api.predict(checkpoint, input_, top_k=top_k)
         if as_json:
-            print(json.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows]))
+            print(jsonio.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows]))
             return
         for i, row in enumerate(rows):
             print(f"{i}: " + "  ".join(f"{c} {p:.3f}" for c, p in row))
@@ -336,7 +336,7 @@ def list_runs(
 
         infos = api.runs(root)
         if as_json:
-            print(json.dumps([{**vars(r), "path": str(r.path)} for r in infos]))
+            print(jsonio.dumps([{**vars(r), "path": str(r.path)} for r in infos]))
             return
         table = Table()
         for col in ("run", "date", "epochs", "best val", "test", "status"):
@@ -414,7 +414,7 @@ def schema(
     def body() -> None:
         from dlrun import api
 
-        print(json.dumps(api.json_schema(), indent=2))
+        print(jsonio.dumps(api.json_schema(), indent=2))
 
     output.guard(body, debug)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 import typer
 
+from dlrun import jsonio
 from dlrun.cli.output import DebugOption, guard, stderr, stdout
 
 app = typer.Typer(
@@ -47,7 +47,7 @@ def list_datasets(
         entries = [catalog.describe(name, path) for name in DATASETS]
         if as_json:
             print(
-                json.dumps(
+                jsonio.dumps(
                     [
                         {
                             "name": e.name,

@@ -6,7 +6,6 @@ display refresh (a few times a second), never per batch.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -17,6 +16,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+
+from dlrun import jsonio
 
 REFRESH_S = 0.25
 
@@ -64,11 +65,11 @@ class JsonProgress(PlainProgress):
     """One JSON object per epoch, for other programs."""
 
     def message(self, text: str) -> None:
-        print(json.dumps({"event": "message", "text": text}), file=self.out, flush=True)
+        print(jsonio.dumps({"event": "message", "text": text}), file=self.out, flush=True)
 
     def on_epoch_end(self, epoch, logs, seconds):
         print(
-            json.dumps({"event": "epoch", "epoch": epoch + 1, "seconds": round(seconds, 3), **logs}),
+            jsonio.dumps({"event": "epoch", "epoch": epoch + 1, "seconds": round(seconds, 3), **logs}),
             file=self.out,
             flush=True,
         )

@@ -4,6 +4,7 @@ checkpoints/{best,last}.npz and metrics.json. Every file is written atomically."
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from dlrun import jsonio
 from dlrun.errors import CheckpointError
 from dlrun.runs.atomic import write_json, write_text
 
@@ -48,6 +50,32 @@ def _nearest_existing(path: Path) -> Path | None:
 
 def dump_config(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=100)
+
+
+def read_history(run_dir: Path) -> dict[str, list[float]]:
+    """history.json as {name: [one float per epoch]}, `null` (a non-finite value) read as NaN.
+
+    A missing file is an empty history (the run had not finished an epoch); anything that is not
+    that shape is a CheckpointError naming the file."""
+    path = Path(run_dir) / "history.json"
+    if not path.is_file():
+        return {}
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not readable JSON ({exc})") from None
+    ok = isinstance(raw, dict) and all(
+        isinstance(k, str)
+        and isinstance(v, list)
+        and all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in v)
+        for k, v in raw.items()
+    )
+    if not ok:
+        raise CheckpointError(
+            f"{path} is not a dlrun history (expected {{name: [one number per epoch]}})",
+            hint="it was edited or damaged; `dlrun train --resume` rewrites it from the last checkpoint",
+        )
+    return {k: [jsonio.number(x) for x in v] for k, v in raw.items()}
 
 
 def write_config(run_dir: Path, config: dict[str, Any]) -> None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from dlrun import jsonio
+from dlrun.errors import CheckpointError
+from dlrun.runs.folder import read_history
 
 
 @dataclass
@@ -26,24 +31,32 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _headline(scores: dict[str, float]) -> tuple[str, float] | None:
+def _headline(scores: Any) -> tuple[str, float] | None:
+    if not isinstance(scores, dict):
+        return None
     for key in ("accuracy", "loss"):
         if key in scores:
-            return key, scores[key]
-    return next(iter(scores.items()), None)
+            return key, jsonio.number(scores[key])
+    return next(((k, jsonio.number(v)) for k, v in scores.items() if v is None or isinstance(v, (int, float))), None)
 
 
 def run_info(run_dir: Path) -> RunInfo:
-    history = _read_json(run_dir / "history.json") or {}
+    try:
+        history = read_history(run_dir)
+    except CheckpointError:  # listed all the same; `compare` or `plot` of it says what is wrong
+        history = {}
     metrics = _read_json(run_dir / "metrics.json")
     epochs = len(next(iter(history.values()), []))
     best_val = None
     for key, better in (("val_accuracy", max), ("val_loss", min)):
-        if history.get(key):
-            best_val = (key, better(history[key]))
+        finite = [v for v in history.get(key, []) if math.isfinite(v)]
+        if finite:
+            best_val = (key, better(finite))
             break
     # The best weights' test score (what `dlrun evaluate RUN_DIR` reports), else the final weights'.
-    scored = ((metrics.get("best") or {}).get("test") or metrics.get("test", {})) if isinstance(metrics, dict) else {}
+    metrics = metrics if isinstance(metrics, dict) else None
+    best = (metrics or {}).get("best")
+    scored = (best.get("test") if isinstance(best, dict) else None) or (metrics or {}).get("test")
     test = _headline(scored) if scored else None
     if metrics is not None:
         status = "finished"
