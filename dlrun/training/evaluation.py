@@ -93,7 +93,9 @@ class Evaluator:
         return logs
 
 
-def predict_outputs(model: Model, x: np.ndarray, normalization: Any = None, batch_size: int = INFERENCE_BATCH) -> np.ndarray:
+def predict_outputs(
+    model: Model, x: np.ndarray, normalization: Any = None, batch_size: int = INFERENCE_BATCH
+) -> np.ndarray:
     """The model's outputs (a classifier's probabilities) for host inputs, in inference batches, on the host."""
     batches = Batches(Split(x, np.zeros(len(x), dtype=np.int64)), batch_size, model.backend, normalization)
     outs = [model.backend.to_host(model.forward(xb)) for xb, _ in batches.epoch()]
