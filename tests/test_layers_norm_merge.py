@@ -301,7 +301,7 @@ def test_softmax_layer_fuses_with_the_loss_only_on_the_last_axis():
     for axis, fused in [(-1, True), (2, True), (1, False)]:
         layer = Softmax(axis=axis)
         model = Model({"in": (3, 4)}, [Node("s", layer, ["in"])], "s", backend=F64)
-        assert model.fuse_output_activation("softmax") is fused
+        assert (model.output_activation == "softmax") is fused
 
 
 class ReplayNoise:

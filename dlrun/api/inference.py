@@ -8,13 +8,12 @@ from typing import Any
 import numpy as np
 
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
-from dlrun.data.dataset import Batches, Split, input_normalization, known_class_names, load_dataset
+from dlrun.data.dataset import input_normalization, known_class_names, load_dataset
 from dlrun.data.inputs import load_inputs
 from dlrun.engine.random import streams
 from dlrun.errors import CheckpointError
 from dlrun.runs import checkpoint as ckpt_mod
-from dlrun.training.evaluation import confusion_matrix, per_class_accuracy
-from dlrun.training.loop import Trainer
+from dlrun.training.evaluation import Evaluator, confusion_matrix, per_class_accuracy, predict_outputs
 
 
 def evaluate(
@@ -51,13 +50,6 @@ def _load_for_inference(checkpoint: str | Path, device: str | None, data_path: s
     return setup, path
 
 
-def _predict_batches(setup: Setup, x: Any, scale: float | None) -> np.ndarray:
-    """Probabilities for host inputs `x`, in inference batches."""
-    batches = Batches(Split(x, np.zeros(len(x), dtype=np.int64)), 1024, setup.backend, scale)
-    outs = [setup.backend.to_host(setup.model.forward(xb, training=False)) for xb, _ in batches.epoch()]
-    return np.concatenate(outs) if outs else np.zeros((0, *setup.model.output_node.output_shape), np.float32)
-
-
 def evaluate_report(
     checkpoint: str | Path,
     *,
@@ -71,11 +63,11 @@ def evaluate_report(
     cfg = setup.config
     data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=streams(cfg.resolved["seed"]).split)
     part = data.split(split)
-    trainer = Trainer(setup.model, setup.loss, setup.optimizer, setup.metrics, data)
-    report: dict[str, Any] = {"split": split, "samples": len(part), "scores": trainer.evaluate(part)}
+    scores = Evaluator(setup.model, setup.loss, setup.metrics, data).evaluate(part)
+    report: dict[str, Any] = {"split": split, "samples": len(part), "scores": scores}
     classes = setup.model.output_node.output_shape[-1]
     if details and data.num_classes and setup.loss.accuracy_kind in ("sparse", "categorical") and classes > 1:
-        probs = _predict_batches(setup, part.x, data.scale)
+        probs = predict_outputs(setup.model, part.x, data.normalization)
         matrix = confusion_matrix(probs.argmax(axis=-1), part.y.reshape(-1), classes)
         names = data.class_names or [str(i) for i in range(classes)]
         report.update(
@@ -94,7 +86,7 @@ def predict(
     x, _ = load_inputs(inputs, next(iter(setup.model.inputs.values())))
     normalization = input_normalization(setup.config.resolved["data"], x.dtype)  # as in training
     names = known_class_names(setup.config.resolved["data"])
-    probs = _predict_batches(setup, x, normalization).reshape(len(x), -1)
+    probs = predict_outputs(setup.model, x, normalization).reshape(len(x), -1)
     if probs.shape[1] == 1:  # a sigmoid output: two classes
         probs = np.concatenate([1 - probs, probs], axis=1)
     names = names if names and len(names) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]

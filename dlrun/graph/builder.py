@@ -155,7 +155,6 @@ def build_model(
                 layer,
                 list(node_inputs),
                 origin=(entries, index, path),
-                explicit_inputs="inputs" in (args_node or {}),
             )
         )
         previous = layer.name
@@ -181,9 +180,4 @@ def build_model(
     return model
 
 
-def rebuild_model(cfg: Config, backend: Backend = CPU) -> Model:
-    """The model of a resolved config (e.g. from a checkpoint), weights freshly initialised."""
-    return build_model(cfg, backend=backend)
-
-
-__all__ = ["build_model", "parse_entry", "rebuild_model"]
+__all__ = ["build_model", "parse_entry"]

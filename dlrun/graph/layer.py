@@ -95,10 +95,9 @@ class Layer:
         self.weight_specs: list[WeightSpec] = []
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
-        self.state: dict[str, Any] = {}
         self.needs_input_grad = True
-        self.skip_activation = False
         self.rng: Any = None
+        # Set by `build`; the graph's Node reads them from here.
         self.input_shape: Any = None
         self.output_shape: Shape = ()
 
@@ -110,7 +109,7 @@ class Layer:
     def build(self, input_shape: Any) -> Shape:
         """Declare weights for `input_shape`, return the output shape (without the batch dimension)."""
         self.input_shape = input_shape
-        self.output_shape = self.compute_output_shape(input_shape)
+        self.output_shape = tuple(self.compute_output_shape(input_shape))
         return self.output_shape
 
     def compute_output_shape(self, input_shape: Any) -> Shape:
@@ -135,6 +134,8 @@ class Layer:
 
     # -- computation ---------------------------------------------------------------------------------
     def forward(self, x: Any, training: bool) -> Any:
+        """The output for a batch. Layers with a final activation also take `logits=True`: for that
+        call they return the output before the activation (a loss then applies it)."""
         raise NotImplementedError
 
     def backward(self, dy: Any) -> Any:
@@ -176,19 +177,20 @@ class Layer:
         self.activation = activations.get(activation)
         self.activation_name = None if activation is None else self.activation.name
 
-    def _activate(self, z: Any) -> Any:
-        self._z = z
-        self._a = z if self.skip_activation else self.activation.forward(z)
+    def _activate(self, z: Any, logits: bool = False) -> Any:
+        # Remembered for this call only: its backward then starts after the activation.
+        self._z, self._logits = z, logits
+        self._a = z if logits else self.activation.forward(z)
         return self._a
 
     def _activate_backward(self, dy: Any) -> Any:
-        if self.skip_activation:
+        if self._logits:
             return dy
         return self.activation.backward(self._z, self._a, dy)
 
     @property
     def output_activation(self) -> str | None:
-        """The activation applied last by this layer (for loss fusion), or None."""
+        """The activation this layer applies last (which `forward(..., logits=True)` leaves out), or None."""
         return getattr(self, "activation_name", None)
 
     def param_count(self) -> tuple[int, int]:

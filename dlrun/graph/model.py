@@ -8,12 +8,11 @@ optimizer updates the whole model with a few array operations.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from dlrun.engine import activations
 from dlrun.engine.backend import CPU, Backend
 from dlrun.engine.random import NoiseRNG
 from dlrun.graph.layer import Layer, Shape, ShapeError, WeightSpec
@@ -28,15 +27,24 @@ class GraphError(ValueError):
         self.node = node
 
 
-@dataclass
 class Node:
-    name: str
-    layer: Layer
-    inputs: list[str]
-    #: Where the node came from (e.g. the YAML line of its entry), for error messages.
-    origin: Any = None
-    output_shape: Shape = ()
-    explicit_inputs: bool = field(default=False)
+    """A layer placed in the graph, fed by the named inputs. The layer holds the node's name and,
+    once built, its shapes: each is stored once."""
+
+    def __init__(self, name: str, layer: Layer, inputs: list[str], origin: Any = None) -> None:
+        layer.name = name
+        self.layer = layer
+        self.inputs = list(inputs)
+        #: Where the node came from (e.g. the YAML line of its entry), for error messages.
+        self.origin = origin
+
+    @property
+    def name(self) -> str:
+        return self.layer.name
+
+    @property
+    def output_shape(self) -> Shape:
+        return self.layer.output_shape
 
 
 @dataclass
@@ -123,7 +131,7 @@ class Model:
             in_shapes = [shapes[i] for i in node.inputs]
             arg = in_shapes if node.layer.n_inputs != 1 else in_shapes[0]
             try:
-                node.output_shape = tuple(node.layer.build(arg))
+                node.layer.build(arg)
             except ShapeError as exc:
                 raise GraphError(f"{node.layer.type_name} {node.name!r}: {exc}", node) from None
             if any(d < 1 for d in node.output_shape):
@@ -184,18 +192,38 @@ class Model:
     def output_node(self) -> Node:
         return self._by_name[self.output]
 
-    def forward(self, x: Any, training: bool = False) -> Any:
-        """Run the graph on a batch (an array, or a dict for several inputs); returns the output."""
+    def forward(self, x: Any, training: bool = False, logits: bool = False) -> Any:
+        """Run the graph on a batch (an array, or a dict for several inputs); returns the output.
+
+        `logits` asks the output layer to leave its final activation out for this call (and its
+        backward to start after it): for training with a loss that applies the activation itself,
+        which is stabler. `forward(x)` always returns the activated output.
+        """
+        if logits and self.output_activation in (None, "linear"):
+            raise ValueError(f"the output layer {self.output!r} ends in no activation to leave out")
         values: dict[str, Any] = dict(x) if isinstance(x, dict) else {next(iter(self.inputs)): x}
         remaining = self._consumers_count()
         for node in self.nodes:
             args = [values[i] for i in node.inputs]
-            values[node.name] = node.layer.forward(args if node.layer.n_inputs != 1 else args[0], training)
+            arg = args if node.layer.n_inputs != 1 else args[0]
+            if logits and node.name == self.output:
+                values[node.name] = node.layer.forward(arg, training, logits=True)
+            else:
+                values[node.name] = node.layer.forward(arg, training)
             for i in node.inputs:  # free activations nothing else reads
                 remaining[i] -= 1
                 if remaining[i] == 0 and i != self.output:
                     values.pop(i, None)
         return values[self.output]
+
+    @property
+    def output_activation(self) -> str | None:
+        """The name of the activation the output layer applies last (softmax, sigmoid, ...), or None."""
+        return self.output_node.layer.output_activation
+
+    def activate_output(self, logits: Any) -> Any:
+        """The output activation applied to `forward(x, logits=True)`: what `forward(x)` returns."""
+        return self.output_node.layer.activation.forward(logits)
 
     def _consumers_count(self) -> dict[str, int]:
         if not hasattr(self, "_consumers"):
@@ -235,26 +263,6 @@ class Model:
             if add_grads:
                 reg.add_grad(w, g)
         return total
-
-    def predict(self, x: Any) -> Any:
-        """Inference output with the final activation applied even when training fuses it away."""
-        out = self.forward(x, training=False)
-        layer = self.output_node.layer
-        if layer.skip_activation:
-            out = layer.activation.forward(out)
-        return out
-
-    def fuse_output_activation(self, name: str) -> bool:
-        """Let the loss absorb the final `name` activation (softmax/sigmoid) when the output applies it."""
-        layer = self.output_node.layer
-        if layer.output_activation == name and hasattr(layer, "activation"):
-            layer.skip_activation = True
-            return True
-        return False
-
-    @property
-    def output_activation(self) -> activations.Activation | None:
-        return getattr(self.output_node.layer, "activation", None)
 
     # -- weights -------------------------------------------------------------------------------------
     def weights(self) -> dict[str, Any]:

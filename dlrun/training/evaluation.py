@@ -1,8 +1,105 @@
-"""Scoring a trained model: per-class accuracy and the confusion matrix of a classifier."""
+"""Scoring a model without training it: loss and metrics over a split, outputs for new inputs, and
+for classifiers per-class accuracy and the confusion matrix.
+
+Nothing here holds optimizer state, so a checkpoint can be scored on its own; the training loop
+uses the same Evaluator for its validation pass and for how its loss reads the model's output.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
+
+from dlrun.data.dataset import Batches, Dataset, Split
+from dlrun.engine.backend import Backend
+from dlrun.engine.losses import Loss
+from dlrun.engine.metrics import Metric
+from dlrun.graph.model import Model
+
+INFERENCE_BATCH = 1024  # no gradients kept, so bigger is faster and gives the same mean
+
+
+def loss_on_logits(model: Model, loss: Loss) -> Loss | None:
+    """`loss` taking the model's logits when it absorbs the output's final activation (a cross-entropy
+    after softmax/sigmoid: stabler, and what Keras's TensorFlow backend does), else None."""
+    if loss.from_logits or loss.fuses_with is None or model.output_activation != loss.fuses_with:
+        return None
+    return loss.with_logits()
+
+
+def target_transform(model: Model, loss: Loss) -> Callable[[Any], Any] | None:
+    """What label batches become for `loss`: one-hot rows for categorical_crossentropy, class ids
+    as they are for the sparse losses, the model's float dtype otherwise."""
+    xp, dtype = model.backend.xp, model.backend.dtype
+    if loss.keras_name == "categorical_crossentropy":
+        eye = xp.eye(model.output_node.output_shape[-1], dtype=dtype)
+        return lambda y: eye[y.reshape(-1).astype(xp.int64)]
+    if loss.sparse_targets:
+        return None
+    return lambda y: y.astype(dtype, copy=False)
+
+
+def means(backend: Backend, sums: Any, count: int, names: list[str]) -> dict[str, float]:
+    """Per-sample means of device sums, by name (a host sync: once per epoch or display refresh)."""
+    host = backend.to_host(sums)
+    return {name: float(v) / count for name, v in zip(names, host)}
+
+
+class Evaluator:
+    """Loss (with regularization, as Keras reports it) and metrics of a model over splits of a
+    dataset, in inference mode and inference batches.
+
+    The loss reads the logits when it absorbs the output activation (`fused`), the metrics always
+    the probabilities; the training step reads the output the same way.
+    """
+
+    def __init__(
+        self, model: Model, loss: Loss, metrics: list[Metric], data: Dataset, batch_size: int = INFERENCE_BATCH
+    ) -> None:
+        self.model, self.metrics, self.data, self.batch_size = model, metrics, data, batch_size
+        fused = loss_on_logits(model, loss)
+        self.fused = fused is not None
+        #: The loss as applied to `output(...)`.
+        self.loss = fused or loss
+        self.targets = target_transform(model, loss)
+        self.names = ["loss", *[m.name for m in metrics]]
+
+    def output(self, x: Any, training: bool) -> Any:
+        """The model's output as the loss reads it: the logits when `fused`."""
+        return self.model.forward(x, training, logits=self.fused)
+
+    def add_metric_sums(self, sums: Any, out: Any, y: Any) -> None:
+        """Add each metric's batch sum, on probabilities, into `sums[1:]` (device scalars)."""
+        if not self.metrics:
+            return
+        probs = self.model.activate_output(out) if self.fused else out
+        for i, m in enumerate(self.metrics, start=1):
+            sums[i] += m.batch_sum(probs, y)
+
+    def evaluate(self, split: Split) -> dict[str, float]:
+        backend = self.model.backend
+        xp = backend.xp
+        sums = xp.zeros(len(self.names), dtype=xp.float64)
+        for xb, yb in self.data.batches(split, self.batch_size, backend, self.targets).epoch():
+            out = self.output(xb, training=False)
+            sums[0] += self.loss.value(out, yb) * xb.shape[0]
+            self.add_metric_sums(sums, out, yb)
+        logs = means(backend, sums, len(split), self.names)
+        reg = self.model.regularization(add_grads=False)
+        if not isinstance(reg, float):
+            logs["loss"] += float(backend.to_host(reg))
+        return logs
+
+
+def predict_outputs(
+    model: Model, x: np.ndarray, normalization: Any = None, batch_size: int = INFERENCE_BATCH
+) -> np.ndarray:
+    """The model's outputs (a classifier's probabilities) for host inputs, in inference batches, on the host."""
+    batches = Batches(Split(x, np.zeros(len(x), dtype=np.int64)), batch_size, model.backend, normalization)
+    outs = [model.backend.to_host(model.forward(xb)) for xb, _ in batches.epoch()]
+    return np.concatenate(outs) if outs else np.zeros((0, *model.output_node.output_shape), np.float32)
 
 
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dlrun.data.dataset import Batches, Dataset, Split
+from dlrun.data.dataset import Dataset, Split
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
@@ -29,8 +29,7 @@ from dlrun.errors import CheckpointError, TrainingInterrupted
 from dlrun.graph.model import Model
 from dlrun.runs.checkpoint import Checkpoint
 from dlrun.training.callbacks import Callback
-
-EVAL_BATCH = 1024  # inference batches: no gradients kept, so bigger is faster and gives the same mean
+from dlrun.training.evaluation import Evaluator, means
 
 
 class ProgressListener(Protocol):
@@ -80,15 +79,9 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.backend = self.model.backend
-        act = self.model.output_activation
-        # Fuse softmax/sigmoid with cross-entropy: the model then outputs logits while training.
-        self.fused = (
-            not self.loss.from_logits
-            and self.loss.fuses_with is not None
-            and self.model.fuse_output_activation(self.loss.fuses_with)
-        )
-        self.train_loss = self.loss.with_logits() if self.fused else self.loss
-        self.output_activation = act
+        # The validation pass; the training step reads the model's output as it does (the loss
+        # on the logits of a softmax/sigmoid output, the metrics on the probabilities).
+        self.evaluator = Evaluator(self.model, self.loss, self.metrics, self.data)
         self.history: dict[str, list[float]] = {}
         self.epoch = 0  # epochs completed
         self.stop_training = False
@@ -97,48 +90,25 @@ class Trainer:
         self._resume_epoch: dict[str, Any] | None = None  # a snapshot's unfinished epoch, to go on with
         self._resume_callbacks: list[dict[str, Any]] | None = None
         self.optimizer.build(self.model.flat_params, self.model.segments)
-        self._targets = self._target_transform()
         self.train_batches = self.data.batches(
-            self.data.train, self.batch_size, self.backend, self._targets, training=True
+            self.data.train, self.batch_size, self.backend, self.evaluator.targets, training=True
         )
 
-    # -- data ----------------------------------------------------------------------------------------
-    def _target_transform(self) -> Callable[[Any], Any] | None:
-        xp, dtype = self.backend.xp, self.backend.dtype
-        if self.loss.keras_name == "categorical_crossentropy":
-            classes = self.model.output_node.output_shape[-1]
-            eye = xp.eye(classes, dtype=dtype)
-            return lambda y: eye[y.reshape(-1).astype(xp.int64)]
-        if self.loss.sparse_targets:
-            return None
-        return lambda y: y.astype(dtype, copy=False)
-
-    def batches(self, split: Split, batch_size: int = EVAL_BATCH) -> Batches:
-        return self.data.batches(split, batch_size, self.backend, self._targets)
-
     # -- one step ------------------------------------------------------------------------------------
-    def _probabilities(self, out: Any) -> Any:
-        return self.output_activation.forward(out) if self.fused else out
-
     def train_step(self, xb: Any, yb: Any, sums: Any) -> Any:
         """Forward, backward, update; adds loss and metric sums (device scalars) into `sums`."""
-        out = self.model.forward(xb, training=True)
-        loss, dout = self.train_loss.value_and_grad(out, yb)
+        ev = self.evaluator
+        out = ev.output(xb, training=True)
+        loss, dout = ev.loss.value_and_grad(out, yb)
         self.model.backward(dout)
         loss = loss + self.model.regularization(add_grads=True)
         self.optimizer.apply(self.model.flat_params, self.model.flat_grads)
         n = xb.shape[0]
         sums[0] += loss * n
-        if self.metrics:
-            probs = self._probabilities(out)
-            for i, m in enumerate(self.metrics, start=1):
-                sums[i] += m.batch_sum(probs, yb)
+        ev.add_metric_sums(sums, out, yb)
         return loss
 
     # -- loops ---------------------------------------------------------------------------------------
-    def _names(self) -> list[str]:
-        return ["loss", *[m.name for m in self.metrics]]
-
     def fit(self) -> dict[str, list[float]]:
         """Run the remaining epochs. Raises TrainingInterrupted (after callbacks' `on_interrupt`)
         when `interrupt` gets set: the state after the last finished batch is then `snapshot()`."""
@@ -176,7 +146,7 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         xp = self.backend.xp
-        names = self._names()
+        names = self.evaluator.names
         n_batches = len(self.train_batches)
         epoch = self.epoch
         resume, self._resume_epoch = self._resume_epoch, None
@@ -202,7 +172,7 @@ class Trainer:
                 self._progress = {"batch": b + 1, "seen": seen, "sums": sums, "shuffle": shuffle_state}
                 for cb in self.callbacks:
                     cb.on_batch_end(b, loss)
-                self.listener.on_batch_end(b, n_batches, seen, lambda s=sums, k=seen: self._means(s, k, names))
+                self.listener.on_batch_end(b, n_batches, seen, lambda s=sums, k=seen: means(self.backend, s, k, names))
                 if self.stop_training:
                     break
                 if self.interrupt is not None and b + 1 < n_batches:
@@ -212,7 +182,7 @@ class Trainer:
             if close is not None:
                 close()
         self._progress = None
-        logs = self._means(sums, max(seen, 1), names)
+        logs = means(self.backend, sums, max(seen, 1), names)
         if self.data.val is not None:
             logs.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
         logs["learning_rate"] = self.optimizer.learning_rate
@@ -249,31 +219,13 @@ class Trainer:
     def running_logs(self) -> dict[str, float]:
         """Means over the current epoch so far plus the learning rate (a sync: for rare use)."""
         p = self._progress
-        logs = self._means(p["sums"], max(p["seen"], 1), self._names()) if p else {}
+        logs = means(self.backend, p["sums"], max(p["seen"], 1), self.evaluator.names) if p else {}
         logs["learning_rate"] = self.optimizer.learning_rate
         return logs
 
-    def _means(self, sums: Any, count: int, names: list[str]) -> dict[str, float]:
-        host = self.backend.to_host(sums)  # the sync point: once per epoch or per display refresh
-        return {name: float(v) / count for name, v in zip(names, host)}
-
     def evaluate(self, split: Split) -> dict[str, float]:
         """Loss (with regularization, as Keras reports it) and metrics over a split, inference mode."""
-        xp = self.backend.xp
-        names = self._names()
-        sums = xp.zeros(len(names), dtype=xp.float64)
-        for xb, yb in self.batches(split).epoch():
-            out = self.model.forward(xb, training=False)
-            sums[0] += self.train_loss.value(out, yb) * xb.shape[0]
-            if self.metrics:
-                probs = self._probabilities(out)
-                for i, m in enumerate(self.metrics, start=1):
-                    sums[i] += m.batch_sum(probs, yb)
-        logs = self._means(sums, len(split), names)
-        reg = self.model.regularization(add_grads=False)
-        if not isinstance(reg, float):
-            logs["loss"] += float(self.backend.to_host(reg))
-        return logs
+        return self.evaluator.evaluate(split)
 
     # -- state for checkpoints -----------------------------------------------------------------------
     def checkpoint(self, *, weights_only: bool = False) -> Checkpoint:

@@ -65,8 +65,8 @@ class ReLU(Layer):
 class _FunctionLayer(Layer):
     """A layer applying one configured activation function (and its local gradient)."""
 
-    def forward(self, x, training):
-        return self._activate(x)
+    def forward(self, x, training, logits=False):
+        return self._activate(x, logits)
 
     def backward(self, dy):
         return self._activate_backward(dy)

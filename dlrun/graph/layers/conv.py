@@ -89,14 +89,14 @@ class Conv2D(Layer):
         self._add_kernel_and_bias((kh, kw, c, self.filters))
         return out
 
-    def forward(self, x, training):
+    def forward(self, x, training, logits=False):
         xp = xp_of(x)
         n = x.shape[0]
         oh, ow, f = self.output_shape
         kernel = self.params["kernel"].reshape(-1, f)
         self._x = x
         z = xp.empty((n * oh * ow, f), dtype=x.dtype)
-        linear = self.skip_activation or self.activation_name in (None, "linear")
+        linear = logits or self.activation_name in (None, "linear")
         # Activations whose gradient needs only their output may overwrite their input.
         a = z if linear or self.activation_name in _OUTPUT_ONLY_GRADIENT else xp.empty_like(z)
 

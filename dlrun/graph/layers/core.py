@@ -56,12 +56,12 @@ class Dense(Layer):
         self._add_kernel_and_bias((input_shape[-1], self.units))
         return out
 
-    def forward(self, x, training):
+    def forward(self, x, training, logits=False):
         self._x = x
         z = matmul(x, self.params["kernel"])
         if self.use_bias:
             z += self.params["bias"]
-        return self._activate(z)
+        return self._activate(z, logits)
 
     def backward(self, dy):
         dz = self._activate_backward(dy)
@@ -141,8 +141,8 @@ class Activation(Layer):
         super().__init__(**kwargs)
         self._set_activation(activation)
 
-    def forward(self, x, training):
-        return self._activate(x)
+    def forward(self, x, training, logits=False):
+        return self._activate(x, logits)
 
     def backward(self, dy):
         return self._activate_backward(dy)
