@@ -225,7 +225,7 @@ def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path
 
 def _scores(trainer: Trainer, data: Dataset) -> dict[str, Any]:
     """The model's current scores on the held-out splits the run has."""
-    return {name: trainer.evaluate(part) for name, part in (("val", data.val), ("test", data.test)) if part is not None}
+    return {name: trainer.evaluator.evaluate(part) for name, part in (("val", data.val), ("test", data.test)) if part is not None}
 
 
 def _best_scores(

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dlrun.data.dataset import Dataset, Split
+from dlrun.data.dataset import Dataset
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
@@ -184,7 +184,7 @@ class Trainer:
         self._progress = None
         logs = means(self.backend, sums, max(seen, 1), names)
         if self.data.val is not None:
-            logs.update({f"val_{k}": v for k, v in self.evaluate(self.data.val).items()})
+            logs.update({f"val_{k}": v for k, v in self.evaluator.evaluate(self.data.val).items()})
         logs["learning_rate"] = self.optimizer.learning_rate
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
@@ -222,10 +222,6 @@ class Trainer:
         logs = means(self.backend, p["sums"], max(p["seen"], 1), self.evaluator.names) if p else {}
         logs["learning_rate"] = self.optimizer.learning_rate
         return logs
-
-    def evaluate(self, split: Split) -> dict[str, float]:
-        """Loss (with regularization, as Keras reports it) and metrics over a split, inference mode."""
-        return self.evaluator.evaluate(split)
 
     # -- state for checkpoints -----------------------------------------------------------------------
     def checkpoint(self, *, weights_only: bool = False) -> Checkpoint:
