@@ -21,7 +21,7 @@ from dlrun import api
 from dlrun.cli import app
 from dlrun.errors import CheckpointError
 from dlrun.runs import checkpoint as ck
-from dlrun.runs.atomic import remove_temporaries, write_json
+from dlrun.atomic import remove_temporaries, write_json
 
 CONFIG = {
     "name": "ck",

@@ -20,7 +20,7 @@ from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted
 from dlrun.graph.summary import summary_text
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
-from dlrun.runs.atomic import remove_temporaries, write_json, write_text
+from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.runs.folder import new_run_dir, write_config, write_metrics
 from dlrun.runs.plot import plot_history
 from dlrun.training.interrupt import graceful_interrupts

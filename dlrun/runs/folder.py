@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from dlrun.errors import CheckpointError
-from dlrun.runs.atomic import write_json, write_text
+from dlrun.atomic import write_json, write_text
 
 
 def new_run_dir(runs_root: str | Path, name: str) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dlrun import __version__
-from dlrun.runs.atomic import write_json
+from dlrun.atomic import write_json
 
 MANIFEST = "manifest.json"
 

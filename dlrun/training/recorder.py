@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dlrun.runs import checkpoint as ckpt_mod
-from dlrun.runs.atomic import write_json
+from dlrun.atomic import write_json
 from dlrun.training.callbacks import Callback
 
 
