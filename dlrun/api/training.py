@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
+from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.config.schema import Config
 from dlrun.data.dataset import Dataset, load_dataset
 from dlrun.data.sources import ProgressFn
@@ -20,7 +21,6 @@ from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted
 from dlrun.graph.summary import summary_text
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
-from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.runs.folder import new_run_dir, write_config, write_metrics
 from dlrun.runs.plot import plot_history
 from dlrun.training.interrupt import graceful_interrupts

@@ -8,15 +8,13 @@ pickles and is never read: unpickling runs code.
 A folder is accepted in three layouts: `cifar-10-batches-bin/` inside it, the `.bin` files directly
 in it, or the `.tar.gz` itself (read in place, nothing extracted into the user's folders). A
 download is MD5-verified, then its expected members (and only those) are extracted into the user
-cache, each written to a temporary name and renamed: no path from the archive is ever used.
+cache, each written atomically (dlrun.atomic): no path from the archive is ever used.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,16 @@ from typing import IO
 
 import numpy as np
 
-from dlrun.data.sources import ProgressFn, RemoteFile, cache_dir, candidate_dirs, download, not_found_message
+from dlrun.atomic import atomic_open, remove_temporaries
+from dlrun.data.sources import (
+    STALE_S,
+    ProgressFn,
+    RemoteFile,
+    cache_dir,
+    candidate_dirs,
+    download,
+    not_found_message,
+)
 from dlrun.errors import DataError
 
 NAME = "cifar10"
@@ -111,11 +118,12 @@ def extract(archive: Path, dest: Path) -> Path:
     """Copy the expected members of `archive` into `dest/cifar-10-batches-bin/`; returns that folder.
 
     Member names are compared against the fixed list, never joined to a path, so a hostile archive
-    cannot write elsewhere. Each file is written to a temporary name and renamed once complete; the
+    cannot write elsewhere. Each file is written atomically (complete, or not at all); the
     folder counts as data (for `find`) only when every file is there.
     """
     out = dest / FOLDER
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, min_age_s=STALE_S)  # what a killed extraction left
     seen: set[str] = set()
     try:
         with tarfile.open(archive, "r|gz") as tar:
@@ -126,13 +134,8 @@ def extract(archive: Path, dest: Path) -> Path:
                 src = tar.extractfile(member)
                 if src is None:
                     continue
-                fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=out)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        shutil.copyfileobj(src, f, 1 << 20)
-                    os.replace(tmp, out / base)
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
+                with atomic_open(out / base, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
                 seen.add(base)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(
