@@ -19,8 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dlrun.cli import app
-from dlrun.data import cifar10, sources
+from dlrun.data import sources
 from dlrun.data.dataset import load_dataset
+from dlrun.data.datasets import cifar10
 from dlrun.errors import DataError
 
 runner = CliRunner()

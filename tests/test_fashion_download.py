@@ -10,7 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from dlrun.data import fashion_mnist, sources
+from dlrun.data import sources
+from dlrun.data.datasets import fashion_mnist
 from dlrun.errors import DataError
 
 

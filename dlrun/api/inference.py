@@ -75,7 +75,7 @@ def evaluate_report(
     report: dict[str, Any] = {"split": split, "samples": len(part), "scores": trainer.evaluate(part)}
     classes = setup.model.output_node.output_shape[-1]
     if details and data.num_classes and setup.loss.accuracy_kind in ("sparse", "categorical") and classes > 1:
-        probs = _predict_batches(setup, part.x, data.scale)
+        probs = _predict_batches(setup, part.x, data.normalization)
         matrix = confusion_matrix(probs.argmax(axis=-1), part.y.reshape(-1), classes)
         names = data.class_names or [str(i) for i in range(classes)]
         report.update(

@@ -2,8 +2,9 @@
 
 Search order: `data.path`, `$DLRUN_DATA/<name>`, the user cache (`$XDG_CACHE_HOME/dlrun/<name>`,
 default `~/.cache/dlrun/<name>`), system folders (Debian's `/usr/share/datasets/...`), and last a
-download into the user cache. Downloads stream into a temporary file, are checksum-verified and only
-then renamed into place: an interrupted or corrupt download never looks like data.
+download into the user cache. Downloads stream through `atomic_open`, are checksum-verified and only
+then renamed into place: an interrupted or corrupt download never looks like data. A dropped
+connection or a truncated read is retried (ATTEMPTS in all).
 `DLRUN_OFFLINE=1` turns every download off (the search alone runs, and its error says what to do).
 """
 
@@ -123,9 +124,7 @@ def _download_once(remote: RemoteFile, final: Path, progress: ProgressFn | None,
                     )
         return final
     except http.client.IncompleteRead:
-        raise _Retryable(
-            "the connection closed before the announced size was received (truncated download)"
-        ) from None
+        raise _Retryable("the connection closed before the announced size was received (truncated download)") from None
     except urllib.error.HTTPError as exc:  # the server answered: another try gets the same answer
         raise DataError(f"could not download {remote.url}: {exc.reason or exc}") from None
     except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:

@@ -18,11 +18,13 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
 from dlrun.atomic import atomic_open, remove_temporaries
+from dlrun.config.schema import Key
+from dlrun.data.registry import DATASETS, Arrays, Found, Source
 from dlrun.data.sources import (
     STALE_S,
     ProgressFn,
@@ -272,10 +274,8 @@ def read_archive(archive: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return x_tr, y_tr, x_te, y_te, names
 
 
-def load(
-    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(x_train, y_train, x_test, y_test, class names); images uint8 (N, 32, 32, 3)."""
+def locate(user_path: str | None, progress: ProgressFn | None = None, allow_download: bool = True) -> Location:
+    """Where the data is: found, or else downloaded and extracted; DataError saying where to put it."""
     where, searched = find(user_path)
     if where is None:
         error = "downloads disabled"
@@ -286,4 +286,53 @@ def load(
                 error = exc.message
         if where is None:
             raise not_found_message(NAME, searched, FILES, error, what_to_put=what_to_put())
+    return where
+
+
+def _files(where: Location) -> list[Path]:
+    return [where.path] if where.archive else [where.path / f for f in FILES]
+
+
+def load(
+    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(x_train, y_train, x_test, y_test, class names); images uint8 (N, 32, 32, 3)."""
+    where = locate(user_path, progress, allow_download)
     return read_archive(where.path) if where.archive else read_folder(where.path)
+
+
+class CIFAR10(Source):
+    name = NAME
+    description = "CIFAR-10: 60,000 32x32 colour images, 10 classes (downloaded, binary version)"
+    kind = "download"
+    order = 20
+    keys: ClassVar[dict[str, Key]] = {
+        "path": Key((str,), None, None, "folder holding the dataset files", nullable=True)
+    }
+
+    def url(self) -> str:
+        return URL
+
+    def find(self, user_path: str | None) -> Found:
+        where, searched = find(user_path)
+        return Found(where.path if where else None, searched, _files(where) if where else [])
+
+    def put(self) -> str:
+        return what_to_put()
+
+    def fetch(self, progress: ProgressFn | None = None) -> Path:
+        return fetch(progress)
+
+    def load(self, data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> Arrays:
+        where = locate(data_cfg.get("path"), progress, allow_download)
+        x_tr, y_tr, x_te, y_te, names = read_archive(where.path) if where.archive else read_folder(where.path)
+        return Arrays(x_tr, y_tr, x_te, y_te, CLASSES, names, _files(where))
+
+    def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
+        return SHAPE
+
+    def class_names(self, data_cfg: dict[str, Any]) -> list[str]:
+        return list(DEFAULT_CLASS_NAMES)
+
+
+DATASETS.add(CIFAR10())
