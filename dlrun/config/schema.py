@@ -205,6 +205,7 @@ _datasets: DatasetKeys | None = None
 
 
 def use_datasets(table: DatasetKeys) -> None:
+    """Install the table every later parse asks (the last one installed wins)."""
     global _datasets
     _datasets = table
 
