@@ -50,7 +50,7 @@ MLP = [
 
 def write_official(folder: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
     """`cifar-10-batches-bin/` with 5 train files and a test file of random images, official format."""
-    from dlrun.data import cifar10
+    from dlrun.data.datasets import cifar10
 
     rng = np.random.default_rng(seed)
     out = folder / cifar10.FOLDER
@@ -147,7 +147,7 @@ def wait_fraction(args: argparse.Namespace) -> list[dict]:
 MEMORY_CHILD = """
 import json, resource, sys, time
 import numpy as np
-from dlrun.data import cifar10
+from dlrun.data.datasets import cifar10
 mode, path = sys.argv[1], sys.argv[2]
 start = time.perf_counter()
 if mode == "load_dataset":  # the whole preparation, with a seeded 10% validation split (copies once)
@@ -169,7 +169,7 @@ print(json.dumps(info))
 
 
 def memory(args: argparse.Namespace) -> dict:
-    from dlrun.data import cifar10
+    from dlrun.data.datasets import cifar10
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,10 +18,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dlrun import api
+from dlrun.atomic import remove_temporaries, write_json
 from dlrun.cli import app
 from dlrun.errors import CheckpointError
 from dlrun.runs import checkpoint as ck
-from dlrun.runs.atomic import remove_temporaries, write_json
 
 CONFIG = {
     "name": "ck",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dlrun.cli import app
-from dlrun.data import cifar10
+from dlrun.data import sources
 from dlrun.data.dataset import load_dataset
+from dlrun.data.datasets import cifar10
 from dlrun.errors import DataError
 
 runner = CliRunner()
@@ -88,6 +90,7 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("DLRUN_OFFLINE", raising=False)
     monkeypatch.setattr(cifar10, "SYSTEM_DIRS", [])
+    monkeypatch.setattr(sources, "BACKOFF_S", 0.0)  # retries without the wait
     return tmp_path
 
 
@@ -189,13 +192,15 @@ def test_extraction_takes_only_the_expected_members(isolated):
 
 # -- download ------------------------------------------------------------------------------------
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    truncate = False
+    truncate = False  # every answer, or (an int) that many first answers
+    requests = 0
 
     def log_message(self, *args):  # quiet
         pass
 
     def do_GET(self):
-        if not self.truncate:
+        type(self).requests += 1
+        if self.truncate is False or (self.truncate is not True and type(self).requests > self.truncate):
             return super().do_GET()
         data = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
         self.send_response(200)
@@ -257,6 +262,55 @@ def test_truncated_download_is_rejected_and_removed(server):
         cifar10.load()
     assert "truncated" in str(info.value) or "stopped after" in str(info.value)
     nothing_left()
+
+
+def test_truncated_downloads_are_retried_a_bounded_number_of_times(server):
+    handler, expected = server
+    handler.truncate = True
+    with pytest.raises(DataError, match="3 attempts"):
+        cifar10.load()
+    assert handler.requests == sources.ATTEMPTS == 3
+    nothing_left()
+    handler.requests, handler.truncate = 0, 2  # two truncated answers, then the whole file
+    check(cifar10.load(), expected)
+    assert handler.requests == 3
+
+
+def test_a_checksum_mismatch_is_not_retried(server, monkeypatch):
+    handler, _ = server
+    monkeypatch.setattr(cifar10, "MD5", "0" * 32)
+    with pytest.raises(DataError, match="MD5"):
+        cifar10.load()
+    assert handler.requests == 1
+
+
+def test_refused_connections_are_retried_then_reported(isolated, monkeypatch):
+    calls = []
+
+    def refuse(url, timeout):
+        calls.append(url)
+        raise sources.urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", refuse)
+    with pytest.raises(DataError, match="Connection refused"):
+        cifar10.load()
+    assert len(calls) == 3
+
+
+def test_stale_temporaries_of_killed_downloads_are_removed_first(server):
+    _, expected = server
+    cache().mkdir(parents=True)
+    (cache() / cifar10.FOLDER).mkdir()
+    old = time.time() - 2 * sources.STALE_S
+    stale = [cache() / f".{cifar10.ARCHIVE}.k1ll3d.part", cache() / f".{cifar10.ARCHIVE}.x9.tmp"]
+    stale.append(cache() / cifar10.FOLDER / ".data_batch_1.bin.a1.part")
+    live = cache() / f".{cifar10.ARCHIVE}.l1ve.tmp"  # another process's download, still growing
+    for p in [*stale, live]:
+        p.write_bytes(b"half")
+    for p in stale:
+        os.utime(p, (old, old))
+    check(cifar10.load(), expected)
+    assert [p for p in stale if p.exists()] == [] and live.exists()
 
 
 def test_truncated_file_served_whole_fails_the_checksum(server, isolated):

@@ -10,7 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from dlrun.data import fashion_mnist
+from dlrun.data import sources
+from dlrun.data.datasets import fashion_mnist
 from dlrun.errors import DataError
 
 
@@ -37,6 +38,7 @@ def tiny_files(tmp_path, monkeypatch):
         table[name] = (hashlib.md5((src / name).read_bytes()).hexdigest(), hashlib.sha256(raw).hexdigest())
     monkeypatch.setattr(fashion_mnist, "FILES", table)
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIRS", [])
+    monkeypatch.setattr(sources, "BACKOFF_S", 0.0)  # retries without the wait
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("DLRUN_DATA", raising=False)
     return src

@@ -65,3 +65,29 @@ def test_a_damaged_history_is_a_clear_error(tmp_path, text):
         assert res.exit_code == 1 and "history.json" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["runs", str(tmp_path / "runs")])
     assert res.exit_code == 0  # listed all the same
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_a_diverging_run_writes_strict_json_that_every_command_reads(tmp_path):
+    from dlrun import api
+
+    cfg = {
+        "name": "diverge",
+        "data": {"dataset": "synthetic", "samples": 200, "features": 8, "task": "regression", "validation_split": 0.25},
+        "model": {"layers": [{"Dense": {"units": 1}}]},
+        "loss": "mse",
+        "optimizer": {"type": "sgd", "learning_rate": 1.0e30},
+        "metrics": ["mae"],
+        "training": {"epochs": 2},
+    }
+    result = api.train(cfg, runs_dir=tmp_path / "runs")
+    assert not all(math.isfinite(v) for v in result.history["loss"])
+    for name in ("history.json", "metrics.json", "manifest.json"):
+        _strict((result.run_dir / name).read_text())
+    assert None in _strict((result.run_dir / "history.json").read_text())["loss"]
+    res = runner.invoke(app, ["runs", str(tmp_path / "runs"), "--json"])
+    assert res.exit_code == 0, res.output
+    _strict(res.output)
+    assert runner.invoke(app, ["compare", str(result.run_dir), str(result.run_dir)]).exit_code == 0
+    resumed = api.resume(result.run_dir)  # finished: completes from last.npz and history.json again
+    assert len(resumed.history["loss"]) == 2

@@ -8,7 +8,7 @@ import pytest
 
 from dlrun import api
 from dlrun.config import load_config
-from dlrun.data import fashion_mnist
+from dlrun.data.datasets import fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 

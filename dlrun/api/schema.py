@@ -166,7 +166,7 @@ def _section(section: dict[str, Any]) -> dict[str, Any]:
 
 def json_schema() -> dict[str, Any]:
     """The whole config language: sections, keys and every registered name with its arguments."""
-    root = _section(cs.SCHEMA)
+    root = _section(cs.full_schema())
     props = root["properties"]
     graph_args = {
         "name": {"type": "string"},

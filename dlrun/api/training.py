@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
+from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.config.loader import from_plain, to_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config
@@ -23,7 +24,6 @@ from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, Usage
 from dlrun.graph.summary import summary_text
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
-from dlrun.runs.atomic import remove_temporaries, write_json, write_text
 from dlrun.runs.folder import new_run_dir, write_config, write_metrics
 from dlrun.runs.plot import plot_history
 from dlrun.training.interrupt import graceful_interrupts
@@ -225,7 +225,11 @@ def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path
 
 def _scores(trainer: Trainer, data: Dataset) -> dict[str, Any]:
     """The model's current scores on the held-out splits the run has."""
-    return {name: trainer.evaluator.evaluate(part) for name, part in (("val", data.val), ("test", data.test)) if part is not None}
+    return {
+        name: trainer.evaluator.evaluate(part)
+        for name, part in (("val", data.val), ("test", data.test))
+        if part is not None
+    }
 
 
 def _best_scores(

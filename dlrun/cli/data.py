@@ -41,10 +41,9 @@ def list_datasets(
     def body() -> None:
         from rich.table import Table
 
-        from dlrun.data import catalog
-        from dlrun.data.dataset import DATASETS
+        from dlrun.data.registry import DATASETS
 
-        entries = [catalog.describe(name, path) for name in DATASETS]
+        entries = [source.describe(path) for source in DATASETS]
         if as_json:
             print(
                 jsonio.dumps(
@@ -81,7 +80,7 @@ def list_datasets(
 
 @app.command()
 def fetch(
-    name: Annotated[str, typer.Argument(help="fashion_mnist or cifar10.")],
+    name: Annotated[str, typer.Argument(help="A dataset that is downloaded (dlrun data list shows them).")],
     debug: DebugOption = False,
 ) -> None:
     """Download a dataset into the user cache now (checksum-verified), so training needs no network.
@@ -91,15 +90,16 @@ def fetch(
 
     def body() -> None:
         from dlrun.cli.progress import DownloadBar
-        from dlrun.data import catalog
+        from dlrun.data.registry import DATASETS
 
-        entry = catalog.describe(name)
+        source = DATASETS.get(name)
+        entry = source.describe()
         if entry.found is not None:
             print(f"{name}: already at {entry.found} ({_size(entry.size)})")
             return
         bar = DownloadBar(stderr(), name)
         try:
-            where = catalog.fetch(name, bar)
+            where = source.fetch(bar)
         finally:
             bar.close()
         print(f"{name}: {where}")
@@ -119,9 +119,9 @@ def path(
     """
 
     def body() -> None:
-        from dlrun.data import catalog
+        from dlrun.data.registry import DATASETS
 
-        e = catalog.describe(name, data_path)
+        e = DATASETS.get(name).describe(data_path)
         if e.found is not None:
             print(f"{name}: found at {e.found}")
         if e.searched:

@@ -2,7 +2,7 @@
 
 `parse_config` checks a loaded YAML tree against the schema and fills defaults, giving a `Config`
 with the resolved values and the positions of the original keys. Parts owned by other modules
-(layers, losses, optimizers, callbacks) are checked by those modules' registries, through
+(layers, losses, optimizers, callbacks, datasets) are checked by those modules' registries, through
 `Config.error`, so every error names the file, line and key path.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from dlrun.config.loader import Located, LocDict, LocList, Position, load_yaml_file, to_plain
 from dlrun.config.overrides import apply_overrides
@@ -21,19 +21,6 @@ from dlrun.errors import ConfigError
 from dlrun.registry import did_you_mean
 
 REQUIRED = object()
-DATASETS = ("fashion_mnist", "cifar10", "npz", "csv", "synthetic")
-#: data keys that only some datasets take: written for another dataset they are an error, and
-#: their defaults are left out of the resolved config.
-DATASET_KEYS = {
-    "samples": ("synthetic",),
-    "features": ("synthetic",),
-    "classes": ("synthetic",),
-    "noise": ("synthetic",),
-    "task": ("synthetic", "npz", "csv"),
-    "target": ("csv",),
-    "header": ("csv",),
-    "path": ("fashion_mnist", "cifar10", "npz", "csv"),
-}
 
 
 @dataclass
@@ -96,12 +83,6 @@ def _statistics(v: Any) -> str | None:
     return None if ok else "must be {mean: [..], std: [..]}: one number per channel, std > 0"
 
 
-def _augmentation(v: Any) -> str | None:
-    from dlrun.data.augment import check_spec  # NumPy only when a config has augmentation
-
-    return check_spec(v) if v else None
-
-
 def _choices(*options: str) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if v in options:
@@ -113,6 +94,9 @@ def _choices(*options: str) -> Callable[[Any], str | None]:
     return check
 
 
+#: The checks the data layer's dataset keys use.
+positive, non_negative, choices = _positive, _non_negative, _choices
+
 NUMBER = (int, float)
 SPEC = (str, dict)
 
@@ -121,18 +105,17 @@ SCHEMA: dict[str, Any] = {
     "seed": Key((int,), 42, _non_negative, "seed for initialisation, dropout, shuffling and splits"),
     "device": Key((str,), "auto", _choices("auto", "cpu", "gpu"), "auto | cpu | gpu (CuPy)"),
     "data": {
-        "dataset": Key((str,), REQUIRED, _choices(*DATASETS), "which dataset"),
+        "dataset": Key((str,), REQUIRED, None, "which dataset"),  # its choices: DatasetKeys.names()
         "validation_split": Key(NUMBER, 0.0, _fraction, "fraction of the training set held out (seeded, shuffled)"),
         "stratify": Key((bool,), False, None, "keep the class proportions in the validation and test splits"),
-        "test_split": Key(NUMBER, 0.0, _fraction, "fraction held out as the test set (npz without x_test, csv)"),
+        "test_split": Key(NUMBER, 0.0, _fraction, "fraction held out as the test set (datasets without one)"),
         "limit": Key((int,), None, _positive, "use only the first N training samples", nullable=True),
-        "path": Key((str,), None, None, "folder holding the dataset files; npz, csv: the file", nullable=True),
         "normalize": Key(
             (str,),
             "auto",
             _choices("auto", "scale", "standardize", "none"),
             "scale (uint8 to [0, 1]) | standardize (training-split mean/std per channel) | none; "
-            "auto: scale for uint8 images, standardize for csv, none otherwise",
+            "auto: what the dataset suggests (scale for uint8 images, standardize for tables, none otherwise)",
         ),
         "statistics": Key(
             (dict,),
@@ -145,23 +128,12 @@ SCHEMA: dict[str, Any] = {
         "augmentation": Key(
             (list,),
             [],
-            _augmentation,
+            None,  # checked by the data layer (DatasetKeys.check)
             "image augmentation of training batches, Keras names: "
             "[{RandomFlip: {mode: horizontal}}, {RandomCrop: {padding: 4}}, ...]",
         ),
         "prefetch": Key((int,), 2, _non_negative, "batches prepared ahead in a background thread (0: none)"),
-        "target": Key((str, int), None, None, "csv: the target column, by name or index", nullable=True),
-        "header": Key((bool,), None, None, "csv: the first row names the columns (default: detected)", nullable=True),
-        "samples": Key((int,), 1000, _positive, "synthetic: number of samples"),
-        "features": Key((int,), 100, _positive, "synthetic: number of features"),
-        "classes": Key((int,), 2, _positive, "synthetic: number of classes (classification)"),
-        "task": Key(
-            (str,),
-            "classification",
-            _choices("classification", "regression"),
-            "synthetic, npz, csv: classification or regression",
-        ),
-        "noise": Key(NUMBER, 0.1, _non_negative, "synthetic: label/target noise"),
+        # ... and each dataset's own keys (DatasetKeys.keys())
     },
     "model": {
         "input_shape": Key((list,), None, _shape, "input shape without the batch axis", nullable=True),
@@ -209,6 +181,47 @@ class Config:
         return ConfigError(
             message, file=self.file, line=pos[0] if pos else None, column=pos[1] if pos else None, path=path, hint=hint
         )
+
+
+class DatasetKeys(Protocol):
+    """What the data layer adds to the data section: config imports no data (dlrun.data.registry
+    installs its table with `use_datasets` when it is imported)."""
+
+    def names(self) -> list[str]:
+        """The values data.dataset takes."""
+        ...
+
+    def keys(self) -> dict[str, Key]:
+        """Every dataset's own keys, beyond the common ones above."""
+        ...
+
+    def check(self, cfg: Config, data: dict[str, Any], node: Any) -> None:
+        """Check the resolved data section against its dataset (raising `cfg.error`s); drop the
+        other datasets' keys from it."""
+        ...
+
+
+_datasets: DatasetKeys | None = None
+
+
+def use_datasets(table: DatasetKeys) -> None:
+    """Install the table every later parse asks (the last one installed wins)."""
+    global _datasets
+    _datasets = table
+
+
+def _installed() -> DatasetKeys:
+    if _datasets is None:
+        raise RuntimeError("no dataset table installed: import dlrun.data before parsing configs")
+    return _datasets
+
+
+def full_schema() -> dict[str, Any]:
+    """SCHEMA with the data section completed by the datasets: their names and their keys."""
+    datasets = _installed()
+    data = dict(SCHEMA["data"])
+    data["dataset"] = replace(data["dataset"], check=_choices(*datasets.names()))
+    return {**SCHEMA, "data": {**data, **datasets.keys()}}
 
 
 def _check_key(cfg: Config, spec: Key, value: Any, parent: Any, key: str, path: str) -> Any:
@@ -272,28 +285,10 @@ def parse_config(tree: Any, file: str | None = None) -> Config:
             f"the config must be a mapping of sections (name:, data:, model:, ...), got {kind}", file=file
         )
     cfg = Config(tree, {}, file)
-    resolved = _check_section(cfg, SCHEMA, tree, "")
+    resolved = _check_section(cfg, full_schema(), tree, "")
     if resolved["name"] is None:
         resolved["name"] = Path(file).stem if file else "run"
-    data, data_node = resolved["data"], tree.get("data") or {}
-    for key, datasets in DATASET_KEYS.items():
-        if data["dataset"] in datasets:
-            continue
-        if key in data_node and data_node[key] is not None:
-            names = " and ".join([", ".join(datasets[:-1]), datasets[-1]] if len(datasets) > 1 else datasets)
-            raise cfg.error(
-                f"{key!r} only applies to the {names} dataset{'s' if len(datasets) > 1 else ''}",
-                data_node,
-                key,
-                f"data.{key}",
-            )
-        del data[key]
-    if data["dataset"] in ("npz", "csv") and not data["path"]:
-        raise cfg.error(f"the {data['dataset']} dataset needs data.path: the file to read", data_node, None, "data")
-    if data["dataset"] == "csv" and data["target"] is None:
-        raise cfg.error(
-            "the csv dataset needs data.target: the column to predict (a name, or an index)", data_node, None, "data"
-        )
+    _installed().check(cfg, resolved["data"], tree.get("data") or {})
     cfg.resolved = resolved
     return cfg
 
@@ -317,4 +312,15 @@ def section_node(cfg: Config, *keys: Any) -> Any:
     return node
 
 
-__all__ = ["SCHEMA", "Config", "Key", "LocList", "load_config", "parse_config", "section_node"]
+__all__ = [
+    "SCHEMA",
+    "Config",
+    "DatasetKeys",
+    "Key",
+    "LocList",
+    "full_schema",
+    "load_config",
+    "parse_config",
+    "section_node",
+    "use_datasets",
+]

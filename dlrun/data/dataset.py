@@ -1,6 +1,6 @@
 """A loaded dataset: train/validation/test splits kept compact (uint8 images), batched on demand.
 
-`load_dataset` reads a source (fashion_mnist, cifar10, npz, csv, synthetic), then prepares it in
+`load_dataset` reads a source (dlrun.data.registry; one module each in dlrun.data.datasets), then prepares it in
 this order: `limit` (first N training samples), `test_split` (only for sources without a test set),
 `validation_split` (seeded, optionally stratified), normalisation (its statistics from the training
 split only, or from `data.statistics` when a trained config carries them) and augmentation.
@@ -12,26 +12,20 @@ float32 copies would.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dlrun.data import augment, cifar10, fashion_mnist, normalize, splits, synthetic, userfiles
+import dlrun.data.datasets  # noqa: F401  (registers every dataset)
+from dlrun.data import augment, normalize, splits
 from dlrun.data.augment import Augmenter
 from dlrun.data.normalize import Normalization
 from dlrun.data.pipeline import Batches, PipelineStats, Prefetcher
+from dlrun.data.registry import DATASETS, Targets
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.backend import Backend
 from dlrun.errors import DataError
-
-#: (name, what it is) for `dlrun data list` and error messages.
-DATASETS = {
-    "fashion_mnist": "Fashion-MNIST: 70,000 28x28 grey images of clothes, 10 classes (downloaded)",
-    "cifar10": "CIFAR-10: 60,000 32x32 colour images, 10 classes (downloaded, binary version)",
-    "npz": "your arrays: an .npz with x_train, y_train[, x_test, y_test] (data.path)",
-    "csv": "your table: numeric feature columns and a target column (data.path, data.target)",
-    "synthetic": "seeded random data from a linear teacher, for smoke tests (generated)",
-}
 
 
 @dataclass
@@ -46,15 +40,6 @@ class Split:
         return Split(self.x[idx], self.y[idx])
 
 
-@dataclass(frozen=True)
-class Targets:
-    """What a model must predict: a class count (integer labels), or for regression
-    `classes` None and the number of values per sample."""
-
-    classes: int | None
-    per_sample: int = 1
-
-
 @dataclass
 class Dataset:
     name: str
@@ -67,17 +52,12 @@ class Dataset:
     normalization: Normalization = field(default_factory=Normalization)
     augmenter: Augmenter | None = None
     prefetch: int = 0
-    files: dict[str, str] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)  # what it was read from (the manifest hashes them)
 
     @property
     def targets(self) -> Targets:
         y = self.train.y
         return Targets(self.num_classes, int(y.shape[1]) if y.ndim == 2 else 1)
-
-    @property
-    def scale(self) -> Normalization:
-        """The normalisation, under its old name: Batches takes it where it took a scale factor."""
-        return self.normalization
 
     @property
     def statistics(self) -> dict[str, list[float]] | None:
@@ -112,28 +92,6 @@ class Dataset:
         )
 
 
-def _read(data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> userfiles.Arrays:
-    """The source's arrays, before any preparation."""
-    name = data_cfg["dataset"]
-    if name == "fashion_mnist":
-        x_tr, y_tr, x_te, y_te = fashion_mnist.load(data_cfg.get("path"), progress, allow_download)
-        return userfiles.Arrays(x_tr, y_tr, x_te, y_te, 10, list(fashion_mnist.CLASS_NAMES))
-    if name == "cifar10":
-        x_tr, y_tr, x_te, y_te, names = cifar10.load(data_cfg.get("path"), progress, allow_download)
-        return userfiles.Arrays(x_tr, y_tr, x_te, y_te, 10, names)
-    if name == "npz":
-        return userfiles.load_npz(data_cfg.get("path"), data_cfg["task"])
-    if name == "csv":
-        return userfiles.load_csv(data_cfg.get("path"), data_cfg["target"], data_cfg["task"], data_cfg.get("header"))
-    if name == "synthetic":
-        x_tr, y_tr, x_te, y_te = synthetic.make(
-            data_cfg["samples"], data_cfg["features"], data_cfg["classes"], data_cfg["task"], data_cfg["noise"], seed
-        )
-        classes = None if data_cfg["task"] == "regression" else data_cfg["classes"]
-        return userfiles.Arrays(x_tr, y_tr, x_te, y_te, classes)
-    raise DataError(f"the dataset {name!r} is not available in this version of dlrun")
-
-
 def load_dataset(
     data_cfg: dict[str, Any],
     seed: int,
@@ -144,7 +102,8 @@ def load_dataset(
 ) -> Dataset:
     """Read `data_cfg["dataset"]` and prepare it (see the module docstring)."""
     name = data_cfg["dataset"]
-    arrays = _read(data_cfg, seed, progress, allow_download)
+    source = DATASETS.get(name)
+    arrays = source.load(data_cfg, seed, progress, allow_download)
     train = Split(arrays.x_train, arrays.y_train)
     if data_cfg.get("limit"):
         train = train.take(slice(0, data_cfg["limit"]))
@@ -174,7 +133,7 @@ def load_dataset(
     norm = normalize.resolve(
         data_cfg.get("normalize") or "auto",
         train.x,
-        default_normalization(name, train.x.dtype),
+        source.default_normalization(train.x.dtype),
         data_cfg.get("statistics"),
         name,
     )
@@ -194,10 +153,8 @@ def load_dataset(
         norm,
         augmenter,
         int(data_cfg.get("prefetch") or 0),
+        arrays.files,
     )
-
-
-_STATIC_SHAPES = {"fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 
 
 def dataset_input_shape(data_cfg: dict[str, Any], needed: bool = False) -> tuple[int, ...] | None:
@@ -206,27 +163,11 @@ def dataset_input_shape(data_cfg: dict[str, Any], needed: bool = False) -> tuple
     For npz and csv it is read from the file's header. When the file cannot tell: None, or with
     `needed` (the model gives no input_shape of its own) the DataError saying why.
     """
-    name = data_cfg["dataset"]
-    if name == "synthetic":
-        return (data_cfg["features"],)
-    if name in ("npz", "csv"):
-        path = data_cfg.get("path")
-        shape = (
-            userfiles.npz_input_shape(path)
-            if name == "npz"
-            else userfiles.csv_input_shape(path, data_cfg.get("header"))
-        )
-        if shape is None and needed:  # reading the whole file says what is wrong with it
-            return tuple(_read(data_cfg, 0, None, False).x_train.shape[1:])
-        return shape
-    return _STATIC_SHAPES.get(name)
-
-
-def default_normalization(name: str, dtype: Any) -> str:
-    """What `normalize: auto` means: standardize for csv, scale for uint8 images, none otherwise."""
-    if name == "csv":
-        return "standardize"
-    return "scale" if np.dtype(dtype) == np.uint8 else "none"
+    source = DATASETS.get(data_cfg["dataset"])
+    shape = source.input_shape(data_cfg)
+    if shape is None and needed:  # reading the whole file says what is wrong with it
+        return tuple(source.load(data_cfg, 0, None, False).x_train.shape[1:])
+    return shape
 
 
 def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:
@@ -235,7 +176,7 @@ def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:
     Float inputs to a model trained on scaled uint8 images are taken as already scaled.
     """
     kind = data_cfg.get("normalize") or "auto"
-    kind = default_normalization(data_cfg["dataset"], dtype) if kind == "auto" else kind
+    kind = DATASETS.get(data_cfg["dataset"]).default_normalization(dtype) if kind == "auto" else kind
     stats = data_cfg.get("statistics")
     if kind == "standardize":
         if not stats:
@@ -251,19 +192,12 @@ def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:
 
 def known_targets(data_cfg: dict[str, Any]) -> Targets | None:
     """The targets a dataset holds, known without loading it; None when only its files can tell."""
-    names = known_class_names(data_cfg)
-    if names is not None:
-        return Targets(len(names))
-    if data_cfg["dataset"] == "synthetic":
-        return Targets(None if data_cfg["task"] == "regression" else data_cfg["classes"])
-    return None
+    return DATASETS.get(data_cfg["dataset"]).targets(data_cfg)
 
 
 def known_class_names(data_cfg: dict[str, Any]) -> list[str] | None:
     """Class names known without loading data (for predict)."""
-    return {"fashion_mnist": list(fashion_mnist.CLASS_NAMES), "cifar10": list(cifar10.DEFAULT_CLASS_NAMES)}.get(
-        data_cfg["dataset"]
-    )
+    return DATASETS.get(data_cfg["dataset"]).class_names(data_cfg)
 
 
 __all__ = [
@@ -274,7 +208,6 @@ __all__ = [
     "Split",
     "Targets",
     "dataset_input_shape",
-    "default_normalization",
     "input_normalization",
     "known_class_names",
     "known_targets",

@@ -2,8 +2,9 @@
 
 Search order: `data.path`, `$DLRUN_DATA/<name>`, the user cache (`$XDG_CACHE_HOME/dlrun/<name>`,
 default `~/.cache/dlrun/<name>`), system folders (Debian's `/usr/share/datasets/...`), and last a
-download into the user cache. Downloads stream into a temporary file, are checksum-verified and only
-then renamed into place: an interrupted or corrupt download never looks like data.
+download into the user cache. Downloads stream through `atomic_open`, are checksum-verified and only
+then renamed into place: an interrupted or corrupt download never looks like data. A dropped
+connection or a truncated read is retried (ATTEMPTS in all).
 `DLRUN_OFFLINE=1` turns every download off (the search alone runs, and its error says what to do).
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dlrun.atomic import atomic_open, remove_temporaries
 from dlrun.errors import DataError
 
 #: (bytes done, total bytes or None) -> None; the CLI passes a rich progress bar.
@@ -63,29 +65,44 @@ def candidate_dirs(name: str, user_path: str | None, system_dirs: Iterable[str])
     return dirs
 
 
-def file_digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+#: Attempts per file; a retry follows only a dropped connection or a truncated read, never a
+#: checksum mismatch (the same bytes would come again). Waits BACKOFF_S, then twice that, ...
+ATTEMPTS = 3
+BACKOFF_S = 0.5
+#: A temporary file untouched this long is what a killed download left (a live one grows steadily).
+STALE_S = 60.0
+
+
+class _Retryable(Exception):
+    """A dropped connection or a truncated read: worth another attempt."""
 
 
 def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = None, timeout: float = 30) -> Path:
     """Stream `remote` into `dest_dir`, verify its checksums, then move it into place.
 
-    On any failure (network, short read, checksum, Ctrl-C) the temporary file is removed and DataError
-    raised (KeyboardInterrupt propagates): nothing half-downloaded remains.
+    Up to ATTEMPTS tries on connection errors and truncated reads. On any failure (network, short
+    read, checksum, Ctrl-C) the temporary file is removed and DataError raised (KeyboardInterrupt
+    propagates): nothing half-downloaded remains. What killed downloads left is removed first.
     """
     if offline():
         raise DataError(f"downloads are disabled (DLRUN_OFFLINE is set); not fetching {remote.url}")
     dest_dir.mkdir(parents=True, exist_ok=True)
-    final = dest_dir / remote.name
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{remote.name}.", suffix=".part", dir=dest_dir)
-    tmp = Path(tmp_name)
+    remove_temporaries(dest_dir, min_age_s=STALE_S)
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return _download_once(remote, dest_dir / remote.name, progress, timeout)
+        except _Retryable as exc:
+            if attempt == ATTEMPTS:
+                tries = f" ({ATTEMPTS} attempts)" if ATTEMPTS > 1 else ""
+                raise DataError(f"could not download {remote.url}: {exc}{tries}") from None
+            time.sleep(BACKOFF_S * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _download_once(remote: RemoteFile, final: Path, progress: ProgressFn | None, timeout: float) -> Path:
     md5, sha = hashlib.md5(), hashlib.sha256()
     try:
-        with os.fdopen(fd, "wb") as out:
+        with atomic_open(final, "wb") as out:
             with urllib.request.urlopen(remote.url, timeout=timeout) as resp:  # URLs we define
                 total = resp.headers.get("Content-Length")
                 total_n = int(total) if total and total.isdigit() else None
@@ -98,24 +115,22 @@ def download(remote: RemoteFile, dest_dir: Path, progress: ProgressFn | None = N
                     if progress:
                         progress(done, total_n)
             if total_n is not None and done != total_n:
-                raise DataError(f"download of {remote.url} stopped after {done} of {total_n} bytes")
-            out.flush()
-            os.fsync(out.fileno())
-        for algo, want, got in (("MD5", remote.md5, md5.hexdigest()), ("SHA-256", remote.sha256, sha.hexdigest())):
-            if want and got != want:
-                raise DataError(
-                    f"{remote.name} downloaded from {remote.url} has {algo} {got}, expected {want}",
-                    hint="the download is corrupt or was tampered with; it was deleted. Try again",
-                )
-        os.replace(tmp, final)
+                raise _Retryable(f"the download stopped after {done} of {total_n} bytes")
+            for algo, want, got in (("MD5", remote.md5, md5.hexdigest()), ("SHA-256", remote.sha256, sha.hexdigest())):
+                if want and got != want:
+                    raise DataError(
+                        f"{remote.name} downloaded from {remote.url} has {algo} {got}, expected {want}",
+                        hint="the download is corrupt or was tampered with; it was deleted. Try again",
+                    )
         return final
-    except (urllib.error.URLError, http.client.HTTPException, OSError, TimeoutError) as exc:
-        reason = getattr(exc, "reason", None) or exc
-        if isinstance(exc, http.client.IncompleteRead):
-            reason = "the connection closed before the announced size was received (truncated download)"
-        raise DataError(f"could not download {remote.url}: {reason}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    except http.client.IncompleteRead:
+        raise _Retryable("the connection closed before the announced size was received (truncated download)") from None
+    except urllib.error.HTTPError as exc:  # the server answered: another try gets the same answer
+        raise DataError(f"could not download {remote.url}: {exc.reason or exc}") from None
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+        raise _Retryable(str(getattr(exc, "reason", None) or exc)) from None
+    except OSError as exc:
+        raise DataError(f"could not download {remote.url}: {exc}") from None
 
 
 def not_found_message(

@@ -11,24 +11,18 @@ from __future__ import annotations
 
 import csv
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from dlrun.data.registry import Arrays, Found
 from dlrun.errors import DataError
 
 
-@dataclass
-class Arrays:
-    """What a source provides before splitting: train arrays, an optional test set, class info."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-    num_classes: int | None = None
-    class_names: list[str] | None = None
+def user_file(user_path: str | None) -> Found:
+    """The file data.path names: found when it is one."""
+    p = Path(user_path).expanduser() if user_path else None
+    return Found(p, [], [p]) if p is not None and p.is_file() else Found(None)
 
 
 def _existing(path: str | None, kind: str) -> Path:
@@ -130,7 +124,7 @@ def load_npz(path: str | None, task: str) -> Arrays:
     if x_te is not None and x_te.shape[1:] != x_tr.shape[1:]:
         raise DataError(f"{p}: x_test samples have shape {list(x_te.shape[1:])}, x_train {list(x_tr.shape[1:])}")
     ys, classes = labels_or_values([arrays["y_train"], *([arrays["y_test"]] if x_te is not None else [])], task, str(p))
-    return Arrays(x_tr, ys[0], x_te, ys[1] if x_te is not None else None, classes)
+    return Arrays(x_tr, ys[0], x_te, ys[1] if x_te is not None else None, classes, files=[p])
 
 
 def npz_input_shape(path: str | None) -> tuple[int, ...] | None:
@@ -237,7 +231,7 @@ def load_csv(path: str | None, target: str | int, task: str, header: bool | None
     (y,), classes = labels_or_values([y], task, f"{p}: target column {col_name(t)}")
     if class_names is not None:
         classes = len(class_names)
-    return Arrays(x, y, None, None, classes, class_names)
+    return Arrays(x, y, None, None, classes, class_names, [p])
 
 
 def csv_input_shape(path: str | None, header: bool | None = None) -> tuple[int, ...] | None:

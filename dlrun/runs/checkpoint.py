@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from dlrun import __version__
+from dlrun.atomic import atomic_open
 from dlrun.errors import CheckpointError
-from dlrun.runs.atomic import atomic_open
 
 FORMAT = "dlrun-checkpoint"
 FORMAT_VERSION = 1

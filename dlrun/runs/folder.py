@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from dlrun import jsonio
+from dlrun.atomic import write_json, write_text
 from dlrun.errors import CheckpointError
-from dlrun.runs.atomic import write_json, write_text
 
 
 def new_run_dir(runs_root: str | Path, name: str) -> Path:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dlrun import __version__
-from dlrun.runs.atomic import write_json
+from dlrun.atomic import write_json
 
 MANIFEST = "manifest.json"
 
@@ -36,52 +36,15 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def dataset_files(data_cfg: dict[str, Any], data: Any = None) -> dict[str, str]:
-    """{file path: SHA-256} of the files a dataset was read from; {} for generated data.
-
-    Uses the dataset's own record (`Dataset.files`) when it has one, else asks the dataset module
-    where its files are.
-    """
-    recorded = getattr(data, "files", None) or {}
-    paths: list[Path] = []
+def dataset_files(files: list[Path]) -> dict[str, str]:
+    """{file path: SHA-256} of the files a dataset was read from (`Dataset.files`); {} for generated data."""
     out: dict[str, str] = {}
-    for key, value in recorded.items():
-        if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()):
-            out[str(key)] = value.lower()  # already a digest
-        elif Path(str(value)).is_file():
-            paths.append(Path(str(value)))
-        elif Path(str(key)).is_file():
-            paths.append(Path(str(key)))
-    if not recorded:
-        paths = _known_files(data_cfg)
-    for p in paths:
+    for p in files:
         try:
-            out[str(p.resolve())] = sha256(p)
-        except OSError:
+            out[str(Path(p).resolve())] = sha256(Path(p))
+        except OSError:  # a manifest never fails a run
             continue
     return out
-
-
-def _known_files(data_cfg: dict[str, Any]) -> list[Path]:
-    name, path = data_cfg.get("dataset"), data_cfg.get("path")
-    try:
-        if name == "fashion_mnist":
-            from dlrun.data import fashion_mnist
-
-            folder, _ = fashion_mnist.find(path)
-            return [folder / f for f in fashion_mnist.FILES] if folder else []
-        if name == "cifar10":
-            from dlrun.data import cifar10
-
-            loc, _ = cifar10.find(path)
-            if loc is None:
-                return []
-            return [Path(loc.path)] if loc.archive else [Path(loc.path) / f for f in cifar10.FILES]
-    except Exception:
-        return []
-    if path and Path(path).expanduser().is_file():  # npz, csv: the file itself
-        return [Path(path).expanduser()]
-    return []
 
 
 def git_commit(config_file: str | None) -> str | None:
@@ -125,7 +88,7 @@ def build(
         "platform": platform.platform(),
         "backend": "gpu" if getattr(backend, "is_gpu", False) else "cpu",
         "device": device,
-        "dataset": {"name": data_cfg.get("dataset"), "files": dataset_files(data_cfg, data)},
+        "dataset": {"name": data_cfg.get("dataset"), "files": dataset_files(getattr(data, "files", None) or [])},
         "argv": list(sys.argv),
         "overrides": list(overrides or []),
         "config_file": str(Path(config_file).resolve()) if config_file else None,

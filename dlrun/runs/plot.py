@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dlrun.atomic import atomic_open
 from dlrun.errors import DlrunError
-from dlrun.runs.atomic import atomic_open
 
 
 def plot_history(histories: dict[str, dict[str, list[float]]], path: Path) -> Path:

@@ -6,8 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dlrun.atomic import write_json
 from dlrun.runs import checkpoint as ckpt_mod
-from dlrun.runs.atomic import write_json
 from dlrun.training.callbacks import Callback
 
 

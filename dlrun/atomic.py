@@ -5,13 +5,15 @@ A crash at any moment leaves either the old file or the new one, never a torn on
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from dlrun import jsonio
 
 
 @contextmanager
@@ -64,14 +66,24 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+    """JSON for every reader (RFC 8259): non-finite values, which a diverging run logs, as null."""
+    write_text(path, jsonio.dumps(data, indent=2) + "\n")
 
 
-def remove_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that writes cut short by a kill left in `folder` (not recursive)."""
+def remove_temporaries(folder: str | Path, min_age_s: float = 0.0) -> list[Path]:
+    """Delete the temporary files that writes cut short by a kill left in `folder` (not recursive).
+
+    Both this module's `.*.tmp` and the `.*.part` of older downloads. With `min_age_s`, only files
+    untouched that long: a write still going on in another process keeps its file.
+    """
     removed = []
-    for p in Path(folder).glob(".*.tmp"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    now = time.time()
+    for pattern in (".*.tmp", ".*.part"):
+        for p in sorted(Path(folder).glob(pattern)):
+            try:
+                if p.is_file() and now - p.stat().st_mtime >= min_age_s:
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+            except OSError:  # gone meanwhile, or not ours to delete
+                continue
     return removed

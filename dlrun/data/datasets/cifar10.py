@@ -8,23 +8,32 @@ pickles and is never read: unpickling runs code.
 A folder is accepted in three layouts: `cifar-10-batches-bin/` inside it, the `.bin` files directly
 in it, or the `.tar.gz` itself (read in place, nothing extracted into the user's folders). A
 download is MD5-verified, then its expected members (and only those) are extracted into the user
-cache, each written to a temporary name and renamed: no path from the archive is ever used.
+cache, each written atomically (dlrun.atomic): no path from the archive is ever used.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, ClassVar
 
 import numpy as np
 
-from dlrun.data.sources import ProgressFn, RemoteFile, cache_dir, candidate_dirs, download, not_found_message
+from dlrun.atomic import atomic_open, remove_temporaries
+from dlrun.config.schema import Key
+from dlrun.data.registry import DATASETS, Arrays, Found, Source
+from dlrun.data.sources import (
+    STALE_S,
+    ProgressFn,
+    RemoteFile,
+    cache_dir,
+    candidate_dirs,
+    download,
+    not_found_message,
+)
 from dlrun.errors import DataError
 
 NAME = "cifar10"
@@ -111,11 +120,12 @@ def extract(archive: Path, dest: Path) -> Path:
     """Copy the expected members of `archive` into `dest/cifar-10-batches-bin/`; returns that folder.
 
     Member names are compared against the fixed list, never joined to a path, so a hostile archive
-    cannot write elsewhere. Each file is written to a temporary name and renamed once complete; the
+    cannot write elsewhere. Each file is written atomically (complete, or not at all); the
     folder counts as data (for `find`) only when every file is there.
     """
     out = dest / FOLDER
     out.mkdir(parents=True, exist_ok=True)
+    remove_temporaries(out, min_age_s=STALE_S)  # what a killed extraction left
     seen: set[str] = set()
     try:
         with tarfile.open(archive, "r|gz") as tar:
@@ -126,13 +136,8 @@ def extract(archive: Path, dest: Path) -> Path:
                 src = tar.extractfile(member)
                 if src is None:
                     continue
-                fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=out)
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        shutil.copyfileobj(src, f, 1 << 20)
-                    os.replace(tmp, out / base)
-                finally:
-                    Path(tmp).unlink(missing_ok=True)
+                with atomic_open(out / base, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
                 seen.add(base)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(
@@ -269,10 +274,8 @@ def read_archive(archive: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return x_tr, y_tr, x_te, y_te, names
 
 
-def load(
-    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """(x_train, y_train, x_test, y_test, class names); images uint8 (N, 32, 32, 3)."""
+def locate(user_path: str | None, progress: ProgressFn | None = None, allow_download: bool = True) -> Location:
+    """Where the data is: found, or else downloaded and extracted; DataError saying where to put it."""
     where, searched = find(user_path)
     if where is None:
         error = "downloads disabled"
@@ -283,4 +286,53 @@ def load(
                 error = exc.message
         if where is None:
             raise not_found_message(NAME, searched, FILES, error, what_to_put=what_to_put())
+    return where
+
+
+def _files(where: Location) -> list[Path]:
+    return [where.path] if where.archive else [where.path / f for f in FILES]
+
+
+def load(
+    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(x_train, y_train, x_test, y_test, class names); images uint8 (N, 32, 32, 3)."""
+    where = locate(user_path, progress, allow_download)
     return read_archive(where.path) if where.archive else read_folder(where.path)
+
+
+class CIFAR10(Source):
+    name = NAME
+    description = "CIFAR-10: 60,000 32x32 colour images, 10 classes (downloaded, binary version)"
+    kind = "download"
+    order = 20
+    keys: ClassVar[dict[str, Key]] = {
+        "path": Key((str,), None, None, "folder holding the dataset files", nullable=True)
+    }
+
+    def url(self) -> str:
+        return URL
+
+    def find(self, user_path: str | None) -> Found:
+        where, searched = find(user_path)
+        return Found(where.path if where else None, searched, _files(where) if where else [])
+
+    def put(self) -> str:
+        return what_to_put()
+
+    def fetch(self, progress: ProgressFn | None = None) -> Path:
+        return fetch(progress)
+
+    def load(self, data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> Arrays:
+        where = locate(data_cfg.get("path"), progress, allow_download)
+        x_tr, y_tr, x_te, y_te, names = read_archive(where.path) if where.archive else read_folder(where.path)
+        return Arrays(x_tr, y_tr, x_te, y_te, CLASSES, names, _files(where))
+
+    def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
+        return SHAPE
+
+    def class_names(self, data_cfg: dict[str, Any]) -> list[str]:
+        return list(DEFAULT_CLASS_NAMES)
+
+
+DATASETS.add(CIFAR10())

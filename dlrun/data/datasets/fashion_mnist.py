@@ -10,9 +10,12 @@ import gzip
 import hashlib
 import struct
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
+from dlrun.config.schema import Key
+from dlrun.data.registry import DATASETS, Arrays, Found, Source
 from dlrun.data.sources import ProgressFn, RemoteFile, cache_dir, candidate_dirs, download, not_found_message
 from dlrun.errors import DataError
 
@@ -94,10 +97,8 @@ def fetch(progress: ProgressFn | None = None) -> Path:
     return dest
 
 
-def load(
-    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test) as uint8 arrays, images shaped (N, 28, 28, 1)."""
+def locate(user_path: str | None, progress: ProgressFn | None = None, allow_download: bool = True) -> Path:
+    """The folder holding the files: found, or else downloaded; DataError saying where to put them."""
     folder, searched = find(user_path)
     if folder is None:
         error = "downloads disabled"
@@ -108,8 +109,56 @@ def load(
                 error = exc.message
         if folder is None:
             raise not_found_message(NAME, searched, list(FILES), error)
+    return folder
+
+
+def read(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) as uint8 arrays, images shaped (N, 28, 28, 1)."""
     arrays = []
     for fname, (_, sha) in FILES.items():
         arrays.append(parse_idx(_read_verified(folder / fname, sha), str(folder / fname)))
     x_train, y_train, x_test, y_test = arrays
     return x_train[..., None], y_train, x_test[..., None], y_test
+
+
+def load(
+    user_path: str | None = None, progress: ProgressFn | None = None, allow_download: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) as uint8 arrays, images shaped (N, 28, 28, 1)."""
+    return read(locate(user_path, progress, allow_download))
+
+
+class FashionMNIST(Source):
+    name = NAME
+    description = "Fashion-MNIST: 70,000 28x28 grey images of clothes, 10 classes (downloaded)"
+    kind = "download"
+    order = 10
+    keys: ClassVar[dict[str, Key]] = {
+        "path": Key((str,), None, None, "folder holding the dataset files", nullable=True)
+    }
+
+    def url(self) -> str:
+        return MIRROR
+
+    def find(self, user_path: str | None) -> Found:
+        folder, searched = find(user_path)
+        return Found(folder, searched, [folder / f for f in FILES] if folder else [])
+
+    def put(self) -> str:
+        return f"put {', '.join(FILES)} into one of these folders (or set data.path)"
+
+    def fetch(self, progress: ProgressFn | None = None) -> Path:
+        return fetch(progress)
+
+    def load(self, data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> Arrays:
+        folder = locate(data_cfg.get("path"), progress, allow_download)
+        return Arrays(*read(folder), 10, list(CLASS_NAMES), [folder / f for f in FILES])
+
+    def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
+        return (28, 28, 1)
+
+    def class_names(self, data_cfg: dict[str, Any]) -> list[str]:
+        return list(CLASS_NAMES)
+
+
+DATASETS.add(FashionMNIST())
