@@ -10,10 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from dlrun.data import augment
+from dlrun.data import augment, pipeline
 from dlrun.data.dataset import Split
 from dlrun.data.normalize import Normalization
-from dlrun.data import pipeline
 from dlrun.data.pipeline import Batches, Prefetcher
 from dlrun.engine.backend import CPU
 
