@@ -6,6 +6,7 @@ A crash at any moment leaves either the old file or the new one, never a torn on
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,15 +25,44 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; the result should look like open()'s
+        fault_point("open", path)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        fault_point("written", path)
         os.replace(tmp, path)
+        fault_point("renamed", path)
         _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+FAULT_POINTS = ("open", "written", "renamed")
+_fault_passes: dict[tuple[str, str], int] = {}
+
+
+def fault_point(point: str, path: Path) -> None:
+    """Fault injection for the kill -9 tests: one environment lookup, nothing else, when unset.
+
+    `DLRUN_FAULT=<point>:<file name>:<n>` (e.g. `written:last.npz:2`) SIGKILLs this process, as
+    `kill -9` would, the n-th time a write of a file with that name reaches `point`: "open" (the
+    temporary file exists, nothing is written), "written" (it is complete and fsynced, not yet
+    renamed) or "renamed" (the target is replaced, the folder not yet fsynced).
+    """
+    spec = os.environ.get("DLRUN_FAULT")
+    if not spec:
+        return
+    want_point, name, n = spec.split(":")
+    if want_point not in FAULT_POINTS:
+        raise ValueError(f"DLRUN_FAULT point must be one of {', '.join(FAULT_POINTS)}. Received: {spec!r}")
+    if (point, path.name) != (want_point, name):
+        return
+    key = (point, name)
+    _fault_passes[key] = _fault_passes.get(key, 0) + 1
+    if _fault_passes[key] == int(n):
+        os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))  # no SIGKILL on Windows
 
 
 _UMASK: int | None = None

@@ -1,8 +1,10 @@
-"""Shared helpers for the numerics tests: a float64 finite-difference checker and tiny float64 models."""
+"""Shared test helpers: a float64 finite-difference checker and tiny float64 models for the numerics
+tests, and the small synthetic config that the command-line and report tests train."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,3 +92,26 @@ def make(layer, *shapes, backend=F64, seed=0):
     )
     layer.needs_input_grad = True
     return layer
+
+
+SYNTH_YAML = """\
+name: synth
+seed: 3
+data: {dataset: synthetic, samples: 300, features: 12, classes: 3, validation_split: 0.2}
+model:
+  layers:
+    - Dense: {units: 16, activation: relu}
+    - Dense: {units: 3, activation: softmax}
+loss: sparse_categorical_crossentropy
+optimizer: adam
+metrics: [accuracy]
+training: {epochs: 2, batch_size: 16}
+"""
+
+
+@pytest.fixture(scope="session")
+def synth_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SYNTH_YAML as a config file (read it, never change it): 12 features, 3 classes, 2 epochs."""
+    path = tmp_path_factory.mktemp("synth") / "synth.yaml"
+    path.write_text(SYNTH_YAML)
+    return path

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dlrun import api
@@ -203,7 +205,12 @@ def test_a_loss_that_does_not_fit_the_output_is_a_config_error_before_any_run_fo
     ],
 )
 def test_losses_that_fit_the_output_train(tmp_path, loss, units, classes, activation):
-    api.train(_synthetic(loss, units, classes, activation), runs_dir=tmp_path / "runs")
+    cfg = _synthetic(loss, units, classes, activation)
+    initial = api.prepare(cfg).model.get_weights()  # the same seeded initial weights the run starts from
+    result = api.train(cfg, runs_dir=tmp_path / "runs")
+    assert len(result.history["loss"]) == 1 and math.isfinite(result.history["loss"][0])
+    assert result.metrics["epochs"] == 1 and (result.run_dir / "checkpoints" / "last.npz").is_file()
+    assert any(not np.array_equal(initial[k], result.weights[k]) for k in initial), "no weight was trained"
 
 
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "", ".hidden", "run name"])

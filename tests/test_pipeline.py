@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
+import sys
 import threading
 import time
 
 import numpy as np
 import pytest
 
-from dlrun.data import augment
+from dlrun.data import augment, pipeline
 from dlrun.data.dataset import Split
 from dlrun.data.normalize import Normalization
 from dlrun.data.pipeline import Batches, Prefetcher
@@ -106,28 +106,94 @@ def test_an_exception_in_the_training_step_stops_the_thread():
     wait_no_threads()
 
 
-def test_ctrl_c_while_waiting_for_a_batch_does_not_hang():
-    def slow():
-        for i in range(1000):
-            time.sleep(0.05)
-            yield i
+def main_thread_waits_for_a_batch() -> None:
+    """Until the main thread is inside a queue get (a Prefetcher waiting for the next item)."""
+    main = threading.main_thread().ident
+    end = time.monotonic() + 30  # only a bound on a broken run: the wait ends as soon as it is true
+    while time.monotonic() < end:
+        frame = sys._current_frames().get(main)
+        while frame is not None:
+            if frame.f_code.co_name == "get" and frame.f_code.co_filename.endswith("queue.py"):
+                return
+            frame = frame.f_back
+        time.sleep(0.001)
+    raise AssertionError("the main thread never waited for a batch")
 
-    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
-    start = time.monotonic()
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        for _ in Prefetcher(slow(), 2):
-            pass
-    assert time.monotonic() - start < 2
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill (POSIX)")
+def test_ctrl_c_while_waiting_for_a_batch_does_not_hang():
+    released = threading.Event()
+    received = []
+
+    def blocked():  # makes nothing until the Ctrl-C has been sent, then more batches than the queue holds
+        released.wait()
+        yield from range(100)
+
+    def ctrl_c():
+        try:
+            main_thread_waits_for_a_batch()
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        finally:
+            released.set()
+
+    sender = threading.Thread(target=ctrl_c)
+    sender.start()
+    it = Prefetcher(blocked(), 2)  # held: its thread must stop on the interrupt, not when it is collected
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            for item in it:
+                received.append(item)
+    finally:
+        released.set()
+        sender.join()
+    # The interrupt ended the wait itself (no batch existed before it was sent), and it closed the
+    # thread, which would otherwise wait forever to put batches into the full queue.
+    assert received == []
     wait_no_threads()
 
 
-def test_wait_time_is_measured():
+class Clock:
+    """A stand-in for time.perf_counter that moves only when told: waits measured exactly."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+class Costly(augment.Augmenter):
+    """Each batch takes a quarter of a (fake) second to make."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__([], 0, (8, 8, 3))
+        self.clock = clock
+
+    def geometric_batch(self, rng, x, xp):
+        self.clock.now += 0.25
+        return x
+
+
+def test_wait_time_is_measured(monkeypatch):
     batches = make(2)
     list(batches.epoch())
-    assert batches.stats.batches == 7 and batches.stats.wait_seconds >= 0
-    slow = Prefetcher((time.sleep(0.02) or i for i in range(3)), 1)
-    assert list(slow) == [0, 1, 2] and slow.stats.wait_seconds > 0.03
+    assert batches.stats.batches == 7
+    clock = Clock()
+    monkeypatch.setattr(pipeline, "time", clock)
+    # Without prefetching, the consumer waits while each batch is made.
+    batches = make(0, Costly(clock))
+    list(batches.epoch())
+    assert batches.stats.batches == 7 and batches.stats.wait_seconds == 7 * 0.25
+
+    def slow():  # each item takes 0.25 s, spent while the consumer waits for it
+        for i in range(3):
+            main_thread_waits_for_a_batch()
+            clock.now += 0.25
+            yield i
+
+    prefetched = Prefetcher(slow(), 1)
+    assert list(prefetched) == [0, 1, 2] and prefetched.stats.wait_seconds == 3 * 0.25
+    assert prefetched.stats.batches == 3
 
 
 def test_trainer_results_do_not_depend_on_prefetching(tmp_path):

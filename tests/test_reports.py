@@ -18,27 +18,11 @@ from dlrun.cli.progress import RichProgress
 
 runner = CliRunner()
 
-SYNTH = """\
-name: synth
-seed: 3
-data: {dataset: synthetic, samples: 300, features: 12, classes: 3, validation_split: 0.2}
-model:
-  layers:
-    - Dense: {units: 16, activation: relu}
-    - Dense: {units: 3, activation: softmax}
-loss: sparse_categorical_crossentropy
-optimizer: adam
-metrics: [accuracy]
-training: {epochs: 2, batch_size: 16}
-"""
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reports")
-    cfg = root / "synth.yaml"
-    cfg.write_text(SYNTH)
-    runs = root / "runs"
+def trained(tmp_path_factory, synth_config):
+    cfg = synth_config
+    runs = tmp_path_factory.mktemp("reports") / "runs"
     first = api.train(cfg, runs_dir=runs)
     second = api.train(cfg, runs_dir=runs, overrides=["training.epochs=3", "optimizer.learning_rate=0.01"])
     return cfg, first.run_dir, second.run_dir, runs

@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dlrun import jsonio
+from dlrun.engine.metrics import direction
 
 REFRESH_S = 0.25
 
@@ -26,10 +27,6 @@ def fmt(value: float) -> str:
     if not math.isfinite(value):
         return str(value)
     return f"{value:.4f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
-
-
-def _is_lower_better(key: str) -> bool:
-    return "acc" not in key
 
 
 class PlainProgress:
@@ -109,7 +106,7 @@ class RichProgress:
         for k in keys:
             vals = [r[1][k] for r in self.rows if math.isfinite(r[1][k])]
             if vals and k != "learning_rate":
-                best[k] = min(vals) if _is_lower_better(k) else max(vals)
+                best[k] = max(vals) if direction(k) == "max" else min(vals)
         for epoch, logs, seconds in self.rows:
             cells = [str(epoch + 1)]
             for k in keys:

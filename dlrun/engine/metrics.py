@@ -88,3 +88,20 @@ def get(identifier: str, loss: losses_mod.Loss) -> Metric:
 
 def names() -> list[str]:
     return METRICS.names()
+
+
+def direction(name: str) -> str | None:
+    """Which way a history key improves: "min" for losses, "max" for accuracies, None when the name
+    does not say (Keras's mode "auto"). `val_` keys follow their training key."""
+    base = name.removeprefix("val_")
+    if base == "loss":
+        return "min"
+    try:
+        _, what = METRICS.lookup(base)
+    except ValueError:
+        what = None
+    if isinstance(what, tuple):  # a loss used as a metric (mae, mse, ...)
+        return "min"
+    if what is not None or "acc" in base:
+        return "max"
+    return None

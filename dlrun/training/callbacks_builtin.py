@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dlrun.engine.metrics import METRICS
+from dlrun.engine.metrics import direction
 from dlrun.errors import DlrunError
 from dlrun.registry import Registry, build_from_spec
 from dlrun.training.callbacks import Callback
@@ -65,22 +65,6 @@ def canonical_monitor(monitor: Any) -> str:
     """`lr` (Keras 2's name) is accepted for `learning_rate`."""
     monitor = _str("monitor", monitor)
     return "learning_rate" if monitor == "lr" else monitor
-
-
-def direction(monitor: str) -> str | None:
-    """ "min" for losses, "max" for accuracies, None when the name does not say (Keras's auto mode)."""
-    base = monitor.removeprefix("val_")
-    if base == "loss":
-        return "min"
-    try:
-        _, what = METRICS.lookup(base)
-    except ValueError:
-        what = None
-    if isinstance(what, tuple):  # a loss used as a metric (mae, mse, ...)
-        return "min"
-    if what is not None or "acc" in base:
-        return "max"
-    return None
 
 
 class MonitorCallback(Callback):
@@ -341,7 +325,7 @@ class ReduceLROnPlateau(Callback):
         factor: new_lr = lr * factor; must be below 1. Defaults to 0.1.
         patience: epochs without improvement before reducing. Defaults to 10.
         verbose: 1 prints each reduction. Defaults to 1 (Keras: 0).
-        mode: "auto" (max when the name contains "acc", else min), "min" or "max". Defaults to "auto".
+        mode: "auto" (max for accuracies, else min: `direction`), "min" or "max". Defaults to "auto".
         min_delta: threshold for a new optimum. Defaults to 1e-4.
         cooldown: epochs to wait after a reduction before counting again. Defaults to 0.
         min_lr: lower bound on the learning rate. Defaults to 0.
@@ -372,7 +356,8 @@ class ReduceLROnPlateau(Callback):
         self.min_delta = _float("min_delta", min_delta)
         self.cooldown = _int("cooldown", cooldown)
         self.min_lr = _float("min_lr", min_lr, non_negative=True)
-        self.lower_is_better = mode == "min" or (mode == "auto" and "acc" not in self.monitor)
+        # Keras's auto mode for a plateau: maximize what the name says is maximized, else minimize.
+        self.lower_is_better = mode == "min" or (mode == "auto" and direction(self.monitor) != "max")
         self.on_train_begin()
 
     def get_config(self) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dlrun.atomic import write_json
+from dlrun.engine.metrics import direction
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.training.callbacks import Callback
 
@@ -14,8 +15,8 @@ from dlrun.training.callbacks import Callback
 class RunRecorder(Callback):
     """Writes the last/best checkpoints and history.json after every epoch.
 
-    "Best" follows `monitor` (val_loss when there is a validation split, else loss), lower is better
-    unless the name says accuracy. Order within an epoch's end: the best value is updated first (so
+    "Best" follows `monitor` (val_loss when there is a validation split, else loss), higher is better
+    where the name says so (`direction`), else lower. Order within an epoch's end: the best value is updated first (so
     last.npz carries it), then last.npz, then best.npz, then history.json: a kill at any moment
     leaves a last.npz from which `--resume` recomputes whatever came after it, identically.
     It must be the last callback, so its checkpoint holds every other callback's end-of-epoch state.
@@ -23,7 +24,7 @@ class RunRecorder(Callback):
 
     def __init__(self, run_dir: Path, config: dict[str, Any], monitor: str) -> None:
         self.run_dir, self.config, self.monitor = run_dir, config, monitor
-        self.mode_max = "acc" in monitor
+        self.mode_max = direction(monitor) == "max"
         self.best: float | None = None
         self.best_epoch: int | None = None
 
