@@ -34,6 +34,10 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
         os.replace(tmp, path)
         fault_point("renamed", path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        exc.target = str(path)  # type: ignore[attr-defined]  # the file meant, not its temporary name
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

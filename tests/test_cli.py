@@ -80,7 +80,9 @@ def test_failure_while_setting_up_the_run_folder_leaves_no_folder(tmp_path, synt
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("dlrun.api.training.write_config", disk_full)
-    with pytest.raises(OSError):
+    from dlrun.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="No space left on device"):  # a message, not a traceback
         api.train(synth_config, runs_dir=tmp_path / "runs")
     assert list((tmp_path / "runs").rglob("*")) == []
 

@@ -38,3 +38,40 @@ def test_an_unreadable_lock_is_stale(tmp_path):
     with run_lock(tmp_path):
         pass
     assert not (tmp_path / LOCK).exists()
+
+
+CONFIG = {
+    "name": "locked",
+    "data": {"dataset": "synthetic", "samples": 100, "features": 4, "classes": 2},
+    "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
+    "loss": "sparse_categorical_crossentropy",
+    "training": {"epochs": 1},
+}
+
+
+def test_resume_refuses_a_folder_another_process_holds(tmp_path):
+    from dlrun import api
+
+    run = api.train(CONFIG, runs_dir=tmp_path).run_dir
+    assert not (run / LOCK).exists()  # released at the end
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / LOCK).write_text(f"{sleeper.pid}\n")
+        before = (run / "manifest.json").read_text()
+        with pytest.raises(CheckpointError, match="in use by another dlrun process"):
+            api.resume(run)
+        assert (run / "manifest.json").read_text() == before  # nothing written, no resume recorded
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_a_new_run_clears_what_kills_left_in_earlier_runs(tmp_path):
+    from dlrun import api
+
+    run = api.train(CONFIG, runs_dir=tmp_path).run_dir
+    junk = [run / ".last.npz.abc.tmp", run / "checkpoints" / ".best.npz.x.tmp", run / ".history.json.y.tmp"]
+    for path in junk:
+        path.write_bytes(b"0" * 1000)
+    api.train(CONFIG, runs_dir=tmp_path)
+    assert not any(p.exists() for p in junk)

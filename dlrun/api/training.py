@@ -24,7 +24,7 @@ from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, Usage
 from dlrun.graph.summary import summary_text
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
-from dlrun.runs.folder import new_run_dir, write_config, write_metrics
+from dlrun.runs.folder import new_run_dir, remove_stale_temporaries, run_lock, write_config, write_metrics
 from dlrun.runs.plot import plot_history
 from dlrun.training.interrupt import graceful_interrupts
 from dlrun.training.loop import SilentListener, Trainer
@@ -63,7 +63,16 @@ def train(
         listener.message(setup.device_note)
     # Data errors surface here, before any run folder exists.
     data, trainer = _make_trainer(setup, listener, download_progress)
+    remove_stale_temporaries(Path(runs_dir) / cfg.name)  # what kills of earlier runs left behind
     run_dir = new_run_dir(runs_dir, cfg.name)
+    with run_lock(run_dir):
+        _start_run_folder(setup, data, run_dir, overrides)
+        return _fit_and_finish(setup, data, trainer, run_dir)
+
+
+def _start_run_folder(setup: Setup, data: Dataset, run_dir: Path, overrides: list[str] | None) -> None:
+    """config.yaml, summary.txt, manifest.json and an empty history; on any failure, no folder."""
+    cfg = setup.config
     resolved = cfg.resolved
     try:
         write_json(run_dir / "history.json", {})  # a run folder always holds a readable history
@@ -81,13 +90,18 @@ def train(
                 overrides=overrides,
             ),
         )
-    except BaseException:
+    except BaseException as exc:
         # Nothing trained yet: leave no folder that looks like a run.
         shutil.rmtree(run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             run_dir.parent.rmdir()  # the config's folder, unless earlier runs are in it
+        if isinstance(exc, OSError):
+            raise CheckpointError(
+                f"cannot write the run folder ({exc.strerror or exc}); nothing was trained and no folder is left",
+                path=str(run_dir),
+                hint="free some space or pass --runs-dir a writable folder",
+            ) from None
         raise
-    return _fit_and_finish(setup, data, trainer, run_dir)
 
 
 def resume(
@@ -107,53 +121,54 @@ def resume(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DlrunError(f"no run folder at {run_dir}", hint="pass a run folder such as runs/<name>/<timestamp>")
-    path = run_dir / "checkpoints" / "last.npz"
-    if not path.is_file():
-        raise CheckpointError(
-            f"{run_dir} has no checkpoint to resume from ({path} is missing)",
-            hint="the run stopped before its first epoch ended: train it again from its config",
-        )
-    ckpt = ckpt_mod.load(path)
-    if not ckpt.resumable:
-        raise CheckpointError(f"{path} holds weights only and cannot resume a run")
-    extended = _extend_epochs(ckpt, overrides or [])
-    setup = prepare(config_from_checkpoint(path, ckpt), device=device)
-    if setup.device_note:
-        listener.message(setup.device_note)
-    data, trainer = _make_trainer(setup, listener, download_progress)
-    try:
-        trainer.restore(ckpt.weights, ckpt.optimizer, ckpt.meta)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path} does not fit its own config: {exc}") from None
-    if extended:
-        if trainer.epochs < trainer.epoch:
-            raise UsageError(
-                f"the run has already trained {trainer.epoch} epochs; training.epochs={trainer.epochs} would undo them",
-                hint=f"pass --set training.epochs={trainer.epoch + 1} or more",
+    with run_lock(run_dir):  # one process per run folder
+        path = run_dir / "checkpoints" / "last.npz"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{run_dir} has no checkpoint to resume from ({path} is missing)",
+                hint="the run stopped before its first epoch ended: train it again from its config",
             )
-        trainer.stop_training = False  # an early stop ended the old budget; the new one starts now
-        write_config(run_dir, setup.config.resolved)
-    for folder in (run_dir, run_dir / "checkpoints"):
-        remove_temporaries(folder)  # left by writes that a kill cut short
-    write_json(run_dir / "history.json", trainer.history)  # a kill may have left it one epoch behind
-    partial = ckpt.meta.get("partial_epoch")
-    manifest_mod.add_resume(
-        run_dir,
-        backend=setup.backend,
-        device=setup.backend.describe(),
-        from_epoch=trainer.epoch,
-        from_batch=partial["batch"] if partial else None,
-    )
-    if trainer.epoch >= trainer.epochs or trainer.stop_training:
-        listener.message(
-            f"Resuming {run_dir}: training had finished after epoch {trainer.epoch}; completing the run's results"
+        ckpt = ckpt_mod.load(path)
+        if not ckpt.resumable:
+            raise CheckpointError(f"{path} holds weights only and cannot resume a run")
+        extended = _extend_epochs(ckpt, overrides or [])
+        setup = prepare(config_from_checkpoint(path, ckpt), device=device)
+        if setup.device_note:
+            listener.message(setup.device_note)
+        data, trainer = _make_trainer(setup, listener, download_progress)
+        try:
+            trainer.restore(ckpt.weights, ckpt.optimizer, ckpt.meta)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path} does not fit its own config: {exc}") from None
+        if extended:
+            if trainer.epochs < trainer.epoch:
+                raise UsageError(
+                    f"the run has already trained {trainer.epoch} epochs; training.epochs={trainer.epochs} would undo them",
+                    hint=f"pass --set training.epochs={trainer.epoch + 1} or more",
+                )
+            trainer.stop_training = False  # an early stop ended the old budget; the new one starts now
+            write_config(run_dir, setup.config.resolved)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_temporaries(folder)  # left by writes that a kill cut short
+        write_json(run_dir / "history.json", trainer.history)  # a kill may have left it one epoch behind
+        partial = ckpt.meta.get("partial_epoch")
+        manifest_mod.add_resume(
+            run_dir,
+            backend=setup.backend,
+            device=setup.backend.describe(),
+            from_epoch=trainer.epoch,
+            from_batch=partial["batch"] if partial else None,
         )
-    else:
-        where = f"epoch {trainer.epoch + 1} of {trainer.epochs}"
-        if partial:
-            where += f", batch {partial['batch'] + 1}"
-        listener.message(f"Resuming {run_dir} at {where}")
-    return _fit_and_finish(setup, data, trainer, run_dir)
+        if trainer.epoch >= trainer.epochs or trainer.stop_training:
+            listener.message(
+                f"Resuming {run_dir}: training had finished after epoch {trainer.epoch}; completing the run's results"
+            )
+        else:
+            where = f"epoch {trainer.epoch + 1} of {trainer.epochs}"
+            if partial:
+                where += f", batch {partial['batch'] + 1}"
+            listener.message(f"Resuming {run_dir} at {where}")
+        return _fit_and_finish(setup, data, trainer, run_dir)
 
 
 def _extend_epochs(ckpt: ckpt_mod.Checkpoint, overrides: list[str]) -> bool:
@@ -204,6 +219,29 @@ def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path
     trainer.run_dir = run_dir
     recorder = RunRecorder(run_dir, setup.config.resolved, "val_loss" if data.val is not None else "loss")
     trainer.callbacks.append(recorder)  # last: its checkpoint holds every other callback's state
+    try:
+        return _fit(setup, data, trainer, recorder, run_dir)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile
+        raise _write_failure(run_dir, exc) from None
+
+
+def _write_failure(run_dir: Path, exc: OSError) -> CheckpointError:
+    """What could not be written, and which checkpoint the run can resume from."""
+    target = getattr(exc, "target", None) or exc.filename or "a file"
+    last = run_dir / "checkpoints" / "last.npz"
+    try:
+        kept = f"{last} (after epoch {ckpt_mod.load(last).epoch}) is intact"
+    except CheckpointError:
+        kept = "no checkpoint was written yet"
+    return CheckpointError(
+        f"could not write {target}: {exc.strerror or exc}; {kept}",
+        hint=f"free some space, then resume with: dlrun train --resume {run_dir}"
+        if last.is_file()
+        else "free some space and train again",
+    )
+
+
+def _fit(setup: Setup, data: Dataset, trainer: Trainer, recorder: RunRecorder, run_dir: Path) -> RunResult:
     try:
         with graceful_interrupts(trainer):
             history = trainer.fit()

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from dlrun import jsonio
-from dlrun.atomic import write_json, write_text
+from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.errors import CheckpointError
 
 
@@ -119,6 +119,23 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     finally:
         if _lock_owner(path) == os.getpid():
             path.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(config_runs: Path) -> list[Path]:
+    """Remove what kills left in the run folders of one config (`runs/<name>/*`): the temporary
+    files of interrupted writes, which can be large (checkpoints). Folders in use by a live
+    process are left alone."""
+    removed: list[Path] = []
+    if not config_runs.is_dir():
+        return removed
+    for run in sorted(p for p in config_runs.iterdir() if p.is_dir()):
+        owner = _lock_owner(run / LOCK)
+        if owner is not None and owner != os.getpid() and _alive(owner):
+            continue
+        for folder in (run, run / "checkpoints"):
+            if folder.is_dir():
+                removed += remove_temporaries(folder)
+    return removed
 
 
 def _lock_owner(path: Path) -> int | None:
