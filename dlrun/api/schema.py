@@ -117,13 +117,6 @@ def _spec(registry: Registry[Any]) -> dict[str, Any]:
     }
 
 
-_CHECKS = {
-    cs._positive: {"exclusiveMinimum": 0},
-    cs._non_negative: {"minimum": 0},
-    cs._fraction: {"minimum": 0, "exclusiveMaximum": 1},
-}
-
-
 def _key(key: cs.Key) -> dict[str, Any]:
     types = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
     names = sorted({types[t] for t in key.types})
@@ -135,14 +128,11 @@ def _key(key: cs.Key) -> dict[str, Any]:
     out["type"] = names[0] if len(names) == 1 else names
     if key.default is not cs.REQUIRED and key.default is not None:
         out["default"] = key.default
-    if key.check in _CHECKS:
-        out.update(_CHECKS[key.check])
-    options = getattr(key.check, "options", None)
-    if options:
-        out["enum"] = list(options) + ([None] if "null" in names else [])
-    if key.check is cs._shape:
-        out["items"] = {"type": "integer", "minimum": 1}
-        out["minItems"] = 1
+    if key.bounds is not None:
+        # The key's own types decide the JSON type ("integer" for seed); the bounds add the rest.
+        out.update({k: v for k, v in key.bounds.json_schema().items() if k != "type"})
+        if "enum" in out and "null" in names and None not in out["enum"]:
+            out["enum"].append(None)
     return out
 
 

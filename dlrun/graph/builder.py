@@ -8,7 +8,6 @@ line (or the offending argument's line).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import dlrun.graph.layers  # noqa: F401  (registers the catalogue)
@@ -18,15 +17,10 @@ from dlrun.engine.backend import CPU, Backend
 from dlrun.engine.random import streams
 from dlrun.graph.layer import LAYERS, Layer, snake_case
 from dlrun.graph.model import GraphError, Model, Node
+from dlrun.errors import ArgumentError
 from dlrun.registry import check_kwargs
 
 DEFAULT_INPUT = "input"
-
-
-def _received_arg(message: str) -> str | None:
-    """The argument a Keras-style message blames ("... Received: units=0")."""
-    m = re.search(r"Received: (\w+)=", message)
-    return m.group(1) if m else None
 
 
 def parse_entry(cfg: Config, entries: Any, index: int) -> tuple[type[Layer], str, dict[str, Any], Any]:
@@ -128,7 +122,7 @@ def build_model(
             check_kwargs(cls, args, canonical)
             layer = cls(**args)
         except (TypeError, ValueError) as exc:
-            arg = _received_arg(str(exc))
+            arg = exc.name if isinstance(exc, ArgumentError) else None
             blamed = args_node if isinstance(args_node, dict) and arg in args_node else entries
             raise cfg.error(
                 str(exc),
