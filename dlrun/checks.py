@@ -1,8 +1,8 @@
 """Argument bounds as data. One `Bounds` gives both the check (an `ArgumentError` that names the
 argument) and the JSON Schema constraint, for config keys and constructor arguments alike.
 
-A class declares its arguments' bounds in a `bounds` table (merged along its bases), checks them with
-`checked(self, "units", units)`, and api/schema.py reads the same table through `declared(cls)`:
+A class declares its arguments' bounds in a `bounds = declare(units=...)` table (merged along its bases),
+checks them with `checked(self, "units", units)`, and api/schema.py reads the same table through `declared(cls)`:
 a bound written once is enforced by dlrun and by editors validating against `dlrun schema`.
 """
 
@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from dlrun.errors import ArgumentError
@@ -194,6 +196,11 @@ def check(name: str, value: Any, bounds: Bounds) -> Any:
     return value
 
 
+def declare(**bounds: Bounds) -> Mapping[str, Bounds]:
+    """A class's table of argument bounds: `bounds = declare(units=POSITIVE_INT)` (read-only)."""
+    return MappingProxyType(bounds)
+
+
 @functools.cache
 def declared(cls: type) -> dict[str, Bounds]:
     """The `bounds` tables of a class and its bases, the subclass's entries winning."""
@@ -250,6 +257,7 @@ __all__ = [
     "check",
     "checked",
     "choices",
+    "declare",
     "declared",
     "int_tuple",
     "nullable",

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dlrun.config.loader import Located, LocDict, LocList, Position, load_yaml_file, to_plain
 from dlrun.checks import FRACTION, NON_NEGATIVE, NUMBER, POSITIVE, POSITIVE_INT, Bounds, choices
+from dlrun.config.loader import Located, LocDict, LocList, Position, load_yaml_file, to_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.errors import ConfigError
 from dlrun.registry import did_you_mean

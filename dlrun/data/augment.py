@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from dlrun.checks import ANY_NUMBER, NON_NEGATIVE_INT, POSITIVE_INT, checked, choices, nullable
+from dlrun.checks import ANY_NUMBER, NON_NEGATIVE_INT, POSITIVE_INT, checked, choices, declare, nullable
 from dlrun.errors import ArgumentError
 from dlrun.registry import Registry, build_from_spec
 
@@ -100,7 +100,7 @@ class RandomFlip(Augmentation):
     """
 
     geometric = True
-    bounds = {"mode": choices("horizontal", "vertical", "horizontal_and_vertical")}
+    bounds = declare(mode=choices("horizontal", "vertical", "horizontal_and_vertical"))
 
     def __init__(self, mode: str = "horizontal_and_vertical") -> None:
         self.mode = checked(self, "mode", mode)
@@ -143,7 +143,7 @@ class RandomCrop(_Shift):
         width: output width; must equal the image width. Defaults to the image width.
     """
 
-    bounds = {"padding": NON_NEGATIVE_INT, "height": nullable(POSITIVE_INT), "width": nullable(POSITIVE_INT)}
+    bounds = declare(padding=NON_NEGATIVE_INT, height=nullable(POSITIVE_INT), width=nullable(POSITIVE_INT))
 
     def __init__(self, padding: int = 4, height: int | None = None, width: int | None = None) -> None:
         self.padding = checked(self, "padding", padding)
@@ -176,7 +176,7 @@ class RandomTranslation(_Shift):
         fill_value: the value of new pixels with fill_mode "constant". Defaults to 0.
     """
 
-    bounds = {"fill_mode": choices(*FILL_MODES), "fill_value": ANY_NUMBER}
+    bounds = declare(fill_mode=choices(*FILL_MODES), fill_value=ANY_NUMBER)
 
     def __init__(
         self, height_factor: Any, width_factor: Any, fill_mode: str = "reflect", fill_value: float = 0.0

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dlrun.checks import ANY_NUMBER, NON_NEGATIVE, POSITIVE, checked, choices
+from dlrun.checks import ANY_NUMBER, NON_NEGATIVE, POSITIVE, checked, choices, declare
 from dlrun.errors import ArgumentError
 from dlrun.registry import Registry, build_from_spec
 
@@ -81,7 +81,7 @@ class Ones(Initializer):
 @INITIALIZERS.register("constant")
 class Constant(Initializer):
     keras_name = "constant"
-    bounds = {"value": ANY_NUMBER}
+    bounds = declare(value=ANY_NUMBER)
 
     def __init__(self, value: float = 0.0) -> None:
         self.value = checked(self, "value", value)
@@ -93,7 +93,7 @@ class Constant(Initializer):
 @INITIALIZERS.register("random_normal")
 class RandomNormal(Initializer):
     keras_name = "random_normal"
-    bounds = {"mean": ANY_NUMBER, "stddev": NON_NEGATIVE}
+    bounds = declare(mean=ANY_NUMBER, stddev=NON_NEGATIVE)
 
     def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
         self.mean, self.stddev = checked(self, "mean", mean), checked(self, "stddev", stddev)
@@ -105,12 +105,14 @@ class RandomNormal(Initializer):
 @INITIALIZERS.register("random_uniform")
 class RandomUniform(Initializer):
     keras_name = "random_uniform"
-    bounds = {"minval": ANY_NUMBER, "maxval": ANY_NUMBER}
+    bounds = declare(minval=ANY_NUMBER, maxval=ANY_NUMBER)
 
     def __init__(self, minval: float = -0.05, maxval: float = 0.05) -> None:
         self.minval, self.maxval = checked(self, "minval", minval), checked(self, "maxval", maxval)
         if maxval < minval:
-            raise ArgumentError(f"maxval must be >= minval. Received: minval={minval}, maxval={maxval}", "maxval", maxval)
+            raise ArgumentError(
+                f"maxval must be >= minval. Received: minval={minval}, maxval={maxval}", "maxval", maxval
+            )
 
     def sample(self, shape, rng):
         return rng.uniform(self.minval, self.maxval, shape)
@@ -119,7 +121,7 @@ class RandomUniform(Initializer):
 @INITIALIZERS.register("truncated_normal")
 class TruncatedNormal(Initializer):
     keras_name = "truncated_normal"
-    bounds = {"mean": ANY_NUMBER, "stddev": NON_NEGATIVE}
+    bounds = declare(mean=ANY_NUMBER, stddev=NON_NEGATIVE)
 
     def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
         self.mean, self.stddev = checked(self, "mean", mean), checked(self, "stddev", stddev)
@@ -132,11 +134,11 @@ class VarianceScaling(Initializer):
     """scale / fan, drawn uniform (limit sqrt(3 * var)) or truncated normal, as Keras."""
 
     keras_name = "variance_scaling"
-    bounds = {
-        "scale": POSITIVE,
-        "mode": choices("fan_in", "fan_out", "fan_avg"),
-        "distribution": choices("uniform", "truncated_normal", "untruncated_normal"),
-    }
+    bounds = declare(
+        scale=POSITIVE,
+        mode=choices("fan_in", "fan_out", "fan_avg"),
+        distribution=choices("uniform", "truncated_normal", "untruncated_normal"),
+    )
 
     def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal") -> None:
         self.scale = checked(self, "scale", scale)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlrun.checks import BOOL, checked
+from dlrun.checks import BOOL, checked, declare
 from dlrun.engine.activations import Sigmoid
 from dlrun.engine.backend import xp_of
 from dlrun.registry import Registry, build_from_spec
@@ -29,7 +29,7 @@ class Loss:
     #: Whether targets are integer class ids (one per sample).
     sparse_targets = False
 
-    bounds = {"from_logits": BOOL}
+    bounds = declare(from_logits=BOOL)
 
     def __init__(self, from_logits: bool = False) -> None:
         self.from_logits = checked(self, "from_logits", from_logits)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dlrun.checks import FRACTION, NON_NEGATIVE, POSITIVE, checked, nullable
+from dlrun.checks import FRACTION, NON_NEGATIVE, POSITIVE, checked, declare, nullable
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel, workers_started
 from dlrun.registry import Registry, build_from_spec
@@ -26,13 +26,13 @@ class Optimizer:
 
     keras_name = ""
     slot_names: tuple[str, ...] = ()
-    bounds = {
-        "learning_rate": POSITIVE,
-        "weight_decay": nullable(NON_NEGATIVE),
-        "clipnorm": nullable(POSITIVE),
-        "clipvalue": nullable(POSITIVE),
-        "global_clipnorm": nullable(POSITIVE),
-    }
+    bounds = declare(
+        learning_rate=POSITIVE,
+        weight_decay=nullable(NON_NEGATIVE),
+        clipnorm=nullable(POSITIVE),
+        clipvalue=nullable(POSITIVE),
+        global_clipnorm=nullable(POSITIVE),
+    )
 
     def __init__(
         self,
@@ -125,7 +125,7 @@ class Optimizer:
 @OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     keras_name = "sgd"
-    bounds = {"momentum": FRACTION}
+    bounds = declare(momentum=FRACTION)
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, **kw: Any) -> None:
         super().__init__(learning_rate, **kw)
@@ -155,7 +155,7 @@ class SGD(Optimizer):
 @OPTIMIZERS.register("rmsprop")
 class RMSprop(Optimizer):
     keras_name = "rmsprop"
-    bounds = {"rho": FRACTION, "momentum": FRACTION, "epsilon": POSITIVE}
+    bounds = declare(rho=FRACTION, momentum=FRACTION, epsilon=POSITIVE)
 
     def __init__(
         self,
@@ -216,7 +216,7 @@ class RMSprop(Optimizer):
 @OPTIMIZERS.register("adagrad")
 class Adagrad(Optimizer):
     keras_name = "adagrad"
-    bounds = {"initial_accumulator_value": NON_NEGATIVE, "epsilon": POSITIVE}
+    bounds = declare(initial_accumulator_value=NON_NEGATIVE, epsilon=POSITIVE)
 
     def __init__(
         self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw: Any
@@ -254,7 +254,7 @@ class Adam(Optimizer):
     the step size (PyTorch adds epsilon after correcting v, so the two differ slightly)."""
 
     keras_name = "adam"
-    bounds = {"beta_1": FRACTION, "beta_2": FRACTION, "epsilon": POSITIVE}
+    bounds = declare(beta_1=FRACTION, beta_2=FRACTION, epsilon=POSITIVE)
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dlrun.checks import NON_NEGATIVE, checked
+from dlrun.checks import NON_NEGATIVE, checked, declare
 from dlrun.engine.backend import xp_of
 from dlrun.registry import Registry, build_from_spec
 
@@ -30,7 +30,7 @@ class Regularizer:
 @REGULARIZERS.register("l1_l2")
 class L1L2(Regularizer):
     keras_name = "l1_l2"
-    bounds = {"l1": NON_NEGATIVE, "l2": NON_NEGATIVE}
+    bounds = declare(l1=NON_NEGATIVE, l2=NON_NEGATIVE)
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0) -> None:
         self.l1, self.l2 = checked(self, "l1", l1), checked(self, "l2", l2)

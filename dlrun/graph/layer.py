@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlrun.checks import BOOL, NON_EMPTY_STR, checked, nullable
+from dlrun.checks import BOOL, NON_EMPTY_STR, checked, declare, nullable
 from dlrun.engine import activations, initializers, regularizers
 from dlrun.engine.conv_ops import PADDINGS
 from dlrun.errors import ArgumentError
@@ -62,7 +62,7 @@ class Layer:
     n_inputs: int | None = 1
     #: True for layers whose forward draws random numbers in training (Dropout).
     stochastic = False
-    bounds = {"name": nullable(NON_EMPTY_STR), "trainable": BOOL}
+    bounds = declare(name=nullable(NON_EMPTY_STR), trainable=BOOL)
 
     def __init__(self, name: str | None = None, trainable: bool = True) -> None:
         self.name = checked(self, "name", name) or ""

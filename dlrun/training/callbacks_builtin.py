@@ -29,6 +29,7 @@ from dlrun.checks import (
     check,
     checked,
     choices,
+    declare,
     nullable,
 )
 from dlrun.engine.metrics import METRICS
@@ -67,7 +68,7 @@ def direction(monitor: str) -> str | None:
 class MonitorCallback(Callback):
     """Shared `monitor` / `mode` / `min_delta` logic of EarlyStopping and ModelCheckpoint."""
 
-    bounds = {"monitor": NON_EMPTY_STR, "mode": choices(*MODES), "min_delta": ANY_NUMBER, "verbose": NON_NEGATIVE_INT}
+    bounds = declare(monitor=NON_EMPTY_STR, mode=choices(*MODES), min_delta=ANY_NUMBER, verbose=NON_NEGATIVE_INT)
 
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0) -> None:
         self.monitor = canonical_monitor(monitor)
@@ -108,12 +109,12 @@ class EarlyStopping(MonitorCallback):
         start_from_epoch: epochs of warm-up before monitoring starts. Defaults to 0.
     """
 
-    bounds = {
-        "patience": NON_NEGATIVE_INT,
-        "baseline": nullable(ANY_NUMBER),
-        "restore_best_weights": BOOL,
-        "start_from_epoch": NON_NEGATIVE_INT,
-    }
+    bounds = declare(
+        patience=NON_NEGATIVE_INT,
+        baseline=nullable(ANY_NUMBER),
+        restore_best_weights=BOOL,
+        start_from_epoch=NON_NEGATIVE_INT,
+    )
 
     def __init__(
         self,
@@ -215,12 +216,12 @@ class ModelCheckpoint(MonitorCallback):
         initial_value_threshold: the value a first save must beat (with save_best_only). Defaults to None.
     """
 
-    bounds = {
-        "filepath": nullable(NON_EMPTY_STR),
-        "save_best_only": BOOL,
-        "save_weights_only": BOOL,
-        "initial_value_threshold": nullable(ANY_NUMBER),
-    }
+    bounds = declare(
+        filepath=nullable(NON_EMPTY_STR),
+        save_best_only=BOOL,
+        save_weights_only=BOOL,
+        initial_value_threshold=nullable(ANY_NUMBER),
+    )
 
     def __init__(
         self,
@@ -350,16 +351,16 @@ class ReduceLROnPlateau(Callback):
         min_lr: lower bound on the learning rate. Defaults to 0.
     """
 
-    bounds = {
-        "monitor": NON_EMPTY_STR,
-        "factor": Bounds(NUMBER, exclusive_minimum=0, exclusive_maximum=1),
-        "patience": NON_NEGATIVE_INT,
-        "verbose": NON_NEGATIVE_INT,
-        "mode": choices(*MODES),
-        "min_delta": ANY_NUMBER,
-        "cooldown": NON_NEGATIVE_INT,
-        "min_lr": NON_NEGATIVE,
-    }
+    bounds = declare(
+        monitor=NON_EMPTY_STR,
+        factor=Bounds(NUMBER, exclusive_minimum=0, exclusive_maximum=1),
+        patience=NON_NEGATIVE_INT,
+        verbose=NON_NEGATIVE_INT,
+        mode=choices(*MODES),
+        min_delta=ANY_NUMBER,
+        cooldown=NON_NEGATIVE_INT,
+        min_lr=NON_NEGATIVE,
+    )
 
     def __init__(
         self,
@@ -379,7 +380,9 @@ class ReduceLROnPlateau(Callback):
                     f"ReduceLROnPlateau does not support a factor >= 1.0. Received: factor={factor}", "factor", factor
                 )
             if factor <= 0:
-                raise ArgumentError(f"ReduceLROnPlateau needs a factor > 0. Received: factor={factor}", "factor", factor)
+                raise ArgumentError(
+                    f"ReduceLROnPlateau needs a factor > 0. Received: factor={factor}", "factor", factor
+                )
         self.factor = checked(self, "factor", factor)
         self.patience = checked(self, "patience", patience)
         self.verbose = checked(self, "verbose", verbose)
@@ -454,7 +457,7 @@ class LearningRateScheduler(Callback):
         verbose: 1 prints the rate set each epoch. Defaults to 0.
     """
 
-    bounds = {"verbose": NON_NEGATIVE_INT}
+    bounds = declare(verbose=NON_NEGATIVE_INT)
 
     def __init__(self, schedule: Any, verbose: int = 0) -> None:
         if isinstance(schedule, (str, dict)):
@@ -509,7 +512,7 @@ class TerminateOnNaN(Callback):
         raise_error: fail at once with an error instead of ending training gracefully. Defaults to False.
     """
 
-    bounds = {"raise_error": BOOL}
+    bounds = declare(raise_error=BOOL)
 
     def __init__(self, raise_error: bool = False) -> None:
         self.raise_error = checked(self, "raise_error", raise_error)
@@ -539,11 +542,11 @@ class CSVLogger(Callback):
         append: add to an existing file instead of replacing it. Defaults to False.
     """
 
-    bounds = {
-        "filename": NON_EMPTY_STR,
-        "separator": Bounds((str,), pattern=r"[\s\S]", text="one character"),
-        "append": BOOL,
-    }
+    bounds = declare(
+        filename=NON_EMPTY_STR,
+        separator=Bounds((str,), pattern=r"[\s\S]", text="one character"),
+        append=BOOL,
+    )
 
     def __init__(self, filename: str = "history.csv", separator: str = ",", append: bool = False) -> None:
         self.filename = checked(self, "filename", filename)

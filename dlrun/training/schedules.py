@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dlrun.checks import BOOL, NUMBER, Bounds, checked, nullable
+from dlrun.checks import BOOL, NUMBER, Bounds, checked, declare, nullable
 from dlrun.errors import ArgumentError
 from dlrun.registry import Registry
 
@@ -45,15 +45,17 @@ class PiecewiseConstantDecay(Schedule):
     `values[-1]` after the last boundary (Keras's rule). A step schedule."""
 
     keras_name = "piecewise_constant_decay"
-    bounds = {
-        "boundaries": Bounds((list,), items=EPOCHS, min_length=1, text="a non-empty list of epochs"),
-        "values": Bounds((list,), items=RATE),
-    }
+    bounds = declare(
+        boundaries=Bounds((list,), items=EPOCHS, min_length=1, text="a non-empty list of epochs"),
+        values=Bounds((list,), items=RATE),
+    )
 
     def __init__(self, boundaries: list[int], values: list[float]) -> None:
         self.boundaries = list(checked(self, "boundaries", boundaries))
         if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
-            raise ArgumentError(f"boundaries must increase. Received: boundaries={boundaries!r}", "boundaries", boundaries)
+            raise ArgumentError(
+                f"boundaries must increase. Received: boundaries={boundaries!r}", "boundaries", boundaries
+            )
         if not isinstance(values, list) or len(values) != len(boundaries) + 1:
             raise ArgumentError(
                 f"values must be a list one longer than boundaries ({len(self.boundaries) + 1} "
@@ -79,12 +81,12 @@ class ExponentialDecay(Schedule):
     (a step decay: multiply by decay_rate every decay_steps epochs)."""
 
     keras_name = "exponential_decay"
-    bounds = {
-        "decay_steps": POSITIVE_EPOCHS,
-        "decay_rate": RATE,
-        "initial_learning_rate": nullable(RATE),
-        "staircase": BOOL,
-    }
+    bounds = declare(
+        decay_steps=POSITIVE_EPOCHS,
+        decay_rate=RATE,
+        initial_learning_rate=nullable(RATE),
+        staircase=BOOL,
+    )
 
     def __init__(
         self, decay_steps: int, decay_rate: float, initial_learning_rate: float | None = None, staircase: bool = False
@@ -116,13 +118,13 @@ class CosineDecay(Schedule):
     without it, the cosine decay starts at initial_learning_rate. Constant after the decay."""
 
     keras_name = "cosine_decay"
-    bounds = {
-        "decay_steps": POSITIVE_EPOCHS,
-        "initial_learning_rate": Bounds(NUMBER, minimum=0, finite=True, nullable=True),
-        "alpha": Bounds(NUMBER, minimum=0, maximum=1),
-        "warmup_target": nullable(RATE),
-        "warmup_steps": EPOCHS,
-    }
+    bounds = declare(
+        decay_steps=POSITIVE_EPOCHS,
+        initial_learning_rate=Bounds(NUMBER, minimum=0, finite=True, nullable=True),
+        alpha=Bounds(NUMBER, minimum=0, maximum=1),
+        warmup_target=nullable(RATE),
+        warmup_steps=EPOCHS,
+    )
 
     def __init__(
         self,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import ANY_NUMBER, INT, NON_NEGATIVE, checked, declare, nullable
 from dlrun.engine import activations
 from dlrun.engine.backend import xp_of
-from dlrun.checks import ANY_NUMBER, INT, NON_NEGATIVE, checked, nullable
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
@@ -21,7 +21,7 @@ class ReLU(Layer):
         threshold: Defaults to 0.
     """
 
-    bounds = {"max_value": nullable(NON_NEGATIVE), "negative_slope": NON_NEGATIVE, "threshold": NON_NEGATIVE}
+    bounds = declare(max_value=nullable(NON_NEGATIVE), negative_slope=NON_NEGATIVE, threshold=NON_NEGATIVE)
 
     def __init__(
         self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0, **kwargs: Any
@@ -75,7 +75,7 @@ class LeakyReLU(Layer):
         negative_slope: Defaults to 0.3 (the Keras 3 layer's default; the `leaky_relu` activation uses 0.2).
     """
 
-    bounds = {"negative_slope": NON_NEGATIVE}
+    bounds = declare(negative_slope=NON_NEGATIVE)
 
     def __init__(self, negative_slope: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -109,7 +109,7 @@ class ELU(_FunctionLayer):
         alpha: Defaults to 1.0.
     """
 
-    bounds = {"alpha": ANY_NUMBER}
+    bounds = declare(alpha=ANY_NUMBER)
 
     def __init__(self, alpha: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -128,7 +128,7 @@ class Softmax(_FunctionLayer):
     Dense layer's softmax activation (when it normalizes the last axis).
     """
 
-    bounds = {"axis": INT}
+    bounds = declare(axis=INT)
 
     def __init__(self, axis: int = -1, **kwargs: Any) -> None:
         super().__init__(**kwargs)

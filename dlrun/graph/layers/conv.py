@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import PAIR_OR_INT, POSITIVE_INT, checked, declare
 from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import (
     col2im,
@@ -19,7 +20,6 @@ from dlrun.engine.conv_ops import (
 )
 from dlrun.engine.threads import matmul, parallel
 from dlrun.engine.workspace import Workspace, chunk_samples, column_sums
-from dlrun.checks import PAIR_OR_INT, POSITIVE_INT, checked
 from dlrun.errors import ArgumentError
 from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 
@@ -47,7 +47,7 @@ class Conv2D(Layer):
     Example: `Conv2D: {filters: 32, kernel_size: 3, padding: same, activation: relu}`.
     """
 
-    bounds = {"filters": POSITIVE_INT, "kernel_size": PAIR_OR_INT, "strides": PAIR_OR_INT, "dilation_rate": PAIR_OR_INT}
+    bounds = declare(filters=POSITIVE_INT, kernel_size=PAIR_OR_INT, strides=PAIR_OR_INT, dilation_rate=PAIR_OR_INT)
 
     def __init__(
         self,

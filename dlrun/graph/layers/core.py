@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dlrun.checks import FRACTION, POSITIVE_INT, Bounds, checked, declare
 from dlrun.engine.threads import matmul
-from dlrun.checks import FRACTION, POSITIVE_INT, Bounds, checked
 from dlrun.errors import ArgumentError
 from dlrun.graph.layer import LAYERS, Layer, ShapeError, image_shape
 
@@ -26,7 +26,7 @@ class Dense(Layer):
     Input shape (..., input_dim); output shape (..., units).
     """
 
-    bounds = {"units": POSITIVE_INT}
+    bounds = declare(units=POSITIVE_INT)
 
     def __init__(
         self,
@@ -170,7 +170,7 @@ class Dropout(Layer):
     """
 
     stochastic = True
-    bounds = {"rate": FRACTION, "noise_shape": Bounds((list, tuple), items=POSITIVE_INT, nullable=True)}
+    bounds = declare(rate=FRACTION, noise_shape=Bounds((list, tuple), items=POSITIVE_INT, nullable=True))
 
     def __init__(self, rate: float, noise_shape: list[int] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import INT, checked, declare
 from dlrun.engine.backend import xp_of
-from dlrun.checks import INT, checked
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
@@ -142,7 +142,7 @@ class Concatenate(Layer):
     """
 
     n_inputs = None
-    bounds = {"axis": INT}
+    bounds = declare(axis=INT)
 
     def __init__(self, axis: int = -1, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dlrun.checks import INT, NUMBER, POSITIVE, Bounds, checked, declare
 from dlrun.engine import initializers, regularizers, workspace
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel
 from dlrun.engine.workspace import Workspace, column_sums
-from dlrun.checks import INT, NUMBER, POSITIVE, Bounds, checked
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
 
@@ -29,7 +29,7 @@ class _Normalization(Layer):
     """What BatchNormalization and LayerNormalization share: epsilon and the learned scale (gamma)
     and offset (beta) with their initializers and regularizers."""
 
-    bounds = {"epsilon": POSITIVE}
+    bounds = declare(epsilon=POSITIVE)
 
     def _set_affine_options(
         self,
@@ -85,7 +85,7 @@ class BatchNormalization(_Normalization):
     Weights (Keras order): gamma, beta (trainable), moving_mean, moving_variance (non-trainable).
     """
 
-    bounds = {"axis": INT, "momentum": Bounds(NUMBER, minimum=0, maximum=1)}
+    bounds = declare(axis=INT, momentum=Bounds(NUMBER, minimum=0, maximum=1))
 
     def __init__(
         self,
@@ -285,9 +285,9 @@ class LayerNormalization(_Normalization):
     gamma and beta have the shape of the normalized axes.
     """
 
-    bounds = {
-        "axis": Bounds((int, list, tuple), items=INT, min_length=1, text="an integer or a list of integers"),
-    }
+    bounds = declare(
+        axis=Bounds((int, list, tuple), items=INT, min_length=1, text="an integer or a list of integers"),
+    )
 
     def __init__(
         self,

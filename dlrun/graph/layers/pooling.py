@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import BOOL, PAIR_OR_INT, Bounds, checked, declare, nullable
 from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import crop_hw, output_length, pad_hw, padding_amounts
 from dlrun.engine.pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward, window_counts
-from dlrun.checks import BOOL, PAIR_OR_INT, Bounds, checked, nullable
 from dlrun.errors import ArgumentError
 from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 
@@ -15,7 +15,7 @@ from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 class _Pooling2D(Layer):
     """Shared arguments: pool_size (default 2), strides (default pool_size), padding (default "valid")."""
 
-    bounds = {"pool_size": PAIR_OR_INT, "strides": nullable(PAIR_OR_INT)}
+    bounds = declare(pool_size=PAIR_OR_INT, strides=nullable(PAIR_OR_INT))
 
     def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -92,7 +92,7 @@ class AveragePooling2D(_Pooling2D):
 
 
 class _GlobalPooling2D(Layer):
-    bounds = {"keepdims": BOOL}
+    bounds = declare(keepdims=BOOL)
 
     def __init__(self, keepdims: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -203,10 +203,10 @@ class UpSampling2D(Layer):
         interpolation: only "nearest" is supported. Defaults to "nearest".
     """
 
-    bounds = {
-        "size": PAIR_OR_INT,
-        "interpolation": Bounds(choices=("nearest",), text="'nearest' (the only one dlrun implements)"),
-    }
+    bounds = declare(
+        size=PAIR_OR_INT,
+        interpolation=Bounds(choices=("nearest",), text="'nearest' (the only one dlrun implements)"),
+    )
 
     def __init__(self, size: Any = 2, interpolation: str = "nearest", **kwargs: Any) -> None:
         super().__init__(**kwargs)
