@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from dlrun.errors import UnknownArgumentError
+from dlrun.errors import ArgumentError, UnknownArgumentError
 
 T = TypeVar("T")
 
@@ -113,7 +113,7 @@ def split_spec(spec: Any, kind: str) -> tuple[str, dict[str, Any]]:
             )
         args = {k: v for k, v in spec.items() if k != "type"}
         if not isinstance(spec["type"], str):
-            raise ValueError(f"{kind} 'type' must be a name. Received: type={spec['type']!r}")
+            raise ArgumentError(f"{kind} 'type' must be a name. Received: type={spec['type']!r}", "type", spec["type"])
         return spec["type"], args
     raise ValueError(f"a {kind} is a name or a mapping with 'type'. Received: {spec!r}")
 
