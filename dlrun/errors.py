@@ -74,3 +74,17 @@ class TrainingInterrupted(DlrunError):
     """Training stopped on a signal after saving a resumable checkpoint."""
 
     exit_code = 130
+
+
+class ArgumentError(ValueError):
+    """A constructor argument is wrong. A ValueError (so `except ValueError` keeps working) that
+    names the argument, so callers point at its line without reading the message."""
+
+    def __init__(self, message: str, name: str, value: object = None) -> None:
+        super().__init__(message)
+        self.name = name
+        self.value = value
+
+
+class UnknownArgumentError(ArgumentError, TypeError):
+    """An argument the callee does not take, or a required one left out (a TypeError, as Python's own)."""

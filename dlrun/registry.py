@@ -12,6 +12,8 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from dlrun.errors import ArgumentError, UnknownArgumentError
+
 T = TypeVar("T")
 
 
@@ -74,7 +76,8 @@ class Registry(Generic[T]):
 
 
 def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str, ignore: Iterable[str] = ()) -> None:
-    """Reject unknown and missing keyword arguments before calling, naming them (with a hint)."""
+    """Reject unknown and missing keyword arguments before calling: an UnknownArgumentError naming the
+    first (a TypeError, as Python's own), with a hint."""
     params: dict[str, inspect.Parameter] = {}
     # A class whose __init__ forwards **kwargs accepts its bases' keywords too (Adam -> Optimizer).
     for init in [c.__init__ for c in func.__mro__ if "__init__" in vars(c)] if inspect.isclass(func) else [func]:
@@ -87,12 +90,15 @@ def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str, ig
     for key in kwargs:
         if key not in params and key not in ignore:
             hint = did_you_mean(key, params)
-            raise TypeError(f"{what} has no argument {key!r}. {hint or 'Valid: ' + ', '.join(params)}".rstrip())
+            raise UnknownArgumentError(
+                f"{what} has no argument {key!r}. {hint or 'Valid: ' + ', '.join(params)}".rstrip(), key
+            )
     missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
     if missing:
-        raise TypeError(
+        raise UnknownArgumentError(
             f"{what} is missing the required argument{'s' if len(missing) > 1 else ''} "
-            f"{', '.join(repr(m) for m in missing)}"
+            f"{', '.join(repr(m) for m in missing)}",
+            missing[0],
         )
 
 
@@ -107,7 +113,7 @@ def split_spec(spec: Any, kind: str) -> tuple[str, dict[str, Any]]:
             )
         args = {k: v for k, v in spec.items() if k != "type"}
         if not isinstance(spec["type"], str):
-            raise ValueError(f"{kind} 'type' must be a name. Received: type={spec['type']!r}")
+            raise ArgumentError(f"{kind} 'type' must be a name. Received: type={spec['type']!r}", "type", spec["type"])
         return spec["type"], args
     raise ValueError(f"a {kind} is a name or a mapping with 'type'. Received: {spec!r}")
 

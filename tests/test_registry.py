@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dlrun import api
+from dlrun.checks import POSITIVE
 from dlrun.cli import app
-from dlrun.config.schema import Key, positive
+from dlrun.config.schema import Key
 from dlrun.data.dataset import dataset_input_shape, known_targets, load_dataset
 from dlrun.data.registry import DATASETS, TASK, Arrays, Found, Source
 from dlrun.errors import ConfigError, DataError
@@ -32,7 +33,7 @@ class Tiny(Source):
     order = 60
     keys: ClassVar[dict[str, Key]] = {
         "path": Key((str,), None, None, "any file", nullable=True),
-        "width": Key((int,), 4, positive, "features per sample"),
+        "width": Key((int,), 4, POSITIVE, "features per sample"),
     }
 
     def check(self, cfg: Any, data: dict[str, Any], node: Any) -> None:
@@ -121,7 +122,7 @@ def test_a_key_two_datasets_share_must_agree():
     class Clash(Source):
         name = "clash"
         description = "declares data.task with another default"
-        keys: ClassVar[dict[str, Key]] = {"task": Key(TASK.types, "regression", TASK.check, "x")}
+        keys: ClassVar[dict[str, Key]] = {"task": Key(TASK.types, "regression", TASK.bounds, "x")}
 
     with pytest.raises(TypeError, match="data.task"):
         DATASETS.add(Clash())

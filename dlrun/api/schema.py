@@ -1,5 +1,6 @@
 """A JSON Schema (draft 2020-12) of the config language, generated from the same tables the
-validator uses: the section schema and the registries of layers, losses, optimizers, metrics.
+validator uses: the section schema with its keys' bounds, the registries of layers, losses,
+optimizers, metrics, and the argument bounds those classes declare (dlrun.checks).
 
 Names are matched as dlrun matches them (case-insensitive, underscores optional), so the schema
 accepts `Adam` and `adam` alike; `examples` lists the canonical spellings for editor completion.
@@ -11,6 +12,7 @@ import inspect
 from typing import Any
 
 import dlrun.graph.layers  # noqa: F401  (registers the catalogue)
+from dlrun.checks import declared
 from dlrun.config import schema as cs
 from dlrun.data.augment import AUGMENTATIONS
 from dlrun.engine.losses import LOSSES
@@ -75,6 +77,12 @@ def _arguments(cls: type, extra: dict[str, Any] | None = None) -> dict[str, Any]
                     props[name]["default"] = list(p.default) if isinstance(p.default, tuple) else p.default
         if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
             break
+    # The bounds the class checks its arguments against are the schema's constraints too.
+    for name, bounds in declared(cls).items():
+        if name in props:
+            props[name] = {**props[name], **bounds.json_schema()}
+            if "anyOf" in props[name]:
+                props[name].pop("type", None)
     props.update(extra or {})
     out: dict[str, Any] = {"type": ["object", "null"], "properties": props, "additionalProperties": False}
     if required:
@@ -117,13 +125,6 @@ def _spec(registry: Registry[Any]) -> dict[str, Any]:
     }
 
 
-_CHECKS = {
-    cs._positive: {"exclusiveMinimum": 0},
-    cs._non_negative: {"minimum": 0},
-    cs._fraction: {"minimum": 0, "exclusiveMaximum": 1},
-}
-
-
 def _key(key: cs.Key) -> dict[str, Any]:
     types = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
     names = sorted({types[t] for t in key.types})
@@ -135,14 +136,11 @@ def _key(key: cs.Key) -> dict[str, Any]:
     out["type"] = names[0] if len(names) == 1 else names
     if key.default is not cs.REQUIRED and key.default is not None:
         out["default"] = key.default
-    if key.check in _CHECKS:
-        out.update(_CHECKS[key.check])
-    options = getattr(key.check, "options", None)
-    if options:
-        out["enum"] = list(options) + ([None] if "null" in names else [])
-    if key.check is cs._shape:
-        out["items"] = {"type": "integer", "minimum": 1}
-        out["minItems"] = 1
+    if key.bounds is not None:
+        # The key's own types decide the JSON type ("integer" for seed); the bounds add the rest.
+        out.update({k: v for k, v in key.bounds.json_schema().items() if k != "type"})
+        if "enum" in out and "null" in names and None not in out["enum"]:
+            out["enum"].append(None)
     return out
 
 

@@ -48,15 +48,22 @@ def as_config(source: str | Path | Config | dict[str, Any], overrides: list[str]
 def prepare(
     source: str | Path | Config | dict[str, Any], *, device: str | None = None, overrides: list[str] | None = None
 ) -> Setup:
-    """Parse and validate a config and build the model, loss, optimizer and metrics (no data)."""
+    """Parse and validate a config and build the model, loss, optimizer and metrics (no data).
+
+    The one place the resolved config is completed: the builders return the parts they spell out
+    in full (layers, loss, optimizer, callbacks) and they are put in here. Only the standardisation
+    statistics, which loading the data reveals, are added later (api/training.py).
+    """
     cfg = as_config(source, overrides)
     backend, note = get_backend(device or cfg.resolved["device"])
     shape = dataset_input_shape(cfg.resolved["data"], needed=not cfg.resolved["model"]["input_shape"])
-    model = build_model(cfg, shape, backend=backend)
-    loss = make_loss(cfg)
-    optimizer = make_optimizer(cfg)
+    model, model_part = build_model(cfg, shape, backend=backend)
+    loss, loss_part = make_loss(cfg)
+    optimizer, optimizer_part = make_optimizer(cfg)
     metrics = make_metrics(cfg, loss)
-    callbacks = make_callbacks(cfg, metrics, optimizer)
+    callbacks, callbacks_part = make_callbacks(cfg, metrics, optimizer)
+    # In place and in the parsed key order: config.yaml lists the sections as the schema does.
+    cfg.resolved.update(model=model_part, loss=loss_part, optimizer=optimizer_part, callbacks=callbacks_part)
     return Setup(cfg, backend, model, loss, optimizer, metrics, note, callbacks)
 
 

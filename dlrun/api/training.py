@@ -187,13 +187,19 @@ def _extend_epochs(ckpt: ckpt_mod.Checkpoint, overrides: list[str]) -> bool:
     return True
 
 
+def record_statistics(cfg: Config, data: Dataset) -> None:
+    """The one addition to the resolved config after `prepare`: the standardisation statistics that
+    only loading the training split reveals, into config.yaml and every checkpoint for evaluate/predict."""
+    if data.statistics:
+        cfg.resolved["data"]["statistics"] = data.statistics
+
+
 def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | None) -> tuple[Dataset, Trainer]:
     """Load the data (seeded split) and build the Trainer with the config's callbacks."""
     cfg = setup.config
     rngs = streams(cfg.resolved["seed"])
     data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=rngs.split, progress=download_progress)
-    if data.statistics:  # standardisation: into config.yaml and every checkpoint, for evaluate/predict
-        cfg.resolved["data"]["statistics"] = data.statistics
+    record_statistics(cfg, data)
     check_data_fits(cfg, setup.model, data)
     check_targets(cfg, setup.model, setup.loss, data.name, data.targets)
     tcfg = cfg.resolved["training"]

@@ -9,12 +9,12 @@ with the resolved values and the positions of the original keys. Parts owned by 
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from dlrun.checks import FRACTION, NON_NEGATIVE, NUMBER, POSITIVE, POSITIVE_INT, Bounds, choices
 from dlrun.config.loader import Located, LocDict, LocList, Position, load_yaml_file, to_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.errors import ConfigError
@@ -25,13 +25,16 @@ REQUIRED = object()
 
 @dataclass
 class Key:
-    """One config key: accepted types, default, an optional check returning an error or None."""
+    """One config key: accepted types, default, and the bounds its value must keep, as data (the
+    validator and the JSON Schema both read them). `check` is for structure bounds cannot say; it
+    returns an error or None."""
 
     types: tuple[type, ...]
     default: Any = REQUIRED
-    check: Callable[[Any], str | None] | None = None
+    bounds: Bounds | None = None
     doc: str = ""
     nullable: bool = False
+    check: Callable[[Any], str | None] | None = None
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -44,29 +47,6 @@ def _type_name(types: tuple[type, ...]) -> str:
         dict: "a mapping",
     }
     return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be positive"
-
-
-def _non_negative(v: Any) -> str | None:
-    return None if v >= 0 else "must be zero or more"
-
-
-def _fraction(v: Any) -> str | None:
-    return None if 0 <= v < 1 else "must be in [0, 1)"
-
-
-def _run_name(v: Any) -> str | None:
-    # The run folder is runs/<name>/: a name must not reach outside it.
-    ok = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", v) is not None
-    return None if ok else "must be a plain folder name: letters, digits, _ . + -, e.g. fashion_mnist_mlp"
-
-
-def _shape(v: Any) -> str | None:
-    ok = isinstance(v, list) and v and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)
-    return None if ok else "must be a list of positive integers, e.g. [28, 28, 1]"
 
 
 def _statistics(v: Any) -> str | None:
@@ -83,47 +63,39 @@ def _statistics(v: Any) -> str | None:
     return None if ok else "must be {mean: [..], std: [..]}: one number per channel, std > 0"
 
 
-def _choices(*options: str) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if v in options:
-            return None
-        hint = did_you_mean(v, options) if isinstance(v, str) else ""
-        return f"must be one of {', '.join(options)}. {hint}".rstrip()
-
-    check.options = options  # type: ignore[attr-defined]  # read by the JSON Schema generator
-    return check
-
-
-#: The checks the data layer's dataset keys use.
-positive, non_negative, choices = _positive, _non_negative, _choices
-
-NUMBER = (int, float)
+# The run folder is runs/<name>/: a name must not reach outside it.
+RUN_NAME = Bounds(
+    pattern=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    text="a plain folder name: letters, digits, _ . + -, e.g. fashion_mnist_mlp",
+)
+SHAPE = Bounds(items=POSITIVE_INT, min_length=1, text="a list of positive integers, e.g. [28, 28, 1]")
 SPEC = (str, dict)
 
 SCHEMA: dict[str, Any] = {
-    "name": Key((str,), None, _run_name, nullable=True, doc="run name; default: the config file's stem"),
-    "seed": Key((int,), 42, _non_negative, "seed for initialisation, dropout, shuffling and splits"),
-    "device": Key((str,), "auto", _choices("auto", "cpu", "gpu"), "auto | cpu | gpu (CuPy)"),
+    "name": Key((str,), None, RUN_NAME, nullable=True, doc="run name; default: the config file's stem"),
+    "seed": Key((int,), 42, NON_NEGATIVE, "seed for initialisation, dropout, shuffling and splits"),
+    "device": Key((str,), "auto", choices("auto", "cpu", "gpu"), "auto | cpu | gpu (CuPy)"),
     "data": {
         "dataset": Key((str,), REQUIRED, None, "which dataset"),  # its choices: DatasetKeys.names()
-        "validation_split": Key(NUMBER, 0.0, _fraction, "fraction of the training set held out (seeded, shuffled)"),
+        "validation_split": Key(NUMBER, 0.0, FRACTION, "fraction of the training set held out (seeded, shuffled)"),
         "stratify": Key((bool,), False, None, "keep the class proportions in the validation and test splits"),
-        "test_split": Key(NUMBER, 0.0, _fraction, "fraction held out as the test set (datasets without one)"),
-        "limit": Key((int,), None, _positive, "use only the first N training samples", nullable=True),
+        "test_split": Key(NUMBER, 0.0, FRACTION, "fraction held out as the test set (datasets without one)"),
+        "limit": Key((int,), None, POSITIVE, "use only the first N training samples", nullable=True),
         "normalize": Key(
             (str,),
             "auto",
-            _choices("auto", "scale", "standardize", "none"),
+            choices("auto", "scale", "standardize", "none"),
             "scale (uint8 to [0, 1]) | standardize (training-split mean/std per channel) | none; "
             "auto: what the dataset suggests (scale for uint8 images, standardize for tables, none otherwise)",
         ),
         "statistics": Key(
             (dict,),
             None,
-            _statistics,
+            None,
             "standardize: the training split's per-channel {mean, std}, "
             "written here by dlrun when training (reused by evaluate/predict)",
             nullable=True,
+            check=_statistics,
         ),
         "augmentation": Key(
             (list,),
@@ -132,11 +104,11 @@ SCHEMA: dict[str, Any] = {
             "image augmentation of training batches, Keras names: "
             "[{RandomFlip: {mode: horizontal}}, {RandomCrop: {padding: 4}}, ...]",
         ),
-        "prefetch": Key((int,), 2, _non_negative, "batches prepared ahead in a background thread (0: none)"),
+        "prefetch": Key((int,), 2, NON_NEGATIVE, "batches prepared ahead in a background thread (0: none)"),
         # ... and each dataset's own keys (DatasetKeys.keys())
     },
     "model": {
-        "input_shape": Key((list,), None, _shape, "input shape without the batch axis", nullable=True),
+        "input_shape": Key((list,), None, SHAPE, "input shape without the batch axis", nullable=True),
         "layers": Key((list,), REQUIRED, None, "the layer entries"),
         "inputs": Key((dict,), None, None, "graph models: named inputs and their shapes", nullable=True),
         "outputs": Key((str,), None, None, "graph models: the output layer's name", nullable=True),
@@ -145,8 +117,8 @@ SCHEMA: dict[str, Any] = {
     "optimizer": Key(SPEC, "rmsprop", None, "a Keras optimizer name or {type: ..., learning_rate: ...}"),
     "metrics": Key((list,), [], None, "metric names, e.g. [accuracy]"),
     "training": {
-        "epochs": Key((int,), 1, _positive, "number of epochs"),
-        "batch_size": Key((int,), 32, _positive, "mini-batch size"),
+        "epochs": Key((int,), 1, POSITIVE, "number of epochs"),
+        "batch_size": Key((int,), 32, POSITIVE, "mini-batch size"),
         "shuffle": Key((bool,), True, None, "shuffle the training set every epoch"),
     },
     "callbacks": Key((list,), [], None, "callback entries (EarlyStopping, ModelCheckpoint, ...)"),
@@ -220,7 +192,7 @@ def full_schema() -> dict[str, Any]:
     """SCHEMA with the data section completed by the datasets: their names and their keys."""
     datasets = _installed()
     data = dict(SCHEMA["data"])
-    data["dataset"] = replace(data["dataset"], check=_choices(*datasets.names()))
+    data["dataset"] = replace(data["dataset"], bounds=choices(*datasets.names()))
     return {**SCHEMA, "data": {**data, **datasets.keys()}}
 
 
@@ -234,10 +206,11 @@ def _check_key(cfg: Config, spec: Key, value: Any, parent: Any, key: str, path: 
         ok = True
     if not ok:
         raise cfg.error(f"must be {_type_name(spec.types)}, got {value!r}", parent, key, path)
-    if spec.check is not None:
+    problem = spec.bounds.problem(value) if spec.bounds is not None else None
+    if not problem and spec.check is not None:
         problem = spec.check(value)
-        if problem:
-            raise cfg.error(f"{problem}; got {value!r}", parent, key, path)
+    if problem:
+        raise cfg.error(f"{problem}; got {value!r}", parent, key, path)
     return value
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from dlrun.checks import ANY_NUMBER, NON_NEGATIVE_INT, POSITIVE_INT, checked, choices, declare, nullable
+from dlrun.errors import ArgumentError
 from dlrun.registry import Registry, build_from_spec
 
 AUGMENTATIONS: Registry[type[Augmentation]] = Registry("augmentation")
@@ -43,9 +45,9 @@ def _range(factor: Any, name: str) -> tuple[float, float]:
     ):
         lo, hi = float(factor[0]), float(factor[1])
     else:
-        raise ValueError(f"{name} must be a number or a pair [low, high]. Received: {name}={factor!r}")
+        raise ArgumentError(f"{name} must be a number or a pair [low, high]. Received: {name}={factor!r}", name, factor)
     if lo > hi:
-        raise ValueError(f"{name} must have low <= high. Received: {name}={factor!r}")
+        raise ArgumentError(f"{name} must have low <= high. Received: {name}={factor!r}", name, factor)
     return lo, hi
 
 
@@ -98,12 +100,10 @@ class RandomFlip(Augmentation):
     """
 
     geometric = True
-    MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+    bounds = declare(mode=choices("horizontal", "vertical", "horizontal_and_vertical"))
 
     def __init__(self, mode: str = "horizontal_and_vertical") -> None:
-        if mode not in self.MODES:
-            raise ValueError(f"mode must be one of {', '.join(self.MODES)}. Received: mode={mode!r}")
-        self.mode = mode
+        self.mode = checked(self, "mode", mode)
         self._config = {"mode": mode}
 
     def maps(self, rng, n, height, width):
@@ -143,10 +143,11 @@ class RandomCrop(_Shift):
         width: output width; must equal the image width. Defaults to the image width.
     """
 
+    bounds = declare(padding=NON_NEGATIVE_INT, height=nullable(POSITIVE_INT), width=nullable(POSITIVE_INT))
+
     def __init__(self, padding: int = 4, height: int | None = None, width: int | None = None) -> None:
-        if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
-            raise ValueError(f"padding must be a non-negative integer. Received: padding={padding!r}")
-        self.padding, self.height, self.width = padding, height, width
+        self.padding = checked(self, "padding", padding)
+        self.height, self.width = checked(self, "height", height), checked(self, "width", width)
         self._config = {"padding": padding, "height": height, "width": width}
 
     def check_shape(self, shape: tuple[int, ...]) -> str | None:
@@ -175,6 +176,8 @@ class RandomTranslation(_Shift):
         fill_value: the value of new pixels with fill_mode "constant". Defaults to 0.
     """
 
+    bounds = declare(fill_mode=choices(*FILL_MODES), fill_value=ANY_NUMBER)
+
     def __init__(
         self, height_factor: Any, width_factor: Any, fill_mode: str = "reflect", fill_value: float = 0.0
     ) -> None:
@@ -182,10 +185,8 @@ class RandomTranslation(_Shift):
         self.width_range = _range(width_factor, "width_factor")
         for name, (lo, hi) in (("height_factor", self.height_range), ("width_factor", self.width_range)):
             if lo < -1 or hi > 1:
-                raise ValueError(f"{name} must lie in [-1, 1]. Received: {name}={[lo, hi]}")
-        if fill_mode not in FILL_MODES:
-            raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}. Received: fill_mode={fill_mode!r}")
-        self.fill_mode, self.fill_value = fill_mode, float(fill_value)
+                raise ArgumentError(f"{name} must lie in [-1, 1]. Received: {name}={[lo, hi]}", name, [lo, hi])
+        self.fill_mode, self.fill_value = checked(self, "fill_mode", fill_mode), checked(self, "fill_value", fill_value)
         self._config = {
             "height_factor": height_factor,
             "width_factor": width_factor,
@@ -203,8 +204,10 @@ class RandomTranslation(_Shift):
 class _Photometric(Augmentation):
     def __init__(self, factor: Any, value_range: Any) -> None:
         if not isinstance(value_range, (list, tuple)) or len(value_range) != 2 or not value_range[0] < value_range[1]:
-            raise ValueError(
-                f"value_range must be a pair [low, high] with low < high. Received: value_range={value_range!r}"
+            raise ArgumentError(
+                f"value_range must be a pair [low, high] with low < high. Received: value_range={value_range!r}",
+                "value_range",
+                value_range,
             )
         self.value_range = (float(value_range[0]), float(value_range[1]))
         self._config = {"factor": factor, "value_range": list(value_range)}
@@ -223,7 +226,7 @@ class RandomBrightness(_Photometric):
         super().__init__(factor, value_range)
         self.range = _range(factor, "factor")
         if self.range[0] < -1 or self.range[1] > 1:
-            raise ValueError(f"factor must lie in [-1, 1]. Received: factor={factor!r}")
+            raise ArgumentError(f"factor must lie in [-1, 1]. Received: factor={factor!r}", "factor", factor)
 
     def apply(self, rng, x, xp):
         lo, hi = self.value_range
@@ -253,9 +256,13 @@ class RandomContrast(_Photometric):
         ):
             lo, hi = float(factor[0]), float(factor[1])
         else:
-            raise ValueError(f"factor must be a number or a pair [lower, upper]. Received: factor={factor!r}")
+            raise ArgumentError(
+                f"factor must be a number or a pair [lower, upper]. Received: factor={factor!r}", "factor", factor
+            )
         if lo < 0 or hi < 0 or lo > 1:
-            raise ValueError(f"factor must be >= 0 (and the lower one <= 1). Received: factor={factor!r}")
+            raise ArgumentError(
+                f"factor must be >= 0 (and the lower one <= 1). Received: factor={factor!r}", "factor", factor
+            )
         self.range = (1.0 - lo, 1.0 + hi)
 
     def apply(self, rng, x, xp):
@@ -287,6 +294,8 @@ def parse(specs: list[Any]) -> list[Augmentation]:
             spec = {"type": name, **(args or {})}
         try:
             out.append(build_from_spec(AUGMENTATIONS, spec))
+        except ArgumentError as exc:
+            raise type(exc)(f"augmentation[{i}]: {exc}", exc.name, exc.value) from None
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"augmentation[{i}]: {exc}") from None
     return out

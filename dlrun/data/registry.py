@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dlrun.config.schema import Config, Key, choices, use_datasets
+from dlrun.checks import choices
+from dlrun.config.schema import Config, Key, use_datasets
 from dlrun.data.augment import check_spec
 from dlrun.data.sources import ProgressFn
 from dlrun.errors import DataError

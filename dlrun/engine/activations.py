@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from dlrun.engine.backend import xp_of
+from dlrun.errors import ArgumentError
 from dlrun.registry import Registry
 
 ACTIVATIONS: Registry[Activation] = Registry("activation")
@@ -183,5 +184,7 @@ def get(identifier: str | None) -> Activation:
     if isinstance(identifier, Activation):
         return identifier
     if not isinstance(identifier, str):
-        raise ValueError(f"activation must be a name such as 'relu'. Received: activation={identifier!r}")
+        raise ArgumentError(
+            f"activation must be a name such as 'relu'. Received: activation={identifier!r}", "activation", identifier
+        )
     return ACTIVATIONS.lookup(identifier)[1]

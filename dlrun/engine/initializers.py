@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from dlrun.checks import ANY_NUMBER, NON_NEGATIVE, POSITIVE, checked, choices, declare
+from dlrun.errors import ArgumentError
 from dlrun.registry import Registry, build_from_spec
 
 INITIALIZERS: Registry[type[Initializer]] = Registry("initializer")
@@ -79,9 +81,10 @@ class Ones(Initializer):
 @INITIALIZERS.register("constant")
 class Constant(Initializer):
     keras_name = "constant"
+    bounds = declare(value=ANY_NUMBER)
 
     def __init__(self, value: float = 0.0) -> None:
-        self.value = float(value)
+        self.value = checked(self, "value", value)
 
     def sample(self, shape, rng):
         return np.full(shape, self.value)
@@ -90,11 +93,10 @@ class Constant(Initializer):
 @INITIALIZERS.register("random_normal")
 class RandomNormal(Initializer):
     keras_name = "random_normal"
+    bounds = declare(mean=ANY_NUMBER, stddev=NON_NEGATIVE)
 
     def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
-        if stddev < 0:
-            raise ValueError(f"stddev must be non-negative. Received: stddev={stddev}")
-        self.mean, self.stddev = float(mean), float(stddev)
+        self.mean, self.stddev = checked(self, "mean", mean), checked(self, "stddev", stddev)
 
     def sample(self, shape, rng):
         return rng.standard_normal(shape) * self.stddev + self.mean
@@ -103,11 +105,14 @@ class RandomNormal(Initializer):
 @INITIALIZERS.register("random_uniform")
 class RandomUniform(Initializer):
     keras_name = "random_uniform"
+    bounds = declare(minval=ANY_NUMBER, maxval=ANY_NUMBER)
 
     def __init__(self, minval: float = -0.05, maxval: float = 0.05) -> None:
+        self.minval, self.maxval = checked(self, "minval", minval), checked(self, "maxval", maxval)
         if maxval < minval:
-            raise ValueError(f"maxval must be >= minval. Received: minval={minval}, maxval={maxval}")
-        self.minval, self.maxval = float(minval), float(maxval)
+            raise ArgumentError(
+                f"maxval must be >= minval. Received: minval={minval}, maxval={maxval}", "maxval", maxval
+            )
 
     def sample(self, shape, rng):
         return rng.uniform(self.minval, self.maxval, shape)
@@ -116,11 +121,10 @@ class RandomUniform(Initializer):
 @INITIALIZERS.register("truncated_normal")
 class TruncatedNormal(Initializer):
     keras_name = "truncated_normal"
+    bounds = declare(mean=ANY_NUMBER, stddev=NON_NEGATIVE)
 
     def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
-        if stddev < 0:
-            raise ValueError(f"stddev must be non-negative. Received: stddev={stddev}")
-        self.mean, self.stddev = float(mean), float(stddev)
+        self.mean, self.stddev = checked(self, "mean", mean), checked(self, "stddev", stddev)
 
     def sample(self, shape, rng):
         return _truncated_normal(rng, shape, self.mean, self.stddev)
@@ -130,19 +134,16 @@ class VarianceScaling(Initializer):
     """scale / fan, drawn uniform (limit sqrt(3 * var)) or truncated normal, as Keras."""
 
     keras_name = "variance_scaling"
-    _MODES = ("fan_in", "fan_out", "fan_avg")
-    _DISTRIBUTIONS = ("uniform", "truncated_normal", "untruncated_normal")
+    bounds = declare(
+        scale=POSITIVE,
+        mode=choices("fan_in", "fan_out", "fan_avg"),
+        distribution=choices("uniform", "truncated_normal", "untruncated_normal"),
+    )
 
     def __init__(self, scale: float = 1.0, mode: str = "fan_in", distribution: str = "truncated_normal") -> None:
-        if scale <= 0:
-            raise ValueError(f"scale must be positive. Received: scale={scale}")
-        if mode not in self._MODES:
-            raise ValueError(f"mode must be one of {self._MODES}. Received: mode={mode!r}")
-        if distribution not in self._DISTRIBUTIONS:
-            raise ValueError(
-                f"distribution must be one of {self._DISTRIBUTIONS}. Received: distribution={distribution!r}"
-            )
-        self.scale, self.mode, self.distribution = float(scale), mode, distribution
+        self.scale = checked(self, "scale", scale)
+        self.mode = checked(self, "mode", mode)
+        self.distribution = checked(self, "distribution", distribution)
 
     def sample(self, shape, rng):
         fan_in, fan_out = compute_fans(shape)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import BOOL, checked, declare
 from dlrun.engine.activations import Sigmoid
 from dlrun.engine.backend import xp_of
 from dlrun.registry import Registry, build_from_spec
@@ -28,10 +29,10 @@ class Loss:
     #: Whether targets are integer class ids (one per sample).
     sparse_targets = False
 
+    bounds = declare(from_logits=BOOL)
+
     def __init__(self, from_logits: bool = False) -> None:
-        if not isinstance(from_logits, bool):
-            raise ValueError(f"from_logits must be true or false. Received: from_logits={from_logits!r}")
-        self.from_logits = from_logits
+        self.from_logits = checked(self, "from_logits", from_logits)
 
     def value(self, pred: Any, target: Any) -> Any:
         return self.value_and_grad(pred, target)[0]

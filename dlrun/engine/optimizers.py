@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dlrun.checks import FRACTION, NON_NEGATIVE, POSITIVE, checked, declare, nullable
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel, workers_started
 from dlrun.registry import Registry, build_from_spec
@@ -20,26 +21,18 @@ OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
 UPDATE_PIECE = 1 << 15
 
 
-def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        raise ValueError(
-            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"{name} must be a number in [0, 1). Received: {name}={value!r}")
-    return float(value)
-
-
 class Optimizer:
     """Base: learning rate, weight decay and gradient clipping shared by all optimizers."""
 
     keras_name = ""
     slot_names: tuple[str, ...] = ()
+    bounds = declare(
+        learning_rate=POSITIVE,
+        weight_decay=nullable(NON_NEGATIVE),
+        clipnorm=nullable(POSITIVE),
+        clipvalue=nullable(POSITIVE),
+        global_clipnorm=nullable(POSITIVE),
+    )
 
     def __init__(
         self,
@@ -49,11 +42,11 @@ class Optimizer:
         clipvalue: float | None = None,
         global_clipnorm: float | None = None,
     ) -> None:
-        self.learning_rate = _check_positive("learning_rate", learning_rate)
-        self.weight_decay = None if weight_decay is None else _check_positive("weight_decay", weight_decay, True)
-        self.clipnorm = None if clipnorm is None else _check_positive("clipnorm", clipnorm)
-        self.clipvalue = None if clipvalue is None else _check_positive("clipvalue", clipvalue)
-        self.global_clipnorm = None if global_clipnorm is None else _check_positive("global_clipnorm", global_clipnorm)
+        self.learning_rate = checked(self, "learning_rate", learning_rate)
+        self.weight_decay = checked(self, "weight_decay", weight_decay)
+        self.clipnorm = checked(self, "clipnorm", clipnorm)
+        self.clipvalue = checked(self, "clipvalue", clipvalue)
+        self.global_clipnorm = checked(self, "global_clipnorm", global_clipnorm)
         if sum(x is not None for x in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("only one of clipnorm, clipvalue and global_clipnorm can be set")
         self.iterations = 0
@@ -132,10 +125,11 @@ class Optimizer:
 @OPTIMIZERS.register("sgd")
 class SGD(Optimizer):
     keras_name = "sgd"
+    bounds = declare(momentum=FRACTION)
 
     def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0, nesterov: bool = False, **kw: Any) -> None:
         super().__init__(learning_rate, **kw)
-        self.momentum = _check_fraction("momentum", momentum)
+        self.momentum = checked(self, "momentum", momentum)
         self.nesterov = bool(nesterov)
         self.slot_names = ("momentum",) if self.momentum else ()
 
@@ -161,6 +155,7 @@ class SGD(Optimizer):
 @OPTIMIZERS.register("rmsprop")
 class RMSprop(Optimizer):
     keras_name = "rmsprop"
+    bounds = declare(rho=FRACTION, momentum=FRACTION, epsilon=POSITIVE)
 
     def __init__(
         self,
@@ -172,9 +167,9 @@ class RMSprop(Optimizer):
         **kw: Any,
     ) -> None:
         super().__init__(learning_rate, **kw)
-        self.rho = _check_fraction("rho", rho)
-        self.momentum = _check_fraction("momentum", momentum)
-        self.epsilon = _check_positive("epsilon", epsilon)
+        self.rho = checked(self, "rho", rho)
+        self.momentum = checked(self, "momentum", momentum)
+        self.epsilon = checked(self, "epsilon", epsilon)
         self.centered = bool(centered)
         self.slot_names = (
             ("velocity",) + (("momentum",) if self.momentum else ()) + (("average_gradient",) if centered else ())
@@ -221,13 +216,14 @@ class RMSprop(Optimizer):
 @OPTIMIZERS.register("adagrad")
 class Adagrad(Optimizer):
     keras_name = "adagrad"
+    bounds = declare(initial_accumulator_value=NON_NEGATIVE, epsilon=POSITIVE)
 
     def __init__(
         self, learning_rate: float = 0.001, initial_accumulator_value: float = 0.1, epsilon: float = 1e-7, **kw: Any
     ) -> None:
         super().__init__(learning_rate, **kw)
-        self.initial_accumulator_value = _check_positive("initial_accumulator_value", initial_accumulator_value, True)
-        self.epsilon = _check_positive("epsilon", epsilon)
+        self.initial_accumulator_value = checked(self, "initial_accumulator_value", initial_accumulator_value)
+        self.epsilon = checked(self, "epsilon", epsilon)
         self.slot_names = ("accumulator",)
 
     def _slot_init(self, name):
@@ -258,6 +254,7 @@ class Adam(Optimizer):
     the step size (PyTorch adds epsilon after correcting v, so the two differ slightly)."""
 
     keras_name = "adam"
+    bounds = declare(beta_1=FRACTION, beta_2=FRACTION, epsilon=POSITIVE)
 
     def __init__(
         self,
@@ -269,9 +266,9 @@ class Adam(Optimizer):
         **kw: Any,
     ) -> None:
         super().__init__(learning_rate, **kw)
-        self.beta_1 = _check_fraction("beta_1", beta_1)
-        self.beta_2 = _check_fraction("beta_2", beta_2)
-        self.epsilon = _check_positive("epsilon", epsilon)
+        self.beta_1 = checked(self, "beta_1", beta_1)
+        self.beta_2 = checked(self, "beta_2", beta_2)
+        self.epsilon = checked(self, "epsilon", epsilon)
         self.amsgrad = bool(amsgrad)
         self.slot_names = ("momentum", "velocity") + (("velocity_hat",) if amsgrad else ())
 

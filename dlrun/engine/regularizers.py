@@ -4,16 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import NON_NEGATIVE, checked, declare
 from dlrun.engine.backend import xp_of
 from dlrun.registry import Registry, build_from_spec
 
 REGULARIZERS: Registry[type[Regularizer]] = Registry("regularizer")
-
-
-def _factor(name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be a non-negative number. Received: {name}={value!r}")
-    return float(value)
 
 
 class Regularizer:
@@ -35,9 +30,10 @@ class Regularizer:
 @REGULARIZERS.register("l1_l2")
 class L1L2(Regularizer):
     keras_name = "l1_l2"
+    bounds = declare(l1=NON_NEGATIVE, l2=NON_NEGATIVE)
 
     def __init__(self, l1: float = 0.0, l2: float = 0.0) -> None:
-        self.l1, self.l2 = _factor("l1", l1), _factor("l2", l2)
+        self.l1, self.l2 = checked(self, "l1", l1), checked(self, "l2", l2)
 
     def penalty(self, w):
         xp = xp_of(w)

@@ -8,7 +8,6 @@ line (or the offending argument's line).
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import dlrun.graph.layers  # noqa: F401  (registers the catalogue)
@@ -16,17 +15,12 @@ from dlrun.config.loader import to_plain
 from dlrun.config.schema import Config, section_node
 from dlrun.engine.backend import CPU, Backend
 from dlrun.engine.random import streams
+from dlrun.errors import ArgumentError
 from dlrun.graph.layer import LAYERS, Layer, snake_case
 from dlrun.graph.model import GraphError, Model, Node
 from dlrun.registry import check_kwargs
 
 DEFAULT_INPUT = "input"
-
-
-def _received_arg(message: str) -> str | None:
-    """The argument a Keras-style message blames ("... Received: units=0")."""
-    m = re.search(r"Received: (\w+)=", message)
-    return m.group(1) if m else None
 
 
 def parse_entry(cfg: Config, entries: Any, index: int) -> tuple[type[Layer], str, dict[str, Any], Any]:
@@ -67,12 +61,14 @@ def parse_entry(cfg: Config, entries: Any, index: int) -> tuple[type[Layer], str
 
 def build_model(
     cfg: Config, input_shape: tuple[int, ...] | None = None, *, backend: Backend = CPU, seed: int | None = None
-) -> Model:
+) -> tuple[Model, dict[str, Any]]:
     """Build the Model described by `cfg` (the dataset's `input_shape` fills in a missing one).
 
-    Also writes the layers' full configs into `cfg.resolved["model"]` so the resolved config is explicit.
+    Returns the model and its resolved `model:` section: the input shape and every layer's full
+    config, so the resolved config is explicit. `cfg` itself is left as it is.
     """
     model_cfg = cfg.resolved["model"]
+    resolved_model = dict(model_cfg)
     raw_model = section_node(cfg, "model")
     entries = section_node(cfg, "model", "layers")
     if not entries:
@@ -102,7 +98,7 @@ def build_model(
                 hint="add `input_shape: [..]` under model (no batch axis)",
             )
         inputs = {DEFAULT_INPUT: tuple(shape)}
-        model_cfg["input_shape"] = list(shape)
+        resolved_model["input_shape"] = list(shape)
 
     nodes: list[Node] = []
     used = set(inputs)
@@ -128,7 +124,7 @@ def build_model(
             check_kwargs(cls, args, canonical)
             layer = cls(**args)
         except (TypeError, ValueError) as exc:
-            arg = _received_arg(str(exc))
+            arg = exc.name if isinstance(exc, ArgumentError) else None
             blamed = args_node if isinstance(args_node, dict) and arg in args_node else entries
             raise cfg.error(
                 str(exc),
@@ -176,8 +172,8 @@ def build_model(
             ents, idx, path = exc.node.origin
             raise cfg.error(str(exc), ents, idx, path) from None
         raise cfg.error(str(exc), raw_model, "outputs" if "outputs" in raw_model else None, "model") from None
-    model_cfg["layers"] = resolved_layers
-    return model
+    resolved_model["layers"] = resolved_layers
+    return model, resolved_model
 
 
 __all__ = ["build_model", "parse_entry"]

@@ -10,8 +10,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlrun.checks import BOOL, NON_EMPTY_STR, checked, declare, nullable
 from dlrun.engine import activations, initializers, regularizers
 from dlrun.engine.conv_ops import PADDINGS
+from dlrun.errors import ArgumentError
 from dlrun.registry import Registry
 
 LAYERS: Registry[type[Layer]] = Registry("layer")
@@ -25,36 +27,11 @@ def snake_case(name: str) -> str:
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def positive_int(name: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"expected a positive integer. Received: {name}={value!r}")
-    return value
-
-
-def int_tuple(name: str, value: Any, n: int, allow_zero: bool = False) -> tuple[int, ...]:
-    """Normalise an int or a length-n sequence of ints to a tuple (Keras's standardize_tuple)."""
-    items = [value] * n if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = (
-        isinstance(items, (list, tuple))
-        and len(items) == n
-        and all(isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0) for v in items)
-    )
-    if not ok:
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"expected a {kind} integer or a list of {n} of them. Received: {name}={value!r}")
-    return tuple(items)
-
-
 def padding_arg(value: Any) -> str:
+    """`valid` or `same`, in any case (Keras lower-cases it)."""
     if not isinstance(value, str) or value.lower() not in PADDINGS:
-        raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={value!r}")
+        raise ArgumentError(f"padding must be 'valid' or 'same'. Received: padding={value!r}", "padding", value)
     return value.lower()
-
-
-def rate_in_unit_interval(name: str, value: Any) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-        raise ValueError(f"expected a number in [0, 1). Received: {name}={value!r}")
-    return float(value)
 
 
 @dataclass
@@ -79,19 +56,17 @@ class ShapeError(ValueError):
 
 
 class Layer:
-    """Base class. Subclasses set `n_inputs` (None: two or more, for merge layers)."""
+    """Base class. Subclasses set `n_inputs` (None: two or more, for merge layers), and declare
+    their arguments' bounds in `bounds` (read by the constructor check and the JSON Schema)."""
 
     n_inputs: int | None = 1
     #: True for layers whose forward draws random numbers in training (Dropout).
     stochastic = False
+    bounds = declare(name=nullable(NON_EMPTY_STR), trainable=BOOL)
 
     def __init__(self, name: str | None = None, trainable: bool = True) -> None:
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"name must be a non-empty string. Received: name={name!r}")
-        if not isinstance(trainable, bool):
-            raise ValueError(f"trainable must be true or false. Received: trainable={trainable!r}")
-        self.name = name or ""
-        self.trainable = trainable
+        self.name = checked(self, "name", name) or ""
+        self.trainable = checked(self, "trainable", trainable)
         self.weight_specs: list[WeightSpec] = []
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}

@@ -18,8 +18,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dlrun.checks import (
+    ANY_NUMBER,
+    BOOL,
+    NON_EMPTY_STR,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    NUMBER,
+    Bounds,
+    check,
+    checked,
+    choices,
+    declare,
+    nullable,
+)
 from dlrun.engine.metrics import direction
-from dlrun.errors import DlrunError
+from dlrun.errors import ArgumentError, DlrunError
 from dlrun.registry import Registry, build_from_spec
 from dlrun.training.callbacks import Callback
 from dlrun.training.schedules import SCHEDULES, Schedule
@@ -29,61 +43,31 @@ CALLBACKS: Registry[type[Callback]] = Registry("callback")
 MODES = ("auto", "min", "max")
 
 
-# -- argument checks (Keras-style messages: "... Received: patience=-1") ------------------------------
-def _int(name: str, value: Any, minimum: int = 0) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}. Received: {name}={value!r}")
-    return value
-
-
-def _float(name: str, value: Any, *, non_negative: bool = False) -> float:
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or math.isnan(value)
-        or (non_negative and value < 0)
-    ):
-        raise ValueError(
-            f"{name} must be a {'non-negative ' if non_negative else ''}number. Received: {name}={value!r}"
-        )
-    return float(value)
-
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be true or false. Received: {name}={value!r}")
-    return value
-
-
-def _str(name: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string. Received: {name}={value!r}")
-    return value
-
-
 def canonical_monitor(monitor: Any) -> str:
     """`lr` (Keras 2's name) is accepted for `learning_rate`."""
-    monitor = _str("monitor", monitor)
+    monitor = check("monitor", monitor, NON_EMPTY_STR)
     return "learning_rate" if monitor == "lr" else monitor
 
 
 class MonitorCallback(Callback):
     """Shared `monitor` / `mode` / `min_delta` logic of EarlyStopping and ModelCheckpoint."""
 
+    bounds = declare(monitor=NON_EMPTY_STR, mode=choices(*MODES), min_delta=ANY_NUMBER, verbose=NON_NEGATIVE_INT)
+
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0) -> None:
         self.monitor = canonical_monitor(monitor)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}. Received: mode={mode!r}")
-        self.mode = mode
+        self.mode = checked(self, "mode", mode)
         op = mode if mode != "auto" else direction(self.monitor)
         if op is None:
-            raise ValueError(
+            raise ArgumentError(
                 f"{type(self).__name__} callback received monitor={self.monitor}, but dlrun cannot "
                 "tell whether it should be maximized or minimized. Pass `mode: max` to use the "
-                "highest value or `mode: min` to use the lowest. Received: mode='auto'"
+                "highest value or `mode: min` to use the lowest. Received: mode='auto'",
+                "mode",
+                mode,
             )
         self.lower_is_better = op == "min"
-        self.min_delta = abs(_float("min_delta", min_delta))
+        self.min_delta = abs(checked(self, "min_delta", min_delta))
 
     def is_improvement(self, value: float, reference: float | None) -> bool:
         if reference is None:
@@ -109,6 +93,13 @@ class EarlyStopping(MonitorCallback):
         start_from_epoch: epochs of warm-up before monitoring starts. Defaults to 0.
     """
 
+    bounds = declare(
+        patience=NON_NEGATIVE_INT,
+        baseline=nullable(ANY_NUMBER),
+        restore_best_weights=BOOL,
+        start_from_epoch=NON_NEGATIVE_INT,
+    )
+
     def __init__(
         self,
         monitor: str = "val_loss",
@@ -121,11 +112,11 @@ class EarlyStopping(MonitorCallback):
         start_from_epoch: int = 0,
     ) -> None:
         super().__init__(monitor, mode, min_delta)
-        self.patience = _int("patience", patience)
-        self.verbose = _int("verbose", verbose)
-        self.baseline = None if baseline is None else _float("baseline", baseline)
-        self.restore_best_weights = _bool("restore_best_weights", restore_best_weights)
-        self.start_from_epoch = _int("start_from_epoch", start_from_epoch)
+        self.patience = checked(self, "patience", patience)
+        self.verbose = checked(self, "verbose", verbose)
+        self.baseline = checked(self, "baseline", baseline)
+        self.restore_best_weights = checked(self, "restore_best_weights", restore_best_weights)
+        self.start_from_epoch = checked(self, "start_from_epoch", start_from_epoch)
         self.on_train_begin()
 
     def get_config(self) -> dict[str, Any]:
@@ -209,6 +200,13 @@ class ModelCheckpoint(MonitorCallback):
         initial_value_threshold: the value a first save must beat (with save_best_only). Defaults to None.
     """
 
+    bounds = declare(
+        filepath=nullable(NON_EMPTY_STR),
+        save_best_only=BOOL,
+        save_weights_only=BOOL,
+        initial_value_threshold=nullable(ANY_NUMBER),
+    )
+
     def __init__(
         self,
         filepath: str | None = None,
@@ -221,32 +219,38 @@ class ModelCheckpoint(MonitorCallback):
         initial_value_threshold: float | None = None,
     ) -> None:
         super().__init__(monitor, mode)
-        self.filepath = _str("filepath", "checkpoints/epoch{epoch:03d}.npz" if filepath is None else filepath)
+        self.filepath = checked(self, "filepath", filepath) or "checkpoints/epoch{epoch:03d}.npz"
         if not self.filepath.endswith(".npz"):
-            raise ValueError(
+            raise ArgumentError(
                 "ModelCheckpoint saves dlrun checkpoints: the filepath must end in `.npz`. "
-                f"Received: filepath={self.filepath!r}"
+                f"Received: filepath={self.filepath!r}",
+                "filepath",
+                filepath,
             )
         try:
             self.fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f is not None]
         except ValueError as exc:
-            raise ValueError(f"filepath is not a valid pattern ({exc}). Received: filepath={self.filepath!r}") from None
+            raise ArgumentError(
+                f"filepath is not a valid pattern ({exc}). Received: filepath={self.filepath!r}", "filepath", filepath
+            ) from None
         if Path(self.filepath) in (Path("checkpoints/last.npz"), Path("checkpoints/best.npz")):
-            raise ValueError(
+            raise ArgumentError(
                 "checkpoints/last.npz and checkpoints/best.npz are the run's own checkpoints; "
-                f"choose another name. Received: filepath={self.filepath!r}"
+                f"choose another name. Received: filepath={self.filepath!r}",
+                "filepath",
+                filepath,
             )
-        self.verbose = _int("verbose", verbose)
-        self.save_best_only = _bool("save_best_only", save_best_only)
-        self.save_weights_only = _bool("save_weights_only", save_weights_only)
+        self.verbose = checked(self, "verbose", verbose)
+        self.save_best_only = checked(self, "save_best_only", save_best_only)
+        self.save_weights_only = checked(self, "save_weights_only", save_weights_only)
         if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1):
-            raise ValueError(
-                f"save_freq must be 'epoch' or a positive number of batches. Received: save_freq={save_freq!r}"
+            raise ArgumentError(
+                f"save_freq must be 'epoch' or a positive number of batches. Received: save_freq={save_freq!r}",
+                "save_freq",
+                save_freq,
             )
         self.save_freq = save_freq
-        self.initial_value_threshold = (
-            None if initial_value_threshold is None else _float("initial_value_threshold", initial_value_threshold)
-        )
+        self.initial_value_threshold = checked(self, "initial_value_threshold", initial_value_threshold)
         self.on_train_begin()
 
     def get_config(self) -> dict[str, Any]:
@@ -331,6 +335,17 @@ class ReduceLROnPlateau(Callback):
         min_lr: lower bound on the learning rate. Defaults to 0.
     """
 
+    bounds = declare(
+        monitor=NON_EMPTY_STR,
+        factor=Bounds(NUMBER, exclusive_minimum=0, exclusive_maximum=1),
+        patience=NON_NEGATIVE_INT,
+        verbose=NON_NEGATIVE_INT,
+        mode=choices(*MODES),
+        min_delta=ANY_NUMBER,
+        cooldown=NON_NEGATIVE_INT,
+        min_lr=NON_NEGATIVE,
+    )
+
     def __init__(
         self,
         monitor: str = "val_loss",
@@ -343,21 +358,23 @@ class ReduceLROnPlateau(Callback):
         min_lr: float = 0.0,
     ) -> None:
         self.monitor = canonical_monitor(monitor)
-        self.factor = _float("factor", factor)
-        if self.factor >= 1.0:
-            raise ValueError(f"ReduceLROnPlateau does not support a factor >= 1.0. Received: factor={factor}")
-        if self.factor <= 0:
-            raise ValueError(f"ReduceLROnPlateau needs a factor > 0. Received: factor={factor}")
-        self.patience = _int("patience", patience)
-        self.verbose = _int("verbose", verbose)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}. Received: mode={mode!r}")
-        self.mode = mode
-        self.min_delta = _float("min_delta", min_delta)
-        self.cooldown = _int("cooldown", cooldown)
-        self.min_lr = _float("min_lr", min_lr, non_negative=True)
-        # Keras's auto mode for a plateau: maximize what the name says is maximized, else minimize.
-        self.lower_is_better = mode == "min" or (mode == "auto" and direction(self.monitor) != "max")
+        if isinstance(factor, (int, float)) and not isinstance(factor, bool):  # Keras's own words
+            if factor >= 1.0:
+                raise ArgumentError(
+                    f"ReduceLROnPlateau does not support a factor >= 1.0. Received: factor={factor}", "factor", factor
+                )
+            if factor <= 0:
+                raise ArgumentError(
+                    f"ReduceLROnPlateau needs a factor > 0. Received: factor={factor}", "factor", factor
+                )
+        self.factor = checked(self, "factor", factor)
+        self.patience = checked(self, "patience", patience)
+        self.verbose = checked(self, "verbose", verbose)
+        self.mode = checked(self, "mode", mode)
+        self.min_delta = checked(self, "min_delta", min_delta)
+        self.cooldown = checked(self, "cooldown", cooldown)
+        self.min_lr = checked(self, "min_lr", min_lr)
+        self.lower_is_better = mode == "min" or (mode == "auto" and "acc" not in self.monitor)
         self.on_train_begin()
 
     def get_config(self) -> dict[str, Any]:
@@ -424,16 +441,20 @@ class LearningRateScheduler(Callback):
         verbose: 1 prints the rate set each epoch. Defaults to 0.
     """
 
+    bounds = declare(verbose=NON_NEGATIVE_INT)
+
     def __init__(self, schedule: Any, verbose: int = 0) -> None:
         if isinstance(schedule, (str, dict)):
             schedule = build_from_spec(SCHEDULES, schedule)
         if not callable(schedule):
-            raise ValueError(
+            raise ArgumentError(
                 f"schedule must be a schedule such as {{type: cosine_decay, decay_steps: 10}}. "
-                f"Received: schedule={schedule!r}"
+                f"Received: schedule={schedule!r}",
+                "schedule",
+                schedule,
             )
         self.schedule: Schedule | Callable[..., float] = schedule
-        self.verbose = _int("verbose", verbose)
+        self.verbose = checked(self, "verbose", verbose)
 
     def get_config(self) -> dict[str, Any]:
         spec = self.schedule.spec() if isinstance(self.schedule, Schedule) else repr(self.schedule)
@@ -475,8 +496,10 @@ class TerminateOnNaN(Callback):
         raise_error: fail at once with an error instead of ending training gracefully. Defaults to False.
     """
 
+    bounds = declare(raise_error=BOOL)
+
     def __init__(self, raise_error: bool = False) -> None:
-        self.raise_error = _bool("raise_error", raise_error)
+        self.raise_error = checked(self, "raise_error", raise_error)
 
     def get_config(self) -> dict[str, Any]:
         return {"raise_error": self.raise_error}
@@ -503,12 +526,16 @@ class CSVLogger(Callback):
         append: add to an existing file instead of replacing it. Defaults to False.
     """
 
+    bounds = declare(
+        filename=NON_EMPTY_STR,
+        separator=Bounds((str,), pattern=r"[\s\S]", text="one character"),
+        append=BOOL,
+    )
+
     def __init__(self, filename: str = "history.csv", separator: str = ",", append: bool = False) -> None:
-        self.filename = _str("filename", filename)
-        if not isinstance(separator, str) or len(separator) != 1:
-            raise ValueError(f"separator must be one character. Received: separator={separator!r}")
-        self.separator = separator
-        self.append = _bool("append", append)
+        self.filename = checked(self, "filename", filename)
+        self.separator = checked(self, "separator", separator)
+        self.append = checked(self, "append", append)
         self.keys: list[str] | None = None
         self.size = 0
 

@@ -11,30 +11,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dlrun.checks import BOOL, NUMBER, Bounds, checked, declare, nullable
+from dlrun.errors import ArgumentError
 from dlrun.registry import Registry
 
 SCHEDULES: Registry[type[Schedule]] = Registry("learning-rate schedule")
 
 
-def _number(name: str, value: Any, *, positive: bool = False, non_negative: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and positive:
-        ok = value > 0
-    if ok and non_negative:
-        ok = value >= 0
-    if not ok:
-        kind = "a positive number" if positive else "a non-negative number" if non_negative else "a number"
-        raise ValueError(f"{name} must be {kind}. Received: {name}={value!r}")
-    return float(value)
-
-
-def _epochs(name: str, value: Any, *, positive: bool = False) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < (1 if positive else 0):
-        raise ValueError(
-            f"{name} must be a {'positive' if positive else 'non-negative'} integer (epochs). "
-            f"Received: {name}={value!r}"
-        )
-    return value
+EPOCHS = Bounds((int,), minimum=0, text="a non-negative integer (epochs)")
+POSITIVE_EPOCHS = Bounds((int,), minimum=1, text="a positive integer (epochs)")
+RATE = Bounds(NUMBER, exclusive_minimum=0, finite=True)
 
 
 class Schedule:
@@ -59,19 +45,25 @@ class PiecewiseConstantDecay(Schedule):
     `values[-1]` after the last boundary (Keras's rule). A step schedule."""
 
     keras_name = "piecewise_constant_decay"
+    bounds = declare(
+        boundaries=Bounds((list,), items=EPOCHS, min_length=1, text="a non-empty list of epochs"),
+        values=Bounds((list,), items=RATE),
+    )
 
     def __init__(self, boundaries: list[int], values: list[float]) -> None:
-        if not isinstance(boundaries, list) or not boundaries:
-            raise ValueError(f"boundaries must be a non-empty list of epochs. Received: boundaries={boundaries!r}")
-        self.boundaries = [_epochs("boundaries", b) for b in boundaries]
+        self.boundaries = list(checked(self, "boundaries", boundaries))
         if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
-            raise ValueError(f"boundaries must increase. Received: boundaries={boundaries!r}")
-        if not isinstance(values, list) or len(values) != len(boundaries) + 1:
-            raise ValueError(
-                f"values must be a list one longer than boundaries ({len(self.boundaries) + 1} "
-                f"values). Received: values={values!r}"
+            raise ArgumentError(
+                f"boundaries must increase. Received: boundaries={boundaries!r}", "boundaries", boundaries
             )
-        self.values = [_number("values", v, positive=True) for v in values]
+        if not isinstance(values, list) or len(values) != len(boundaries) + 1:
+            raise ArgumentError(
+                f"values must be a list one longer than boundaries ({len(self.boundaries) + 1} "
+                f"values). Received: values={values!r}",
+                "values",
+                values,
+            )
+        self.values = [float(v) for v in checked(self, "values", values)]
 
     def __call__(self, epoch: int) -> float:
         for boundary, value in zip(self.boundaries, self.values):
@@ -89,20 +81,20 @@ class ExponentialDecay(Schedule):
     (a step decay: multiply by decay_rate every decay_steps epochs)."""
 
     keras_name = "exponential_decay"
+    bounds = declare(
+        decay_steps=POSITIVE_EPOCHS,
+        decay_rate=RATE,
+        initial_learning_rate=nullable(RATE),
+        staircase=BOOL,
+    )
 
     def __init__(
         self, decay_steps: int, decay_rate: float, initial_learning_rate: float | None = None, staircase: bool = False
     ) -> None:
-        self.decay_steps = _epochs("decay_steps", decay_steps, positive=True)
-        self.decay_rate = _number("decay_rate", decay_rate, positive=True)
-        self.initial_learning_rate = (
-            None
-            if initial_learning_rate is None
-            else _number("initial_learning_rate", initial_learning_rate, positive=True)
-        )
-        if not isinstance(staircase, bool):
-            raise ValueError(f"staircase must be true or false. Received: staircase={staircase!r}")
-        self.staircase = staircase
+        self.decay_steps = checked(self, "decay_steps", decay_steps)
+        self.decay_rate = checked(self, "decay_rate", decay_rate)
+        self.initial_learning_rate = checked(self, "initial_learning_rate", initial_learning_rate)
+        self.staircase = checked(self, "staircase", staircase)
 
     def __call__(self, epoch: int) -> float:
         p = epoch / self.decay_steps
@@ -126,6 +118,13 @@ class CosineDecay(Schedule):
     without it, the cosine decay starts at initial_learning_rate. Constant after the decay."""
 
     keras_name = "cosine_decay"
+    bounds = declare(
+        decay_steps=POSITIVE_EPOCHS,
+        initial_learning_rate=Bounds(NUMBER, minimum=0, finite=True, nullable=True),
+        alpha=Bounds(NUMBER, minimum=0, maximum=1),
+        warmup_target=nullable(RATE),
+        warmup_steps=EPOCHS,
+    )
 
     def __init__(
         self,
@@ -135,17 +134,11 @@ class CosineDecay(Schedule):
         warmup_target: float | None = None,
         warmup_steps: int = 0,
     ) -> None:
-        self.decay_steps = _epochs("decay_steps", decay_steps, positive=True)
-        self.initial_learning_rate = (
-            None
-            if initial_learning_rate is None
-            else _number("initial_learning_rate", initial_learning_rate, non_negative=True)
-        )
-        self.alpha = _number("alpha", alpha, non_negative=True)
-        if self.alpha > 1:
-            raise ValueError(f"alpha must be in [0, 1]. Received: alpha={alpha!r}")
-        self.warmup_target = None if warmup_target is None else _number("warmup_target", warmup_target, positive=True)
-        self.warmup_steps = _epochs("warmup_steps", warmup_steps)
+        self.decay_steps = checked(self, "decay_steps", decay_steps)
+        self.initial_learning_rate = checked(self, "initial_learning_rate", initial_learning_rate)
+        self.alpha = checked(self, "alpha", alpha)
+        self.warmup_target = checked(self, "warmup_target", warmup_target)
+        self.warmup_steps = checked(self, "warmup_steps", warmup_steps)
 
     def _decay(self, step: float, peak: float) -> float:
         cosine = 0.5 * (1.0 + math.cos(math.pi * step / self.decay_steps))

@@ -1,8 +1,13 @@
-"""Config -> loss, optimizer, metrics and callbacks, with config errors that point at the YAML line."""
+"""Config -> loss, optimizer, metrics and callbacks, with config errors that point at the YAML line.
+
+Each builder returns what it built and, where the resolved config spells it out in full, that part
+(the loss's and optimizer's specs, the callbacks' full arguments); api/setup.py `prepare` puts the
+parts into `cfg.resolved`, so nothing here changes the config.
+"""
 
 from __future__ import annotations
 
-import re
+import functools
 from typing import Any
 
 from dlrun.config.loader import to_plain
@@ -11,7 +16,7 @@ from dlrun.engine import losses, metrics, optimizers
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
-from dlrun.errors import ConfigError
+from dlrun.errors import ArgumentError, ConfigError
 from dlrun.registry import check_kwargs, did_you_mean
 
 
@@ -22,16 +27,16 @@ def _build(cfg: Config, key: str, factory: Any) -> Any:
         raise cfg.error(str(exc), cfg.raw, key, key) from None
 
 
-def make_loss(cfg: Config) -> Loss:
+def make_loss(cfg: Config) -> tuple[Loss, dict[str, Any]]:
+    """The loss and its resolved spec (`{type: ..., from_logits: ...}`)."""
     loss = _build(cfg, "loss", losses.get)
-    cfg.resolved["loss"] = loss.spec()
-    return loss
+    return loss, loss.spec()
 
 
-def make_optimizer(cfg: Config) -> Optimizer:
+def make_optimizer(cfg: Config) -> tuple[Optimizer, dict[str, Any]]:
+    """The optimizer and its resolved spec (every hyper-parameter spelled out)."""
     opt = _build(cfg, "optimizer", optimizers.get)
-    cfg.resolved["optimizer"] = optimizers.spec(opt)
-    return opt
+    return opt, optimizers.spec(opt)
 
 
 def make_metrics(cfg: Config, loss: Loss) -> list[Metric]:
@@ -49,8 +54,6 @@ def make_metrics(cfg: Config, loss: Loss) -> list[Metric]:
 
 
 # -- callbacks -----------------------------------------------------------------------------------------
-_RECEIVED = re.compile(r"Received: (\w+)=")
-_NO_ARGUMENT = re.compile(r"has no argument '(\w+)'")
 
 
 def monitorable(cfg: Config, metrics: list[Metric]) -> list[str]:
@@ -89,11 +92,30 @@ def _callback_entry(cfg: Config, entries: Any, index: int) -> tuple[str, dict[st
     )
 
 
-def make_callbacks(cfg: Config, metrics: list[Metric], optimizer: Optimizer | None = None) -> list[Any]:
-    """The config's `callbacks:` entries as Callback objects, checked against what the run will log.
+def _entry_error(
+    cfg: Config,
+    entries: Any,
+    index: int,
+    args_node: Any,
+    where: str,
+    message: str,
+    arg: str | None = None,
+    hint: str | None = None,
+) -> ConfigError:
+    """A ConfigError at the argument `arg` of `callbacks[index]` where it is written, else at the entry."""
+    if arg is not None and isinstance(args_node, dict) and arg in args_node:
+        return cfg.error(message, args_node, arg, f"{where}.{arg}", hint=hint)
+    return cfg.error(message, entries, index, f"callbacks[{index}]", hint=hint)
+
+
+def make_callbacks(
+    cfg: Config, metrics: list[Metric], optimizer: Optimizer | None = None
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """The config's `callbacks:` entries as Callback objects, checked against what the run will log,
+    and their resolved entries (`{Name: {every argument}}`).
 
     Unknown names or arguments, bad values and monitored values that will never exist are
-    ConfigErrors at the entry's line. Writes each callback's full arguments into the resolved config.
+    ConfigErrors at the entry's (or the argument's) line.
     """
     from dlrun.training import callbacks_builtin as cbs
 
@@ -104,17 +126,11 @@ def make_callbacks(cfg: Config, metrics: list[Metric], optimizer: Optimizer | No
     out, resolved = [], []
     for index in range(len(entries)):
         name, args, args_node = _callback_entry(cfg, entries, index)
-        path = f"callbacks[{index}]"
-
-        def error(message: str, arg: str | None = None, hint: str | None = None) -> ConfigError:
-            if arg is not None and isinstance(args_node, dict) and arg in args_node:
-                return cfg.error(message, args_node, arg, f"{path}.{canonical}.{arg}", hint=hint)
-            return cfg.error(message, entries, index, path, hint=hint)
-
         try:
             canonical, cls = cbs.CALLBACKS.lookup(name)
         except ValueError as exc:
-            raise cfg.error(str(exc), entries, index, path) from None
+            raise cfg.error(str(exc), entries, index, f"callbacks[{index}]") from None
+        error = functools.partial(_entry_error, cfg, entries, index, args_node, f"callbacks[{index}].{canonical}")
         if cls is cbs.ModelCheckpoint and "filepath" not in args:  # name files after the monitored value
             monitor = args.get("monitor", "val_loss")
             monitor = "learning_rate" if monitor == "lr" else monitor
@@ -124,24 +140,21 @@ def make_callbacks(cfg: Config, metrics: list[Metric], optimizer: Optimizer | No
             check_kwargs(cls, args, canonical)
             cb = cls(**args)
         except (TypeError, ValueError) as exc:
-            text = str(exc)
-            blamed = _RECEIVED.search(text) or _NO_ARGUMENT.search(text)
-            raise error(text, blamed.group(1) if blamed else None) from None
+            raise error(str(exc), exc.name if isinstance(exc, ArgumentError) else None) from None
         monitor = getattr(cb, "monitor", None)
         explicit = isinstance(args_node, dict) and "monitor" in args_node
-        if monitor is not None and (explicit or not isinstance(cb, cbs.ModelCheckpoint) or cb.save_best_only):
-            if monitor not in available:
-                hint = (
-                    "validation values (val_*) need data.validation_split > 0"
-                    if monitor.startswith("val_") and f"val_{monitor[4:]}" not in available
-                    else did_you_mean(monitor, available) or None
-                )
-                raise error(
-                    f"{canonical} monitors {monitor!r}, which this run will not log. "
-                    f"Values it logs: {', '.join(available)}",
-                    "monitor",
-                    hint,
-                )
+        watched = monitor is not None and (explicit or not isinstance(cb, cbs.ModelCheckpoint) or cb.save_best_only)
+        if watched and monitor not in available:
+            hint = (
+                "validation values (val_*) need data.validation_split > 0"
+                if monitor.startswith("val_") and f"val_{monitor[4:]}" not in available
+                else did_you_mean(monitor, available) or None
+            )
+            raise error(
+                f"{canonical} monitors {monitor!r}, which this run will not log. Values it logs: {', '.join(available)}",
+                "monitor",
+                hint,
+            )
         if isinstance(cb, cbs.ModelCheckpoint):
             _check_filepath(cb, available, error)
         if isinstance(cb, cbs.LearningRateScheduler) and optimizer is not None:
@@ -150,8 +163,7 @@ def make_callbacks(cfg: Config, metrics: list[Metric], optimizer: Optimizer | No
                 schedule.initial_learning_rate = float(optimizer.learning_rate)
         out.append(cb)
         resolved.append({canonical: cb.get_config()})
-    cfg.resolved["callbacks"] = resolved
-    return out
+    return out, resolved
 
 
 def _check_filepath(cb: Any, available: list[str], error: Any) -> None:

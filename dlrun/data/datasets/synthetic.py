@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from dlrun.config.schema import NUMBER, Key, non_negative, positive
+from dlrun.checks import NON_NEGATIVE, NUMBER, POSITIVE
+from dlrun.config.schema import Key
 from dlrun.data.registry import DATASETS, TASK, Arrays, Source, Targets
 from dlrun.data.sources import ProgressFn
 from dlrun.errors import DataError
@@ -38,11 +39,11 @@ class Synthetic(Source):
     kind = "generated"
     order = 90
     keys: ClassVar[dict[str, Key]] = {
-        "samples": Key((int,), 1000, positive, "number of samples"),
-        "features": Key((int,), 100, positive, "number of features"),
-        "classes": Key((int,), 2, positive, "number of classes (classification)"),
+        "samples": Key((int,), 1000, POSITIVE, "number of samples"),
+        "features": Key((int,), 100, POSITIVE, "number of features"),
+        "classes": Key((int,), 2, POSITIVE, "number of classes (classification)"),
         "task": TASK,
-        "noise": Key(NUMBER, 0.1, non_negative, "label/target noise"),
+        "noise": Key(NUMBER, 0.1, NON_NEGATIVE, "label/target noise"),
     }
 
     def put(self) -> str:

@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import ANY_NUMBER, INT, NON_NEGATIVE, checked, declare, nullable
 from dlrun.engine import activations
 from dlrun.engine.backend import xp_of
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
-
-
-def _non_negative(layer: str, name: str, value: Any, nullable: bool = False) -> float | None:
-    if value is None and nullable:
-        return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} of a {layer} layer cannot be None or a negative value. Received: {name}={value!r}")
-    return float(value)
 
 
 @LAYERS.register("ReLU")
@@ -28,13 +21,15 @@ class ReLU(Layer):
         threshold: Defaults to 0.
     """
 
+    bounds = declare(max_value=nullable(NON_NEGATIVE), negative_slope=NON_NEGATIVE, threshold=NON_NEGATIVE)
+
     def __init__(
         self, max_value: float | None = None, negative_slope: float = 0.0, threshold: float = 0.0, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
-        self.max_value = _non_negative("ReLU", "max_value", max_value, nullable=True)
-        self.negative_slope = _non_negative("ReLU", "negative_slope", negative_slope)
-        self.threshold = _non_negative("ReLU", "threshold", threshold)
+        self.max_value = checked(self, "max_value", max_value)
+        self.negative_slope = checked(self, "negative_slope", negative_slope)
+        self.threshold = checked(self, "threshold", threshold)
 
     def forward(self, x, training):
         xp = xp_of(x)
@@ -80,9 +75,11 @@ class LeakyReLU(Layer):
         negative_slope: Defaults to 0.3 (the Keras 3 layer's default; the `leaky_relu` activation uses 0.2).
     """
 
+    bounds = declare(negative_slope=NON_NEGATIVE)
+
     def __init__(self, negative_slope: float = 0.3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.negative_slope = _non_negative("Leaky ReLU", "negative_slope", negative_slope)
+        self.negative_slope = checked(self, "negative_slope", negative_slope)
 
     def forward(self, x, training):
         # max(x, slope * x) (min for slopes above 1): products and maxima, not `where`, which
@@ -112,11 +109,11 @@ class ELU(_FunctionLayer):
         alpha: Defaults to 1.0.
     """
 
+    bounds = declare(alpha=ANY_NUMBER)
+
     def __init__(self, alpha: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool):
-            raise ValueError(f"alpha must be a number. Received: alpha={alpha!r}")
-        self.alpha = float(alpha)
+        self.alpha = checked(self, "alpha", alpha)
         self._set_activation(activations.ELU(self.alpha))
 
     def get_config(self):
@@ -131,11 +128,11 @@ class Softmax(_FunctionLayer):
     Dense layer's softmax activation (when it normalizes the last axis).
     """
 
+    bounds = declare(axis=INT)
+
     def __init__(self, axis: int = -1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ValueError(f"axis must be an integer. Received: axis={axis!r}")
-        self.axis = axis
+        self.axis = checked(self, "axis", axis)
         self._set_activation(activations.Softmax(axis))
 
     def compute_output_shape(self, input_shape):

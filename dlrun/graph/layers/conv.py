@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import PAIR_OR_INT, POSITIVE_INT, checked, declare
 from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import (
     col2im,
@@ -19,7 +20,8 @@ from dlrun.engine.conv_ops import (
 )
 from dlrun.engine.threads import matmul, parallel
 from dlrun.engine.workspace import Workspace, chunk_samples, column_sums
-from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple, padding_arg, positive_int
+from dlrun.errors import ArgumentError
+from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 
 #: Activations whose backward reads only their output (see dlrun.engine.activations).
 _OUTPUT_ONLY_GRADIENT = frozenset({"relu", "sigmoid", "tanh", "softmax"})
@@ -45,6 +47,8 @@ class Conv2D(Layer):
     Example: `Conv2D: {filters: 32, kernel_size: 3, padding: same, activation: relu}`.
     """
 
+    bounds = declare(filters=POSITIVE_INT, kernel_size=PAIR_OR_INT, strides=PAIR_OR_INT, dilation_rate=PAIR_OR_INT)
+
     def __init__(
         self,
         filters: int,
@@ -61,15 +65,17 @@ class Conv2D(Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.filters = positive_int("filters", filters)
-        self.kernel_size = int_tuple("kernel_size", kernel_size, 2)
-        self.strides = int_tuple("strides", strides, 2)
+        self.filters = checked(self, "filters", filters)
+        self.kernel_size = checked(self, "kernel_size", kernel_size)
+        self.strides = checked(self, "strides", strides)
         self.padding = padding_arg(padding)
-        self.dilation_rate = int_tuple("dilation_rate", dilation_rate, 2)
+        self.dilation_rate = checked(self, "dilation_rate", dilation_rate)
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
-            raise ValueError(
+            raise ArgumentError(
                 "strides > 1 cannot be combined with dilation_rate > 1. "
-                f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}"
+                f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}",
+                "strides",
+                strides,
             )
         self._set_activation(activation)
         self._set_kernel_options(use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer)

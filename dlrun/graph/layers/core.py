@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dlrun.checks import FRACTION, POSITIVE_INT, Bounds, checked, declare
 from dlrun.engine.threads import matmul
-from dlrun.graph.layer import LAYERS, Layer, ShapeError, image_shape, positive_int, rate_in_unit_interval
+from dlrun.errors import ArgumentError
+from dlrun.graph.layer import LAYERS, Layer, ShapeError, image_shape
 
 
 @LAYERS.register("Dense")
@@ -24,6 +26,8 @@ class Dense(Layer):
     Input shape (..., input_dim); output shape (..., units).
     """
 
+    bounds = declare(units=POSITIVE_INT)
+
     def __init__(
         self,
         units: int,
@@ -36,7 +40,7 @@ class Dense(Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.units = positive_int("units", units)
+        self.units = checked(self, "units", units)
         self._set_activation(activation)
         self._set_kernel_options(use_bias, kernel_initializer, bias_initializer, kernel_regularizer, bias_regularizer)
 
@@ -104,9 +108,11 @@ class Reshape(Layer):
             and all(isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in target_shape)
         )
         if not ok or list(target_shape).count(-1) > 1:
-            raise ValueError(
+            raise ArgumentError(
                 "target_shape must be a list of positive integers with at most one -1. "
-                f"Received: target_shape={target_shape!r}"
+                f"Received: target_shape={target_shape!r}",
+                "target_shape",
+                target_shape,
             )
         self.target_shape = tuple(target_shape)
 
@@ -164,14 +170,12 @@ class Dropout(Layer):
     """
 
     stochastic = True
+    bounds = declare(rate=FRACTION, noise_shape=Bounds((list, tuple), items=POSITIVE_INT, nullable=True))
 
     def __init__(self, rate: float, noise_shape: list[int] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.rate = rate_in_unit_interval("rate", rate)
-        if noise_shape is not None and not (
-            isinstance(noise_shape, (list, tuple)) and all(isinstance(d, int) and d > 0 for d in noise_shape)
-        ):
-            raise ValueError(f"noise_shape must be a list of positive integers. Received: noise_shape={noise_shape!r}")
+        self.rate = checked(self, "rate", rate)
+        noise_shape = checked(self, "noise_shape", noise_shape)
         self.noise_shape = None if noise_shape is None else tuple(noise_shape)
 
     def compute_output_shape(self, input_shape):

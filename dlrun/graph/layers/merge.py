@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import INT, checked, declare
 from dlrun.engine.backend import xp_of
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
 
@@ -141,12 +142,11 @@ class Concatenate(Layer):
     """
 
     n_inputs = None
+    bounds = declare(axis=INT)
 
     def __init__(self, axis: int = -1, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ValueError(f"axis must be an integer. Received: axis={axis!r}")
-        self.axis = axis
+        self.axis = checked(self, "axis", axis)
 
     def compute_output_shape(self, input_shapes):
         shapes = [tuple(s) for s in input_shapes]

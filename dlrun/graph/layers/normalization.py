@@ -5,24 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from dlrun.checks import INT, NUMBER, POSITIVE, Bounds, checked, declare
 from dlrun.engine import initializers, regularizers, workspace
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel
 from dlrun.engine.workspace import Workspace, column_sums
 from dlrun.graph.layer import LAYERS, Layer, ShapeError
-
-
-def _number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> float:
-    ok = (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and (value > low if low_open else value >= low)
-        and (high is None or value <= high)
-    )
-    if not ok:
-        bound = f"{'>' if low_open else '>='} {low}" + ("" if high is None else f" and <= {high}")
-        raise ValueError(f"expected a number {bound}. Received: {name}={value!r}")
-    return float(value)
 
 
 def _axis(layer: Layer, axis: int, input_shape: Any) -> int:
@@ -41,6 +29,8 @@ class _Normalization(Layer):
     """What BatchNormalization and LayerNormalization share: epsilon and the learned scale (gamma)
     and offset (beta) with their initializers and regularizers."""
 
+    bounds = declare(epsilon=POSITIVE)
+
     def _set_affine_options(
         self,
         epsilon: float,
@@ -51,7 +41,7 @@ class _Normalization(Layer):
         beta_regularizer: Any,
         gamma_regularizer: Any,
     ) -> None:
-        self.epsilon = _number("epsilon", epsilon, 0.0, low_open=True)
+        self.epsilon = checked(self, "epsilon", epsilon)
         self.center, self.scale = bool(center), bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
         self.gamma_initializer = initializers.get(gamma_initializer)
@@ -95,6 +85,8 @@ class BatchNormalization(_Normalization):
     Weights (Keras order): gamma, beta (trainable), moving_mean, moving_variance (non-trainable).
     """
 
+    bounds = declare(axis=INT, momentum=Bounds(NUMBER, minimum=0, maximum=1))
+
     def __init__(
         self,
         axis: int = -1,
@@ -111,10 +103,8 @@ class BatchNormalization(_Normalization):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(axis, int) or isinstance(axis, bool):
-            raise ValueError(f"axis must be an integer. Received: axis={axis!r}")
-        self.axis = axis
-        self.momentum = _number("momentum", momentum, 0.0, 1.0)
+        self.axis = checked(self, "axis", axis)
+        self.momentum = checked(self, "momentum", momentum)
         self._set_affine_options(
             epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer
         )
@@ -295,6 +285,10 @@ class LayerNormalization(_Normalization):
     gamma and beta have the shape of the normalized axes.
     """
 
+    bounds = declare(
+        axis=Bounds((int, list, tuple), items=INT, min_length=1, text="an integer or a list of integers"),
+    )
+
     def __init__(
         self,
         axis: int | list[int] = -1,
@@ -308,13 +302,7 @@ class LayerNormalization(_Normalization):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        axes = [axis] if isinstance(axis, int) and not isinstance(axis, bool) else axis
-        if not (
-            isinstance(axes, (list, tuple))
-            and axes
-            and all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
-        ):
-            raise ValueError(f"axis must be an integer or a list of integers. Received: axis={axis!r}")
+        axis = checked(self, "axis", axis)
         self.axis = axis if isinstance(axis, int) else list(axis)
         self._set_affine_options(
             epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from dlrun.checks import BOOL, PAIR_OR_INT, Bounds, checked, declare, nullable
 from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import crop_hw, output_length, pad_hw, padding_amounts
 from dlrun.engine.pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward, window_counts
-from dlrun.graph.layer import LAYERS, Layer, image_shape, int_tuple, padding_arg
+from dlrun.errors import ArgumentError
+from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 
 
 class _Pooling2D(Layer):
     """Shared arguments: pool_size (default 2), strides (default pool_size), padding (default "valid")."""
 
+    bounds = declare(pool_size=PAIR_OR_INT, strides=nullable(PAIR_OR_INT))
+
     def __init__(self, pool_size: Any = 2, strides: Any = None, padding: str = "valid", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.pool_size = int_tuple("pool_size", pool_size, 2)
-        self.strides = self.pool_size if strides is None else int_tuple("strides", strides, 2)
+        self.pool_size = checked(self, "pool_size", pool_size)
+        self.strides = checked(self, "strides", strides) or self.pool_size
         self.padding = padding_arg(padding)
 
     def compute_output_shape(self, input_shape):
@@ -88,11 +92,11 @@ class AveragePooling2D(_Pooling2D):
 
 
 class _GlobalPooling2D(Layer):
+    bounds = declare(keepdims=BOOL)
+
     def __init__(self, keepdims: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not isinstance(keepdims, bool):
-            raise ValueError(f"keepdims must be true or false. Received: keepdims={keepdims!r}")
-        self.keepdims = keepdims
+        self.keepdims = checked(self, "keepdims", keepdims)
 
     def compute_output_shape(self, input_shape):
         _, _, c = image_shape(self, input_shape)
@@ -151,9 +155,11 @@ def _padding_pairs(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
             return (value[0], value[0]), (value[1], value[1])
         if all(isinstance(v, (list, tuple)) and len(v) == 2 and all(nonneg(u) for u in v) for v in value):
             return (value[0][0], value[0][1]), (value[1][0], value[1][1])
-    raise ValueError(
+    raise ArgumentError(
         "padding must be a non-negative int, [rows, cols] or [[top, bottom], [left, right]]. "
-        f"Received: padding={value!r}"
+        f"Received: padding={value!r}",
+        "padding",
+        value,
     )
 
 
@@ -197,15 +203,15 @@ class UpSampling2D(Layer):
         interpolation: only "nearest" is supported. Defaults to "nearest".
     """
 
+    bounds = declare(
+        size=PAIR_OR_INT,
+        interpolation=Bounds(choices=("nearest",), text="'nearest' (the only one dlrun implements)"),
+    )
+
     def __init__(self, size: Any = 2, interpolation: str = "nearest", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.size = int_tuple("size", size, 2)
-        if interpolation != "nearest":
-            raise ValueError(
-                f"interpolation must be 'nearest' (the only one dlrun implements). "
-                f"Received: interpolation={interpolation!r}"
-            )
-        self.interpolation = interpolation
+        self.size = checked(self, "size", size)
+        self.interpolation = checked(self, "interpolation", interpolation)
 
     def compute_output_shape(self, input_shape):
         h, w, c = image_shape(self, input_shape)
