@@ -6,21 +6,29 @@ Nothing here prints; progress goes to a listener the caller provides, errors are
 
 from __future__ import annotations
 
+from dlrun.api.datasets import dataset, datasets, fetch_dataset
 from dlrun.api.inference import evaluate, evaluate_report, predict
 from dlrun.api.runfolders import load_run, plot, runs
 from dlrun.api.schema import json_schema
 from dlrun.api.setup import Setup, as_config, config_from_checkpoint, graph, prepare, summary, validate
 from dlrun.api.training import RunResult, resume, train
+from dlrun.engine.metrics import direction
 from dlrun.runs.compare import config_diff, yaml_text
+from dlrun.training.loop import SilentListener
 
 __all__ = [
     "RunResult",
     "Setup",
+    "SilentListener",
     "as_config",
     "config_diff",
     "config_from_checkpoint",
+    "dataset",
+    "datasets",
+    "direction",
     "evaluate",
     "evaluate_report",
+    "fetch_dataset",
     "graph",
     "json_schema",
     "load_run",

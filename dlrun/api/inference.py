@@ -39,10 +39,9 @@ def _checkpoint_file(path: Path) -> Path:
 def _load_for_inference(checkpoint: str | Path, device: str | None, data_path: str | None = None) -> tuple[Setup, Path]:
     path = _checkpoint_file(Path(checkpoint))
     ckpt = ckpt_mod.load(path)
-    cfg = config_from_checkpoint(path, ckpt)
-    if data_path is not None:
-        cfg.resolved["data"]["path"] = data_path
-    setup = prepare(cfg, device=device)
+    if data_path is not None:  # --data-path: the checkpoint's config, read from another folder
+        ckpt.config = {**ckpt.config, "data": {**ckpt.config.get("data", {}), "path": data_path}}
+    setup = prepare(config_from_checkpoint(path, ckpt), device=device)
     try:
         setup.model.set_weights(ckpt.weights)
     except ValueError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from dlrun import jsonio
 from dlrun.cli.output import DebugOption, guard, stderr, stdout
@@ -41,9 +42,9 @@ def list_datasets(
     def body() -> None:
         from rich.table import Table
 
-        from dlrun.data.registry import DATASETS
+        from dlrun import api
 
-        entries = [source.describe(path) for source in DATASETS]
+        entries = api.datasets(path)
         if as_json:
             print(
                 jsonio.dumps(
@@ -65,14 +66,14 @@ def list_datasets(
             table.add_column(col, justify="right" if col == "size" else "left")
         for e in entries:
             if e.found is not None:
-                status, where = "[green]found[/]", str(e.found)
+                status, where = "[green]found[/]", escape(str(e.found))
             elif e.kind == "download":
                 status, where = "[yellow]not found[/]", f"downloads on first use (or: dlrun data fetch {e.name})"
             elif e.kind == "generated":
                 status, where = "[green]generated[/]", "from the seed"
             else:
-                status, where = "[dim]your file[/]", e.put
-            table.add_row(e.name, status, where, _size(e.size))
+                status, where = "[dim]your file[/]", escape(e.put)
+            table.add_row(escape(e.name), status, where, _size(e.size))
         stdout().print(table)
 
     guard(body, debug)
@@ -89,17 +90,16 @@ def fetch(
     """
 
     def body() -> None:
+        from dlrun import api
         from dlrun.cli.progress import DownloadBar
-        from dlrun.data.registry import DATASETS
 
-        source = DATASETS.get(name)
-        entry = source.describe()
+        entry = api.dataset(name)
         if entry.found is not None:
             print(f"{name}: already at {entry.found} ({_size(entry.size)})")
             return
         bar = DownloadBar(stderr(), name)
         try:
-            where = source.fetch(bar)
+            where = api.fetch_dataset(name, bar)
         finally:
             bar.close()
         print(f"{name}: {where}")
@@ -119,9 +119,9 @@ def path(
     """
 
     def body() -> None:
-        from dlrun.data.registry import DATASETS
+        from dlrun import api
 
-        e = DATASETS.get(name).describe(data_path)
+        e = api.dataset(name, data_path)
         if e.found is not None:
             print(f"{name}: found at {e.found}")
         if e.searched:

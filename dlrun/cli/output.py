@@ -84,8 +84,8 @@ class ProgressMode(str, Enum):
 
 
 def make_listener(mode: ProgressMode, quiet: bool) -> Any:
+    from dlrun.api import SilentListener
     from dlrun.cli.progress import JsonProgress, PlainProgress, RichProgress
-    from dlrun.training.loop import SilentListener
 
     if quiet:
         return SilentListener()

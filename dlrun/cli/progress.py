@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dlrun import jsonio
-from dlrun.engine.metrics import direction
+from dlrun.api import direction
 
 REFRESH_S = 0.25
 
