@@ -133,3 +133,29 @@ def test_an_empty_runs_dir_is_a_usage_error(tmp_path, monkeypatch):
     res = runner.invoke(app, ["train", str(_config_file(tmp_path)), "--runs-dir", ""])
     assert res.exit_code == 2 and "--runs-dir is empty" in res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["usage.yaml"]
+
+
+def test_class_names_that_look_like_markup_are_printed_as_they_are(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = ["[/]", "[none]", "[bold]x"]
+    rows = ["a,b,label"]
+    for i in range(90):
+        k = i % 3
+        rows.append(f"{rng.normal() + 3 * k:.3f},{rng.normal():.3f},{labels[k]}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    cfg = {
+        "name": "markup",
+        "data": {"dataset": "csv", "path": str(tmp_path / "t.csv"), "target": "label", "test_split": 0.3},
+        "model": {"layers": [{"Dense": {"units": 3, "activation": "softmax"}}]},
+        "loss": "sparse_categorical_crossentropy",
+        "optimizer": {"type": "adam", "learning_rate": 0.1},
+        "metrics": ["accuracy"],
+        "training": {"epochs": 3},
+    }
+    result = api.train(cfg, runs_dir=tmp_path / "runs")
+    res = runner.invoke(app, ["evaluate", str(result.run_dir)])
+    assert res.exit_code == 0, res.output
+    for name in labels:
+        assert name in res.output

@@ -267,7 +267,7 @@ def _print_confusion(report: dict[str, Any]) -> None:
         table.add_column(str(i), justify="right")
     for i, (name, row) in enumerate(zip(names, report["confusion"])):
         cells = [f"[bold]{v}[/]" if j == i else (str(v) if v else "[dim]0[/]") for j, v in enumerate(row)]
-        table.add_row(f"{i} {name}", f"{report['per_class_accuracy'][name]:.3f}", *cells)
+        table.add_row(escape(f"{i} {name}"), f"{report['per_class_accuracy'][name]:.3f}", *cells)
     output.stdout().print(table)
 
 
@@ -346,14 +346,14 @@ def list_runs(
             best = f"{r.best_val[0]} {r.best_val[1]:.4f}" if r.best_val else "-"
             test = f"{r.test[0]} {r.test[1]:.4f}" if r.test else "-"
             table.add_row(
-                f"{r.name}/{r.path.name}",
+                escape(f"{r.name}/{r.path.name}"),
                 r.date,
                 str(r.epochs),
                 best,
                 test,
                 f"[{colours.get(r.status, 'white')}]{r.status}[/]",
             )
-        output.stdout().print(table if infos else f"no runs under {root}")
+        output.stdout().print(table if infos else escape(f"no runs under {root}"))
 
     output.guard(body, debug)
 
@@ -388,7 +388,7 @@ def compare(
         curves = Table(title="per-epoch metrics (A | B)", title_justify="left")
         curves.add_column("epoch", justify="right")
         for k in keys:
-            curves.add_column(k, justify="right")
+            curves.add_column(escape(k), justify="right")
 
         def cell(h: dict[str, list[float]], k: str, e: int) -> str:
             return f"{h[k][e]:.4f}" if e < len(h.get(k, [])) else "-"
