@@ -140,9 +140,7 @@ class NpzReader:
     def __enter__(self) -> NpzReader:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def close(self) -> None:
@@ -157,7 +155,9 @@ class NpzReader:
             return self._headers[name]
         info = self._members.get(name)
         if info is None:
-            raise Corrupt(f"{self.path} has no entry {name!r:.60} (it holds {', '.join(self.names)[:200] or 'nothing'})")
+            raise Corrupt(
+                f"{self.path} has no entry {name!r:.60} (it holds {', '.join(self.names)[:200] or 'nothing'})"
+            )
         if not info.filename.endswith(_SUFFIX):
             raise Corrupt(f"{self._where(name)} is not an .npy array")
         try:

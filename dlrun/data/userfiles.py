@@ -72,7 +72,8 @@ def labels_or_values(ys: list[np.ndarray], task: str, source: str) -> tuple[list
     if task == "regression":
         out = []
         for y in ys:
-            y = y.astype(np.float32).reshape(len(y), -1)
+            with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: inf, refused below
+                y = y.astype(np.float32).reshape(len(y), -1)
             if not np.all(np.isfinite(y)):
                 bad = int(np.count_nonzero(~np.isfinite(y)))
                 raise DataError(f"{source}: the targets contain {bad:,} NaN or infinite values (or beyond float32)")
@@ -122,7 +123,8 @@ def _inputs(x: np.ndarray, source: str) -> np.ndarray:
         return x
     if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{source}: inputs must be numbers, got {x.dtype}")
-    x = x.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: inf, refused below
+        x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         raise DataError(f"{source}: the inputs contain NaN or infinite values")
     return x
@@ -150,9 +152,7 @@ def _npz_headers(p: Path, npz: NpzReader) -> list[str]:
         x, y = headers[f"x_{split}"], headers[f"y_{split}"]
         _x_header(p, x)
         if not y.shape:
-            raise DataError(
-                f"{p}: y_{split} is a single value (a 0-d array), not one label per sample", hint=_NPZ_HINT
-            )
+            raise DataError(f"{p}: y_{split} is a single value (a 0-d array), not one label per sample", hint=_NPZ_HINT)
         if x.shape[0] != y.shape[0]:
             raise DataError(f"{p}: x_{split} has {x.shape[0]:,} samples, y_{split} {y.shape[0]:,}")
     if "x_test" in headers and headers["x_test"].shape[1:] != headers["x_train"].shape[1:]:
@@ -202,11 +202,13 @@ def npz_input_shape(path: str | None) -> tuple[int, ...] | None:
     if not path or not regular_file(Path(path).expanduser()):
         return None
     try:
-        with NpzReader(Path(path).expanduser()) as npz:
-            shape = npz.header("x_train").shape
-    except DataError:
+        p = Path(path).expanduser()
+        with NpzReader(p) as npz:
+            x = npz.header("x_train")
+        _x_header(p, x)
+    except DataError:  # loading says what is wrong
         return None
-    return tuple(shape[1:]) if len(shape) >= 2 else None
+    return tuple(x.shape[1:])
 
 
 # -- csv -------------------------------------------------------------------------------------------
@@ -237,12 +239,12 @@ def _rows(p: Path) -> tuple[list[tuple[int, list[str]]], str]:
             start = reader.line_num + 1
     except csv.Error as exc:
         problem = (
-            "a quote (\") opened here is never closed"
+            'a quote (") opened here is never closed'
             if "unexpected end of data" in str(exc) or "field larger" in str(exc)
             else f"bad quoting ({exc})"
         )
         raise DataError(
-            f"{p}, row {start}: {problem}", hint="quote a cell as \"...\" on one line, or remove the stray quote"
+            f"{p}, row {start}: {problem}", hint='quote a cell as "..." on one line, or remove the stray quote'
         ) from None
     if not rows:
         raise DataError(f"{p} is empty")
@@ -267,6 +269,14 @@ def _target_index(target: str | int, header: list[str] | None, width: int, p: Pa
             f"{p} has no column {target!r}. {did_you_mean(target, names) or 'Columns: ' + ', '.join(names)}".rstrip()
         )
     return names.index(target)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite32(value: float) -> bool:
+    """Finite, and still finite as float32 (what features and regression targets become)."""
+    return abs(value) <= _FLOAT32_MAX
 
 
 def _cell(cell: str) -> str:
@@ -308,7 +318,7 @@ def load_csv(path: str | None, target: str | int, task: str, header: bool | None
                     f"{p}, row {line}, column {col_name(i)}: {_cell(row[i])} is not a number",
                     hint="feature columns must be numeric (no missing values)",
                 )
-            if not np.isfinite(np.float32(value)):
+            if not _finite32(value):
                 raise DataError(
                     f"{p}, row {line}, column {col_name(i)}: {_cell(row[i])} is not a finite number"
                     + (" (beyond float32)" if np.isfinite(value) else ""),
@@ -322,7 +332,7 @@ def load_csv(path: str | None, target: str | int, task: str, header: bool | None
                 f"{where}: the target is empty", hint="every row needs a target; drop or fill the rows without one"
             )
         value = _number(cell)
-        if task == "regression" and (value is None or not np.isfinite(np.float32(value))):
+        if task == "regression" and (value is None or not _finite32(value)):
             raise DataError(
                 f"{where}: the target {_cell(cell)} is not a finite number (task: regression)",
                 hint="regression targets must be numbers; for named classes use task: classification",

@@ -236,22 +236,28 @@ _FIELDS: list[tuple[str, Any, str]] = [
         lambda v: _dict_of(v, iterations=_count, learning_rate=_number),
         "a mapping with iterations (a whole number >= 0) and learning_rate (a number)",
     ),
-    ("rng", lambda v: _dict_of(v, noise=lambda s: isinstance(s, dict), shuffle=lambda s: isinstance(s, dict)), "a mapping of generator states"),
+    (
+        "rng",
+        lambda v: _dict_of(v, noise=lambda s: isinstance(s, dict), shuffle=lambda s: isinstance(s, dict)),
+        "a mapping of generator states",
+    ),
     (
         "callbacks",
-        lambda v: isinstance(v, list) and all(isinstance(c, dict) and isinstance(c.get("type"), str) for c in v),
-        "a list of {type, state} records",
+        lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
+        "a list of callback states",
     ),
     (
         "partial_epoch",
-        lambda v: v is None
-        or (
-            isinstance(v, dict)
-            and _count(v.get("batch"))
-            and _count(v.get("seen"))
-            and isinstance(v.get("sums"), list)
-            and all(map(_number, v["sums"]))
-            and isinstance(v.get("shuffle"), dict)
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, dict)
+                and _count(v.get("batch"))
+                and _count(v.get("seen"))
+                and isinstance(v.get("sums"), list)
+                and all(map(_number, v["sums"]))
+                and isinstance(v.get("shuffle"), dict)
+            )
         ),
         "a mapping with batch, seen (whole numbers >= 0), sums (numbers) and shuffle (a generator state)",
     ),
