@@ -10,7 +10,7 @@ them from a few kB. So before anything is allocated, each member to be read is c
 - the zip's declared uncompressed size holds the bytes the header claims (the zip reader never
   inflates more than it declares, so the header cannot make it allocate more than is there);
 - all arrays read from one file together stay within `limit()` bytes: `DLRUN_MAX_ARRAY_BYTES`, or
-  else the smaller of 16 GiB and this machine's memory.
+  else the smaller of 16 GiB and this machine's memory; and no member inflates at a zip bomb's ratio.
 
 Every problem is an NpzError (a DataError) naming the file and the member; the subclasses let a
 caller (the checkpoint loader) phrase them its own way.
@@ -33,6 +33,10 @@ from dlrun.errors import DataError
 
 #: The most bytes the arrays read from one file may take, unless DLRUN_MAX_ARRAY_BYTES says otherwise.
 MAX_BYTES = 16 << 30
+#: A member inflating to more than BOMB_MIN_BYTES at over BOMB_RATIO times its compressed size is a
+#: zip bomb (deflate tops out near 1032:1; real arrays, even images, compress far less).
+BOMB_MIN_BYTES = 256 << 20
+BOMB_RATIO = 200
 _ENV = "DLRUN_MAX_ARRAY_BYTES"
 _SUFFIX = ".npy"
 _READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError, NotImplementedError)
@@ -185,6 +189,12 @@ class NpzReader:
             raise Corrupt(
                 f"{described} but holds {size_text(max(info.file_size - offset, 0))}",
                 hint="the file is truncated, damaged or forged; save it again",
+            )
+        if info.file_size > BOMB_MIN_BYTES and info.file_size > BOMB_RATIO * max(info.compress_size, 1):
+            raise TooLarge(
+                f"{described}, inflated from {size_text(info.compress_size)} (over {BOMB_RATIO}:1): "
+                "refused as a zip bomb",
+                hint="if the data is real, save it uncompressed with np.savez",
             )
         if nbytes > self.max_bytes:
             raise TooLarge(f"{described}, more than the {size_text(self.max_bytes)} allowed", hint=self._hint())

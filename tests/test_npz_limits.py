@@ -76,6 +76,15 @@ def test_a_zip_bomb_is_refused_from_its_declared_size(tmp_path):
     assert "DLRUN_MAX_ARRAY_BYTES" in info.value.hint
 
 
+def test_a_zip_bomb_within_the_byte_limit_is_refused_by_its_ratio(tmp_path, monkeypatch):
+    monkeypatch.setattr(npzfile, "BOMB_MIN_BYTES", 1 << 20)  # the real floor is 256 MiB: too slow to build
+    p = bomb(tmp_path / "bomb.npz", "x.npy", 8)
+    with pytest.raises(npzfile.TooLarge, match=r"8 MiB\), inflated from .* KiB \(over 200:1\): refused as a zip bomb"):
+        npzfile.read_npz(p)
+    np.savez_compressed(tmp_path / "images.npz", x=np.random.default_rng(0).integers(0, 255, 1 << 21, np.uint8))
+    assert npzfile.read_npz(tmp_path / "images.npz")["x"].size == 1 << 21  # real data compresses far less
+
+
 def test_the_limit_is_configurable_and_counts_all_arrays_together(tmp_path, monkeypatch):
     p = tmp_path / "two.npz"
     np.savez(p, a=np.zeros(1000), b=np.zeros(1000))  # 8000 bytes each
