@@ -325,9 +325,9 @@ def test_offline_switch_and_message(isolated, monkeypatch):
     monkeypatch.setenv("DLRUN_OFFLINE", "1")
     monkeypatch.setattr(cifar10, "URL", "http://127.0.0.1:9/never-contacted")
     with pytest.raises(DataError) as info:
-        cifar10.load(str(isolated / "mine"))
+        cifar10.load()
     text = str(info.value)
-    for place in (isolated / "mine", isolated / "dlrun_data" / "cifar10", isolated / "cache" / "dlrun" / "cifar10"):
+    for place in (isolated / "dlrun_data" / "cifar10", isolated / "cache" / "dlrun" / "cifar10"):
         assert str(place) in text
     assert "DLRUN_OFFLINE" in text and cifar10.ARCHIVE in text and "data_batch_1.bin" in text
 

@@ -82,10 +82,15 @@ def test_corrupt_download_is_refused_and_removed(server, tmp_path, monkeypatch):
 def test_offline_error_lists_places_and_files(tiny_files, monkeypatch, tmp_path):
     monkeypatch.setattr(fashion_mnist, "MIRROR", "http://127.0.0.1:9/")  # nothing listens on port 9
     with pytest.raises(DataError) as info:
-        fashion_mnist.load(user_path=str(tmp_path / "mine"))
+        fashion_mnist.load()
     text = str(info.value)
-    assert str(tmp_path / "mine") in text and str(tmp_path / "cache" / "dlrun" / "fashion_mnist") in text
+    assert str(tmp_path / "cache" / "dlrun" / "fashion_mnist") in text
     assert "train-images-idx3-ubyte.gz" in text
+    # A path the user named is the one place looked in: its error says what it lacks (issue 12).
+    with pytest.raises(DataError) as info:
+        fashion_mnist.load(user_path=str(tmp_path / "mine"))
+    assert f"the data path {tmp_path / 'mine'} does not exist" in str(info.value)
+    assert "train-images-idx3-ubyte.gz" in str(info.value)
 
 
 def test_data_path_comes_first_and_content_is_verified(tiny_files, tmp_path):

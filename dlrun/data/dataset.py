@@ -53,6 +53,8 @@ class Dataset:
     augmenter: Augmenter | None = None
     prefetch: int = 0
     files: list[Path] = field(default_factory=list)  # what it was read from (the manifest hashes them)
+    #: What was noticed while preparing the splits (an empty test set skipped), for the user to read.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def targets(self) -> Targets:
@@ -67,8 +69,9 @@ class Dataset:
     def split(self, which: str) -> Split:
         part = {"train": self.train, "val": self.val, "test": self.test}[which]
         if part is None:
+            skipped = next((n for n in self.notes if n.startswith(f"the {which} split")), None)
             raise DataError(
-                f"the {self.name} dataset has no {which} split here",
+                f"the {self.name} dataset has no {which} split here" + (f" ({skipped})" if skipped else ""),
                 hint="set data.validation_split > 0"
                 if which == "val"
                 else "set data.test_split > 0"
@@ -115,7 +118,13 @@ def load_dataset(
             f"data.stratify needs class labels; the {name} data here are regression targets",
             hint="set data.stratify: false",
         )
+    if len(train) == 0:
+        raise DataError(f"the {name} dataset holds no training samples", hint="check data.path and data.limit")
+    notes = []
     test = Split(arrays.x_test, arrays.y_test) if arrays.x_test is not None else None
+    if test is not None and len(test) == 0:  # scoring 0 samples would divide by zero: no test set
+        notes.append(f"the test split of {name} is empty (0 samples) and was skipped")
+        test = None
     test_frac = data_cfg.get("test_split") or 0.0
     if test_frac > 0:
         if test is not None:
@@ -154,6 +163,7 @@ def load_dataset(
         augmenter,
         int(data_cfg.get("prefetch") or 0),
         arrays.files,
+        notes,
     )
 
 
@@ -168,6 +178,13 @@ def dataset_input_shape(data_cfg: dict[str, Any], needed: bool = False) -> tuple
     if shape is None and needed:  # reading the whole file says what is wrong with it
         return tuple(source.load(data_cfg, 0, None, False).x_train.shape[1:])
     return shape
+
+
+def check_data_files(data_cfg: dict[str, Any]) -> None:
+    """The checks of the data `train` makes that need no arrays read (for validate): a path the
+    user named holds the files, a regular file; an npz's headers (keys, shapes, dtypes, sizes).
+    DataError if not. Nothing is downloaded, and datasets found by searching are not looked for."""
+    DATASETS.get(data_cfg["dataset"]).check_files(data_cfg)
 
 
 def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:
@@ -207,6 +224,7 @@ __all__ = [
     "Prefetcher",
     "Split",
     "Targets",
+    "check_data_files",
     "dataset_input_shape",
     "input_normalization",
     "known_class_names",

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from dlrun.errors import DataError
+from dlrun.npzfile import NpzReader, regular_file
 
 
 def load_inputs(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndarray, float | None]:
@@ -17,8 +18,9 @@ def load_inputs(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndar
     channels and size-checked; uint8 data is scaled to [0, 1].
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"input file not found: {path}", hint="pass an .npz with an array 'x', or a PNG/JPEG image")
+    if not regular_file(path):  # a FIFO or device would block
+        problem = "not found" if not path.exists() else "a folder" if path.is_dir() else "not a regular file"
+        raise DataError(f"input file {problem}: {path}", hint="pass an .npz with an array 'x', or a PNG/JPEG image")
     x = _read_npz(path) if path.suffix == ".npz" else _read_image(path, input_shape)
     shape = tuple(input_shape)
     if x.shape == shape:
@@ -46,17 +48,15 @@ def load_inputs(path: str | Path, input_shape: tuple[int, ...]) -> tuple[np.ndar
 
 
 def _read_npz(path: Path) -> np.ndarray:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                found = ", ".join(npz.files) or "no arrays"
-                raise DataError(
-                    f"{path} has no array 'x' (it holds: {found})",
-                    hint="save the inputs as x: np.savez(path, x=inputs)",
-                )
-            return npz["x"]
-    except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{path} cannot be read: {exc}") from None
+    """The array `x`, its header and size checked before it is read (dlrun.npzfile)."""
+    with NpzReader(path) as npz:
+        if "x" not in npz:
+            found = ", ".join(npz.names)[:200] or "no arrays"
+            raise DataError(
+                f"{path} has no array 'x' (it holds: {found})",
+                hint="save the inputs as x: np.savez(path, x=inputs)",
+            )
+        return npz.read("x")
 
 
 def _read_image(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:

@@ -109,6 +109,10 @@ class Source:
         """The arrays, before any preparation, and the files they came from."""
         raise NotImplementedError
 
+    def check_files(self, data_cfg: dict[str, Any]) -> None:
+        """What can be checked of the data without reading its arrays (for validate): a path the
+        user named holds the files, headers are sane. DataError if not; nothing is downloaded."""
+
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...] | None:
         """The sample shape, known without loading (None: only loading can tell)."""
         return None

@@ -152,3 +152,20 @@ def not_found_message(
         else "or run again with internet access to download them"
     )
     return DataError(text, hint=f"{put}, {fetch} (ahead of time: dlrun data fetch {name})")
+
+
+def explicit_path_error(name: str, path: Path, expected: str) -> DataError:
+    """A path the user named (data.path, --data-path) that lacks the data: never a silent fallback
+    to another copy elsewhere. `expected` says what should be there."""
+    if not path.exists():
+        state = "does not exist"
+    elif path.is_dir():
+        state = "lacks the files"
+    elif path.is_file():
+        state = "is a file"
+    else:
+        state = "is not a file or folder (a FIFO, device or socket)"
+    return DataError(
+        f"the data path {path} {state}; the {name} dataset expects there {expected}",
+        hint=f"fix the path, or leave it out to use the {name} data found elsewhere (or downloaded)",
+    )

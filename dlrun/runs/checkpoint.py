@@ -17,8 +17,6 @@ Layout (format version 1):
 from __future__ import annotations
 
 import json
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ import numpy as np
 from dlrun import __version__
 from dlrun.atomic import atomic_open
 from dlrun.errors import CheckpointError
+from dlrun.npzfile import NpzError, NpzReader, PickledArray
 
 FORMAT = "dlrun-checkpoint"
 FORMAT_VERSION = 1
@@ -111,67 +110,54 @@ def _unpack(value: Any, arrays: dict[str, np.ndarray], path: Path) -> Any:
 def load(path: str | Path) -> Checkpoint:
     """Read and check a checkpoint; any problem is one CheckpointError naming the file.
 
-    No code can run: the file must be a zip archive (checked before NumPy sees it), every entry is
-    read with `allow_pickle=False`, and entries of unknown names are refused rather than skipped.
+    No code can run and nothing huge is allocated: the file must be a zip archive (checked before
+    anything else reads it), every entry's `.npy` header and size are checked before it is read
+    (dlrun.npzfile), arrays are read with `allow_pickle=False`, entries of unknown names are refused
+    rather than skipped, and the metadata's fields are type- and range-checked.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}", hint="pass a .npz file from a run's checkpoints/ folder")
     _check_magic(path)
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            names = list(npz.files)
+        with NpzReader(path) as npz:
+            names = npz.names
             if _META not in names:
                 raise CheckpointError(f"{path} is not a dlrun checkpoint (no metadata record)")
             unknown = [n for n in names if n != _META and not n.startswith((_WEIGHTS, _OPTIMIZER, _STATE))]
             if unknown:
                 raise CheckpointError(
-                    f"{path} is not a dlrun checkpoint (unexpected entries: {', '.join(unknown[:5])})"
+                    f"{path} is not a dlrun checkpoint (unexpected entries: {', '.join(unknown[:5])[:200]})"
                 )
-            raw_meta = _entry(npz, _META, path)
+            raw_meta = npz.read(_META)
             if raw_meta.dtype != np.uint8 or raw_meta.ndim != 1:
                 raise CheckpointError(f"{path} is not a dlrun checkpoint (bad metadata record)")
             meta = json.loads(raw_meta.tobytes().decode("utf-8"))
             _check_meta(path, meta)
-            weights = {n[len(_WEIGHTS) :]: _entry(npz, n, path) for n in names if n.startswith(_WEIGHTS)}
-            optimizer = {n[len(_OPTIMIZER) :]: _entry(npz, n, path) for n in names if n.startswith(_OPTIMIZER)}
-            state = {n: _entry(npz, n, path) for n in names if n.startswith(_STATE)}
+            arrays = npz.read_all([n for n in names if n != _META])
     except CheckpointError:
         raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise CheckpointError(
-                f"{path} contains pickled Python objects and was refused (nothing was loaded or run)",
-                hint=_HOSTILE_HINT,
-            ) from None
-        raise CheckpointError(f"{path} is corrupt ({exc})", hint="the file is truncated or damaged") from None
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-        KeyError,
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-        RuntimeError,
-    ) as exc:
+    except PickledArray:
         raise CheckpointError(
-            f"{path} is not a readable dlrun checkpoint ({type(exc).__name__}: {exc})",
+            f"{path} contains pickled Python objects and was refused (nothing was loaded or run)",
+            hint=_HOSTILE_HINT,
+        ) from None
+    except NpzError as exc:
+        raise CheckpointError(exc.message, hint=exc.hint or "the file is truncated or damaged") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(
+            f"{path} is not a readable dlrun checkpoint (its metadata: {type(exc).__name__}: {exc!s:.100})",
             hint="the file is truncated or of another format",
         ) from None
+    weights = {n[len(_WEIGHTS) :]: a for n, a in arrays.items() if n.startswith(_WEIGHTS)}
+    optimizer = {n[len(_OPTIMIZER) :]: a for n, a in arrays.items() if n.startswith(_OPTIMIZER)}
+    state = {n: a for n, a in arrays.items() if n.startswith(_STATE)}
     for name, arr in (*weights.items(), *optimizer.items()):
         if arr.dtype.kind not in "fiub":
-            raise CheckpointError(f"{path} is corrupt (array {name!r} has dtype {arr.dtype})")
+            raise CheckpointError(f"{path} is corrupt (array {name!r:.60} has dtype {arr.dtype})")
     meta = _unpack(meta, state, path)
     config = meta.pop("config")
     return Checkpoint(config, weights, optimizer, meta)
-
-
-def _entry(npz: Any, name: str, path: Path) -> np.ndarray:
-    value = npz[name]
-    if not isinstance(value, np.ndarray):  # a zip member that is not an .npy array
-        raise CheckpointError(f"{path} is not a dlrun checkpoint (entry {name!r} is not an array)")
-    return value
 
 
 def _check_magic(path: Path) -> None:
@@ -214,3 +200,65 @@ def _check_meta(path: Path, meta: Any) -> None:
         )
     if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{path} has no config record")
+    for key, check, want in _FIELDS:
+        if key in meta and not check(meta[key]):
+            raise CheckpointError(
+                f"{path} is corrupt: its metadata field {key!r} is {json.dumps(meta[key])[:60]}; it must be {want}",
+                hint="the file was damaged or edited; use another checkpoint (e.g. last.npz or best.npz)",
+            )
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v: Any) -> bool:  # null: a non-finite value as RFC 8259 JSON writes it
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
+def _dict_of(v: Any, **fields: Any) -> bool:
+    return isinstance(v, dict) and all(k not in v or ok(v[k]) for k, ok in fields.items())
+
+
+#: The metadata fields a resume reads: (key, check, what it must be). Absent ones take defaults.
+_FIELDS: list[tuple[str, Any, str]] = [
+    ("epoch", _count, "a whole number >= 0"),
+    ("epochs", _count, "a whole number >= 0"),
+    ("weights_only", lambda v: isinstance(v, bool), "true or false"),
+    ("stop_training", lambda v: isinstance(v, bool), "true or false"),
+    (
+        "history",
+        lambda v: isinstance(v, dict) and all(isinstance(s, list) and all(map(_number, s)) for s in v.values()),
+        "a mapping of metric names to lists of numbers",
+    ),
+    (
+        "optimizer",
+        lambda v: _dict_of(v, iterations=_count, learning_rate=_number),
+        "a mapping with iterations (a whole number >= 0) and learning_rate (a number)",
+    ),
+    (
+        "rng",
+        lambda v: _dict_of(v, noise=lambda s: isinstance(s, dict), shuffle=lambda s: isinstance(s, dict)),
+        "a mapping of generator states",
+    ),
+    (
+        "callbacks",
+        lambda v: isinstance(v, list) and all(isinstance(c, dict) for c in v),
+        "a list of callback states",
+    ),
+    (
+        "partial_epoch",
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, dict)
+                and _count(v.get("batch"))
+                and _count(v.get("seen"))
+                and isinstance(v.get("sums"), list)
+                and all(map(_number, v["sums"]))
+                and isinstance(v.get("shuffle"), dict)
+            )
+        ),
+        "a mapping with batch, seen (whole numbers >= 0), sums (numbers) and shuffle (a generator state)",
+    ),
+]

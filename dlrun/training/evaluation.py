@@ -42,9 +42,12 @@ def target_transform(model: Model, loss: Loss) -> Callable[[Any], Any] | None:
 
 
 def means(backend: Backend, sums: Any, count: int, names: list[str]) -> dict[str, float]:
-    """Per-sample means of device sums, by name (a host sync: once per epoch or display refresh)."""
+    """Per-sample means of device sums, by name (a host sync: once per epoch or display refresh).
+
+    Over no samples a mean is undefined: NaN (written as null in JSON), never a ZeroDivisionError.
+    """
     host = backend.to_host(sums)
-    return {name: float(v) / count for name, v in zip(names, host)}
+    return {name: float(v) / count if count > 0 else float("nan") for name, v in zip(names, host)}
 
 
 class Evaluator:

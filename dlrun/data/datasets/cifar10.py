@@ -32,6 +32,7 @@ from dlrun.data.sources import (
     cache_dir,
     candidate_dirs,
     download,
+    explicit_path_error,
     not_found_message,
 )
 from dlrun.errors import DataError
@@ -82,14 +83,38 @@ def find(user_path: str | None) -> tuple[Location | None, list[Path]]:
     """
     searched = candidate_dirs(NAME, user_path, SYSTEM_DIRS)
     for d in searched:
-        if d.is_file() and d.name.endswith((".tar.gz", ".tgz")):
-            return Location(d, True), searched
-        folder = _folder_in(d)
-        if folder is not None:
-            return Location(folder, False), searched
-        if (d / ARCHIVE).is_file():
-            return Location(d / ARCHIVE, True), searched
+        where = _location_in(d)
+        if where is not None:
+            return where, searched
     return None, searched
+
+
+def _location_in(d: Path) -> Location | None:
+    """The data at `d`, in any of the accepted layouts (the module docstring), or None."""
+    if d.is_file() and d.name.endswith((".tar.gz", ".tgz")):
+        return Location(d, True)
+    folder = _folder_in(d)
+    if folder is not None:
+        return Location(folder, False)
+    if (d / ARCHIVE).is_file():
+        return Location(d / ARCHIVE, True)
+    return None
+
+
+def check_user_path(user_path: str | None) -> Location | None:
+    """The data at a path the user named (None: no path named); DataError listing what it lacks."""
+    if not user_path:
+        return None
+    d = Path(user_path).expanduser()
+    where = _location_in(d)
+    if where is None:
+        raise explicit_path_error(
+            NAME,
+            d,
+            f"the archive {ARCHIVE} (as the path itself or inside it), its extracted {FOLDER}/ folder, "
+            f"or the files {', '.join(FILES)}",
+        )
+    return where
 
 
 def what_to_put() -> str:
@@ -275,7 +300,13 @@ def read_archive(archive: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def locate(user_path: str | None, progress: ProgressFn | None = None, allow_download: bool = True) -> Location:
-    """Where the data is: found, or else downloaded and extracted; DataError saying where to put it."""
+    """Where the data is: found, or else downloaded and extracted; DataError saying where to put it.
+
+    A path the user named must hold it: it is never passed over for another copy.
+    """
+    named = check_user_path(user_path)
+    if named is not None:
+        return named
     where, searched = find(user_path)
     if where is None:
         error = "downloads disabled"
@@ -327,6 +358,9 @@ class CIFAR10(Source):
         where = locate(data_cfg.get("path"), progress, allow_download)
         x_tr, y_tr, x_te, y_te, names = read_archive(where.path) if where.archive else read_folder(where.path)
         return Arrays(x_tr, y_tr, x_te, y_te, CLASSES, names, _files(where))
+
+    def check_files(self, data_cfg: dict[str, Any]) -> None:
+        check_user_path(data_cfg.get("path"))
 
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
         return SHAPE

@@ -38,6 +38,9 @@ class Csv(Source):
     def load(self, data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> Arrays:
         return userfiles.load_csv(data_cfg.get("path"), data_cfg["target"], data_cfg["task"], data_cfg.get("header"))
 
+    def check_files(self, data_cfg: dict[str, Any]) -> None:
+        userfiles.csv_check(data_cfg.get("path"))
+
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...] | None:
         return userfiles.csv_input_shape(data_cfg.get("path"), data_cfg.get("header"))
 

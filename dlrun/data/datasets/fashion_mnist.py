@@ -16,7 +16,15 @@ import numpy as np
 
 from dlrun.config.schema import Key
 from dlrun.data.registry import DATASETS, Arrays, Found, Source
-from dlrun.data.sources import ProgressFn, RemoteFile, cache_dir, candidate_dirs, download, not_found_message
+from dlrun.data.sources import (
+    ProgressFn,
+    RemoteFile,
+    cache_dir,
+    candidate_dirs,
+    download,
+    explicit_path_error,
+    not_found_message,
+)
 from dlrun.errors import DataError
 
 NAME = "fashion_mnist"
@@ -83,7 +91,7 @@ def find(user_path: str | None) -> tuple[Path | None, list[Path]]:
     """The first folder holding all four files, and every folder searched."""
     searched = candidate_dirs(NAME, user_path, SYSTEM_DIRS)
     for d in searched:
-        if all((d / f).is_file() for f in FILES):
+        if _holds_files(d):
             return d, searched
     return None, searched
 
@@ -97,8 +105,29 @@ def fetch(progress: ProgressFn | None = None) -> Path:
     return dest
 
 
+def _holds_files(d: Path) -> bool:
+    return all((d / f).is_file() for f in FILES)
+
+
+def check_user_path(user_path: str | None) -> Path | None:
+    """The folder a path the user named holds the files in (None: no path named); DataError if not."""
+    if not user_path:
+        return None
+    d = Path(user_path).expanduser()
+    if not _holds_files(d):
+        missing = [f for f in FILES if not (d / f).is_file()]
+        raise explicit_path_error(NAME, d, f"a folder holding {', '.join(FILES)} (missing: {', '.join(missing)})")
+    return d
+
+
 def locate(user_path: str | None, progress: ProgressFn | None = None, allow_download: bool = True) -> Path:
-    """The folder holding the files: found, or else downloaded; DataError saying where to put them."""
+    """The folder holding the files: found, or else downloaded; DataError saying where to put them.
+
+    A path the user named must hold them: it is never passed over for another copy.
+    """
+    named = check_user_path(user_path)
+    if named is not None:
+        return named
     folder, searched = find(user_path)
     if folder is None:
         error = "downloads disabled"
@@ -153,6 +182,9 @@ class FashionMNIST(Source):
     def load(self, data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> Arrays:
         folder = locate(data_cfg.get("path"), progress, allow_download)
         return Arrays(*read(folder), 10, list(CLASS_NAMES), [folder / f for f in FILES])
+
+    def check_files(self, data_cfg: dict[str, Any]) -> None:
+        check_user_path(data_cfg.get("path"))
 
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
         return (28, 28, 1)

@@ -32,6 +32,9 @@ class Npz(Source):
     def load(self, data_cfg: dict[str, Any], seed: int, progress: ProgressFn | None, allow_download: bool) -> Arrays:
         return userfiles.load_npz(data_cfg.get("path"), data_cfg["task"])
 
+    def check_files(self, data_cfg: dict[str, Any]) -> None:
+        userfiles.npz_headers_check(data_cfg.get("path"))
+
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...] | None:
         return userfiles.npz_input_shape(data_cfg.get("path"))
 
