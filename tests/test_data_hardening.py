@@ -322,3 +322,34 @@ def test_valid_checkpoint_metadata_still_loads(tmp_path):
     history = {"loss": [1.0, None, float("nan")], "accuracy": [0, 1]}
     loaded = ck.load(_ckpt(tmp_path, epoch=0, epochs=3, history=history, callbacks=[], optimizer={"iterations": 0}))
     assert loaded.epoch == 0 and loaded.meta["history"]["accuracy"] == [0, 1]
+
+
+def test_a_checkpoint_whose_partial_epoch_does_not_fit_is_refused(tmp_path):
+    import signal
+
+    from dlrun import api
+    from dlrun.errors import CheckpointError, TrainingInterrupted
+    from dlrun.runs import checkpoint as ckpt_mod
+    from dlrun.training.loop import SilentListener
+
+    class StopAfterFirstBatch(SilentListener):
+        def on_batch_end(self, batch, batches, samples, running):
+            if batch == 0:
+                signal.raise_signal(signal.SIGINT)
+
+    cfg = {
+        "name": "partial",
+        "data": {"dataset": "synthetic", "samples": 200, "features": 4, "classes": 2},
+        "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
+        "loss": "sparse_categorical_crossentropy",
+        "metrics": ["accuracy"],
+        "training": {"epochs": 1},
+    }
+    with pytest.raises(TrainingInterrupted) as info:
+        api.train(cfg, runs_dir=tmp_path, listener=StopAfterFirstBatch())
+    last = info.value.run_dir / "checkpoints" / "last.npz"
+    ckpt = ckpt_mod.load(last)
+    ckpt.meta["partial_epoch"]["sums"] = ckpt.meta["partial_epoch"]["sums"][:1]
+    ckpt_mod.save(last, ckpt)
+    with pytest.raises(CheckpointError, match="does not fit its own config: its unfinished epoch sums 1 values"):
+        api.resume(info.value.run_dir)

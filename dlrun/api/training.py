@@ -199,6 +199,8 @@ def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | N
     cfg = setup.config
     rngs = streams(cfg.resolved["seed"])
     data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=rngs.split, progress=download_progress)
+    for note in data.notes:  # e.g. an empty test split that is skipped
+        listener.message(note)
     record_statistics(cfg, data)
     check_data_fits(cfg, setup.model, data)
     check_targets(cfg, setup.model, setup.loss, data.name, data.targets)

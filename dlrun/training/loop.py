@@ -279,5 +279,11 @@ class Trainer:
             self.model.noise.set_state(rng["noise"])
         if "shuffle" in rng:
             self.shuffle_rng.bit_generator.state = rng["shuffle"]
-        self._resume_epoch = meta.get("partial_epoch")
+        partial = meta.get("partial_epoch")
+        if partial is not None and len(partial.get("sums", [])) != len(self.evaluator.names):
+            raise ValueError(  # the caller names the checkpoint file
+                f"its unfinished epoch sums {len(partial.get('sums', []))} values; this run logs "
+                f"{len(self.evaluator.names)} ({', '.join(self.evaluator.names)})"
+            )
+        self._resume_epoch = partial
         self._resume_callbacks = meta.get("callbacks")
