@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dlrun.data.registry import DATASETS
 from dlrun.errors import DlrunError, UsageError
 from dlrun.graph import summary as summaries
 from dlrun.graph.model import Model
@@ -55,8 +56,12 @@ class Need:
         return text + (f", data {_size(self.data)}" if self.data else "")
 
     def hint(self) -> str:
-        largest = max(("parameters", self.parameters + self.optimizer), ("activations", self.activations),
-                      ("data", self.data), key=lambda kv: kv[1])[0]
+        largest = max(
+            ("parameters", self.parameters + self.optimizer),
+            ("activations", self.activations),
+            ("data", self.data),
+            key=lambda kv: kv[1],
+        )[0]
         fix = {
             "parameters": "fewer units or filters, or a smaller model.input_shape",
             "activations": "a smaller training.batch_size, or smaller layer outputs (fewer units or filters, "
@@ -73,13 +78,13 @@ def training_need(model: Model, optimizer: Any, batch_size: int, data_cfg: dict[
     size = summaries.value_bytes(model)
     trainable, frozen = model.param_counts()
     slots = len(optimizer.slot_names)
-    samples = _generated_samples(data_cfg)
-    train_batch = batch_size if samples is None else max(1, min(batch_size, samples))
-    eval_batch = INFERENCE_BATCH if samples is None else max(1, min(INFERENCE_BATCH, samples))
-    train_bytes = summaries.training_activation_values(model) * train_batch * size
-    eval_bytes = summaries.activation_values(model) * eval_batch * size
+    # The validation pass runs batches of INFERENCE_BATCH, and layers keep their outputs then too.
+    train_bytes = summaries.training_activation_values(model) * batch_size * size
+    eval_bytes = summaries.activation_values(model) * INFERENCE_BATCH * size
     kind, batch, activations = (
-        ("training", train_batch, train_bytes) if train_bytes >= eval_bytes else ("evaluation", eval_batch, eval_bytes)
+        ("training", batch_size, train_bytes)
+        if train_bytes >= eval_bytes
+        else ("evaluation", INFERENCE_BATCH, eval_bytes)
     )
     return Need(
         parameters=(2 * (trainable + frozen) + trainable) * size,
@@ -95,13 +100,11 @@ def inference_need(model: Model, data_cfg: dict[str, Any] | None = None) -> Need
     """What scoring or predicting with `model` needs: its weights and one evaluation batch."""
     size = summaries.value_bytes(model)
     trainable, frozen = model.param_counts()
-    samples = _generated_samples(data_cfg or {})
-    batch = INFERENCE_BATCH if samples is None else max(1, min(INFERENCE_BATCH, samples))
     return Need(
         parameters=2 * (trainable + frozen) * size,  # the checkpoint's arrays and the model's
         optimizer=0,
-        activations=summaries.activation_values(model) * batch * size,
-        batch=batch,
+        activations=summaries.activation_values(model) * INFERENCE_BATCH * size,
+        batch=INFERENCE_BATCH,
         batch_kind="evaluation",
         data=dataset_bytes(data_cfg or {}),
     )
@@ -142,22 +145,12 @@ def _device_free(backend: Any) -> int | None:
 
 
 def dataset_bytes(data_cfg: dict[str, Any]) -> int:
-    """Peak bytes of generating a dataset whose size the config states (synthetic): the samples and
-    the fifth more of test samples as float32 features, their validation split copy, the teacher's
-    logits and noise, and int64 labels. Datasets read from files are sized by those files (their
-    headers are checked when they are read), so they count 0 here."""
-    samples = _generated_samples(data_cfg)
-    if samples is None:
-        return 0
-    n = samples + max(1, samples // 5)
-    features, classes = int(data_cfg.get("features", 1)), int(data_cfg.get("classes", 1))
-    return n * (2 * 4 * features + 2 * 4 * classes + 8)
-
-
-def _generated_samples(data_cfg: dict[str, Any]) -> int | None:
-    if data_cfg.get("dataset") != "synthetic":
-        return None
-    return int(data_cfg.get("samples", 0))
+    """Bytes a generated dataset will take, from its config (sources that generate data say so with a
+    `generated_bytes` method). Datasets read from files count 0: their files size them, and their
+    headers are checked before they are read."""
+    source = DATASETS.get(data_cfg["dataset"]) if "dataset" in data_cfg else None
+    estimate = getattr(source, "generated_bytes", None)
+    return int(estimate(data_cfg)) if estimate is not None else 0
 
 
 def available_bytes() -> tuple[int | None, str]:
