@@ -86,7 +86,7 @@ def test_train_refuses_a_run_that_does_not_fit_before_allocating(tmp_path, monke
     out = " ".join(res.output.split())
     assert "this run needs about" in out and "this machine has 2.0 GiB available (DLRUN_MEMORY_LIMIT)" in out
     assert "parameters" in out and "optimizer" in out and "batch of" in out
-    assert "nothing was allocated" in out and "hint:" in out
+    assert "refused before allocating it" in out and "hint:" in out
     if name == "samples_1e9":
         assert "data 116.2 GiB" in out and "fewer data.samples" in out
     assert not runs.exists()

@@ -126,7 +126,7 @@ def check(need: Need, *, what: str = "this run", file: str | None = None, backen
         if room is not None and wanted > SHARE * room:
             raise DlrunError(
                 f"{what} needs about {_size(wanted)} ({need.parts()}), {where} has {_size(room)} "
-                f"available ({origin}); nothing was allocated",
+                f"available ({origin}); refused before allocating it",
                 hint=need.hint(),
                 file=file,
             )
