@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from dlrun.api import memory
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
 from dlrun.data.dataset import input_normalization, known_class_names, load_dataset
 from dlrun.data.inputs import load_inputs
@@ -36,12 +37,20 @@ def _checkpoint_file(path: Path) -> Path:
     return path
 
 
-def _load_for_inference(checkpoint: str | Path, device: str | None, data_path: str | None = None) -> tuple[Setup, Path]:
+def _load_for_inference(
+    checkpoint: str | Path, device: str | None, data_path: str | None = None, *, with_data: bool = True
+) -> tuple[Setup, Path]:
+    """The checkpoint's model with its weights, once the memory that takes (and, `with_data`, its
+    dataset's, when generated) is known to fit."""
     path = _checkpoint_file(Path(checkpoint))
     ckpt = ckpt_mod.load(path)
     if data_path is not None:  # --data-path: the checkpoint's config, read from another folder
         ckpt.config = {**ckpt.config, "data": {**ckpt.config.get("data", {}), "path": data_path}}
     setup = prepare(config_from_checkpoint(path, ckpt), device=device)
+    need = memory.inference_need(setup.model, setup.config.resolved["data"] if with_data else None)
+    action = "evaluating this checkpoint" if with_data else "predicting with this checkpoint"
+    memory.check(need, what=action, file=str(path), backend=setup.backend)
+    setup.model.allocate()
     try:
         setup.model.set_weights(ckpt.weights)
     except ValueError as exc:
@@ -81,7 +90,7 @@ def predict(
     checkpoint: str | Path, inputs: str | Path, *, top_k: int = 3, device: str | None = "cpu"
 ) -> list[list[tuple[str, float]]]:
     """Top-k (class name, probability) for every input sample."""
-    setup, _ = _load_for_inference(checkpoint, device)
+    setup, _ = _load_for_inference(checkpoint, device, with_data=False)
     x, _ = load_inputs(inputs, next(iter(setup.model.inputs.values())))
     normalization = input_normalization(setup.config.resolved["data"], x.dtype)  # as in training
     names = known_class_names(setup.config.resolved["data"])

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from dlrun.api import memory
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
 from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.config.loader import from_plain, to_plain
@@ -61,6 +62,7 @@ def train(
     cfg = setup.config
     if setup.device_note:
         listener.message(setup.device_note)
+    check_memory(setup, "this run", cfg.file)
     # Data errors surface here, before any run folder exists.
     data, trainer = _make_trainer(setup, listener, download_progress)
     remove_stale_temporaries(Path(runs_dir) / cfg.name)  # what kills of earlier runs left behind
@@ -135,6 +137,7 @@ def resume(
         setup = prepare(config_from_checkpoint(path, ckpt), device=device)
         if setup.device_note:
             listener.message(setup.device_note)
+        check_memory(setup, "resuming this run", str(path))
         data, trainer = _make_trainer(setup, listener, download_progress)
         try:
             trainer.restore(ckpt.weights, ckpt.optimizer, ckpt.meta)
@@ -194,8 +197,18 @@ def record_statistics(cfg: Config, data: Dataset) -> None:
         cfg.resolved["data"]["statistics"] = data.statistics
 
 
+def check_memory(setup: Setup, what: str, file: str | None) -> None:
+    """Refuse a run whose estimated memory (weights, gradients, optimizer state, the activations of a
+    batch, generated data) exceeds what the machine has: from the static shapes, before the data is
+    loaded or generated and before the weights are allocated."""
+    resolved = setup.config.resolved
+    need = memory.training_need(setup.model, setup.optimizer, resolved["training"]["batch_size"], resolved["data"])
+    memory.check(need, what=what, file=file, backend=setup.backend)
+
+
 def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | None) -> tuple[Dataset, Trainer]:
-    """Load the data (seeded split) and build the Trainer with the config's callbacks."""
+    """Load the data (seeded split), allocate the weights and build the Trainer with the config's
+    callbacks. The caller has checked the memory this needs (check_memory)."""
     cfg = setup.config
     rngs = streams(cfg.resolved["seed"])
     data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=rngs.split, progress=download_progress)
@@ -204,6 +217,7 @@ def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | N
     record_statistics(cfg, data)
     check_data_fits(cfg, setup.model, data)
     check_targets(cfg, setup.model, setup.loss, data.name, data.targets)
+    setup.model.allocate()  # the seeded initial weights: the same whenever they are allocated
     tcfg = cfg.resolved["training"]
     trainer = Trainer(
         setup.model,

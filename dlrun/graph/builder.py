@@ -60,9 +60,17 @@ def parse_entry(cfg: Config, entries: Any, index: int) -> tuple[type[Layer], str
 
 
 def build_model(
-    cfg: Config, input_shape: tuple[int, ...] | None = None, *, backend: Backend = CPU, seed: int | None = None
+    cfg: Config,
+    input_shape: tuple[int, ...] | None = None,
+    *,
+    backend: Backend = CPU,
+    seed: int | None = None,
+    allocate: bool = False,
 ) -> tuple[Model, dict[str, Any]]:
     """Build the Model described by `cfg` (the dataset's `input_shape` fills in a missing one).
+
+    Its weights are not allocated unless `allocate`: the model allocates them on first use, or
+    when the caller (having checked that they fit in memory) calls `model.allocate()`.
 
     Returns the model and its resolved `model:` section: the input shape and every layer's full
     config, so the resolved config is explicit. `cfg` itself is left as it is.
@@ -165,7 +173,14 @@ def build_model(
     rngs = streams(seed)
     try:
         model = Model(
-            inputs, nodes, output, backend=backend, init_rng=rngs.init, noise_rng=rngs.noise, functional=functional
+            inputs,
+            nodes,
+            output,
+            backend=backend,
+            init_rng=rngs.init,
+            noise_rng=rngs.noise,
+            functional=functional,
+            allocate=allocate,
         )
     except GraphError as exc:
         if exc.node is not None and exc.node.origin is not None:

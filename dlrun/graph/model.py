@@ -3,6 +3,10 @@
 A sequential stack is just a chain of nodes. After shape inference, every trainable weight becomes
 a view of one flat parameter buffer (and its gradient a view of one flat gradient buffer), so the
 optimizer updates the whole model with a few array operations.
+
+Allocating those buffers is a step of its own (`allocate`): shapes, parameter counts and memory
+estimates come from the declared WeightSpecs alone, so summaries and validation of a model far too
+big for the machine allocate nothing, and training can refuse it before asking for the memory.
 """
 
 from __future__ import annotations
@@ -70,7 +74,10 @@ class Model:
         init_rng: np.random.Generator | None = None,
         noise_rng: np.random.Generator | None = None,
         functional: bool = False,
+        allocate: bool = True,
     ) -> None:
+        """`allocate=False` builds the graph and its shapes only: the weights are created by
+        `allocate()`, or on first use (a forward pass, reading or setting the weights)."""
         self.backend = backend
         self.inputs = {k: tuple(v) for k, v in inputs.items()}
         self.functional = functional
@@ -85,7 +92,10 @@ class Model:
         self.noise = NoiseRNG(backend, noise_rng or np.random.default_rng(0))
         for node in self.nodes:
             node.layer.rng = self.noise
-        self._allocate(init_rng or np.random.default_rng(0))
+        self._init_rng = init_rng or np.random.default_rng(0)
+        self.allocated = False
+        if allocate:
+            self.allocate()
 
     # -- wiring --------------------------------------------------------------------------------------
     def _toposort(self, nodes: list[Node]) -> list[Node]:
@@ -151,18 +161,42 @@ class Model:
             node.layer.needs_input_grad = carries
             upstream_params[node.name] = carries or any(w.trainable for w in node.layer.weight_specs)
 
+    def allocate(self) -> None:
+        """Create the weights (seeded initial values) and their gradient buffers; once only."""
+        if self.allocated:
+            return
+        self._allocate(self._init_rng)
+        self.allocated = True
+
+    @property
+    def flat_params(self) -> Any:
+        """Every trainable weight in one buffer (the weights are views of it)."""
+        self.allocate()
+        return self._flat_params
+
+    @property
+    def flat_grads(self) -> Any:
+        self.allocate()
+        return self._flat_grads
+
+    @property
+    def segments(self) -> list[slice]:
+        """Each trainable weight's slice of `flat_params`, in graph order."""
+        self.allocate()
+        return self._segments
+
     def _allocate(self, rng: np.random.Generator) -> None:
         specs = [(n.layer, w) for n in self.nodes for w in n.layer.weight_specs]
         trainable = [(layer, w) for layer, w in specs if w.trainable]
-        self.segments: list[slice] = []
+        self._segments: list[slice] = []
         offset = 0
         for _, w in trainable:
-            self.segments.append(slice(offset, offset + w.size))
+            self._segments.append(slice(offset, offset + w.size))
             offset += w.size
         dtype = self.backend.dtype
         host = np.empty(offset, dtype=dtype)
         host_state: list[tuple[Layer, WeightSpec, np.ndarray]] = []
-        it = iter(self.segments)
+        it = iter(self._segments)
         # Initialise in graph order from one generator: the same seed gives the same weights anywhere.
         for layer, w in specs:
             values = w.initializer(w.shape, rng, dtype)
@@ -171,11 +205,11 @@ class Model:
             else:
                 host_state.append((layer, w, values))
         xp = self.backend.xp
-        self.flat_params = self.backend.asarray(host) if self.backend.is_gpu else host
-        self.flat_grads = xp.zeros_like(self.flat_params)
-        for (layer, w), seg in zip(trainable, self.segments):
-            layer.params[w.name] = self.flat_params[seg].reshape(w.shape)
-            layer.grads[w.name] = self.flat_grads[seg].reshape(w.shape)
+        self._flat_params = self.backend.asarray(host) if self.backend.is_gpu else host
+        self._flat_grads = xp.zeros_like(self._flat_params)
+        for (layer, w), seg in zip(trainable, self._segments):
+            layer.params[w.name] = self._flat_params[seg].reshape(w.shape)
+            layer.grads[w.name] = self._flat_grads[seg].reshape(w.shape)
         for layer, w, values in host_state:
             layer.params[w.name] = self.backend.asarray(values) if self.backend.is_gpu else values
         self._regularized = [
@@ -199,6 +233,7 @@ class Model:
         backward to start after it): for training with a loss that applies the activation itself,
         which is stabler. `forward(x)` always returns the activated output.
         """
+        self.allocate()
         if logits and self.output_activation in (None, "linear"):
             raise ValueError(f"the output layer {self.output!r} ends in no activation to leave out")
         values: dict[str, Any] = dict(x) if isinstance(x, dict) else {next(iter(self.inputs)): x}
@@ -257,6 +292,7 @@ class Model:
 
     def regularization(self, add_grads: bool) -> Any:
         """Sum of weight penalties (0.0 when none); adds their gradients when `add_grads`."""
+        self.allocate()
         total: Any = 0.0
         for w, g, reg in self._regularized:
             total = total + reg.penalty(w)
@@ -267,6 +303,7 @@ class Model:
     # -- weights -------------------------------------------------------------------------------------
     def weights(self) -> dict[str, Any]:
         """Every weight (trainable and not) by `layer/weight` name, as device arrays."""
+        self.allocate()
         return {f"{n.name}/{k}": v for n in self.nodes for k, v in n.layer.params.items()}
 
     def get_weights(self) -> dict[str, np.ndarray]:
@@ -288,6 +325,7 @@ class Model:
 
     # -- reports -------------------------------------------------------------------------------------
     def param_counts(self) -> tuple[int, int]:
+        """(trainable, non-trainable) from the declared weights: exact Python ints, nothing allocated."""
         counts = [n.layer.param_count() for n in self.nodes]
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 

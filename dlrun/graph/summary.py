@@ -81,7 +81,7 @@ def summary_text(model: Model, title: str | None = None) -> str:
         widths[i] = max([widths[i], len(headers[i])] + [len(line) for row in rows for line in row[i].split("\n")])
     trainable, non_trainable = model.param_counts()
     total = trainable + non_trainable
-    size = _value_bytes(model)
+    size = value_bytes(model)
     name = title or ("functional" if model.functional else "sequential")
     lines = [
         f'Model: "{name}"',
@@ -93,24 +93,46 @@ def summary_text(model: Model, title: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _value_bytes(model: Model) -> int:
+def value_bytes(model: Model) -> int:
     """Bytes per weight or activation value: the model's compute dtype (float32 unless asked)."""
     return np.dtype(model.backend.dtype).itemsize
 
 
+def activation_values(model: Model) -> int:
+    """Values per sample a forward pass keeps: the input and every layer output (what layers cache)."""
+    return sum(math.prod(n.output_shape) for n in model.nodes) + model.input_size()
+
+
+def training_activation_values(model: Model) -> int:
+    """Values per sample a training step holds at its peak: the input, and for every layer its output
+    plus one array of the same size that backward reads (the pre-activation, a dropout mask, the
+    normalised input, pooling indices), plus the widest gradient step, where a layer's output
+    gradient and its input gradients are alive together. An estimate from shapes alone."""
+    step = 0
+    shapes = dict(model.inputs)
+    for node in model.nodes:
+        ins = sum(math.prod(shapes[i]) for i in node.inputs)
+        step = max(step, ins + math.prod(node.output_shape))
+        shapes[node.name] = node.output_shape
+    return model.input_size() + 2 * sum(math.prod(n.output_shape) for n in model.nodes) + step
+
+
 def memory_estimate(model: Model, optimizer: Any, batch_size: int) -> dict[str, Any]:
-    """Optimizer state (values and bytes) and the activations one training batch keeps alive."""
-    trainable, _ = model.param_counts()
+    """Optimizer state (values and bytes) and the activations one batch keeps alive, from the
+    declared weights and the inferred shapes alone (nothing is allocated; exact Python ints)."""
+    trainable, non_trainable = model.param_counts()
     slots = list(optimizer.slot_names)
-    size = _value_bytes(model)
-    activations = sum(math.prod(n.output_shape) for n in model.nodes) + model.input_size()
+    size = value_bytes(model)
     return {
         "optimizer_slots": slots,
         "optimizer_values": trainable * len(slots),
         "optimizer_bytes": trainable * len(slots) * size,
         "batch_size": batch_size,
-        "activation_bytes_per_batch": activations * batch_size * size,
+        "activation_bytes_per_batch": activation_values(model) * batch_size * size,
         "dtype": np.dtype(model.backend.dtype).name,
+        "parameter_bytes": (trainable + non_trainable) * size,
+        "gradient_bytes": trainable * size,
+        "training_activation_bytes_per_batch": training_activation_values(model) * batch_size * size,
     }
 
 

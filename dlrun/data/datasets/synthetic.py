@@ -57,6 +57,14 @@ class Synthetic(Source):
         arrays = make(c["samples"], c["features"], c["classes"], c["task"], c["noise"], seed)
         return Arrays(*arrays, self.targets(c).classes)
 
+    def generated_bytes(self, data_cfg: dict[str, Any]) -> int:
+        """Peak bytes of `make` and the split after it, from the config alone (checked before generating):
+        float32 features of the samples and the fifth more of test samples, the validation split's copy
+        of them, the teacher's logits and noise, and int64 labels."""
+        samples = data_cfg["samples"]
+        n = samples + max(1, samples // 5)
+        return n * (2 * 4 * data_cfg["features"] + 2 * 4 * data_cfg["classes"] + 8)
+
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
         return (data_cfg["features"],)
 
