@@ -135,11 +135,13 @@ def test_tensorboard_event_files_hold_the_history_in_keras_layout(tmp_path):
     assert f"tensorboard --logdir {tmp_path}" in out and "mlflow ui" not in out
 
 
-def test_tensorboard_update_freq_n_and_no_graph(tmp_path):
-    run = api.train(config({"TensorBoard": {"update_freq": 3, "write_graph": False}}, epochs=2), runs_dir=tmp_path)
-    batch = events(run.run_dir / "logs" / "train_batch")
+def test_tensorboard_update_freq_n_log_dir_and_no_graph(tmp_path):
+    cb = {"TensorBoard": {"log_dir": "tb/here", "update_freq": 3, "write_graph": False}}
+    run = api.train(config(cb, epochs=2), runs_dir=tmp_path)
+    assert not (run.run_dir / "logs").exists()  # a relative log_dir is inside the run folder
+    batch = events(run.run_dir / "tb" / "here" / "train_batch")
     assert scalars(batch, "batch_accuracy")[0] == [3, 6, 9, 12]
-    train = events(run.run_dir / "logs" / "train")
+    train = events(run.run_dir / "tb" / "here" / "train")
     assert not train.Tags()["graph"] and not train.Tags()["tensors"] and not train.Tags()["histograms"]
 
 
