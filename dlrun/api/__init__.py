@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dlrun.api.datasets import dataset, datasets, fetch_dataset
 from dlrun.api.inference import evaluate, evaluate_report, predict
-from dlrun.api.runfolders import load_run, plot, runs
+from dlrun.api.runfolders import load_run, plot, runs, tracking_hints
 from dlrun.api.schema import json_schema
 from dlrun.api.setup import Setup, as_config, config_from_checkpoint, graph, prepare, summary, validate
 from dlrun.api.training import RunResult, resume, train
@@ -38,6 +38,7 @@ __all__ = [
     "resume",
     "runs",
     "summary",
+    "tracking_hints",
     "train",
     "validate",
     "yaml_text",

@@ -45,3 +45,14 @@ def plot(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
         return plot_history(histories, target)
     except ImportError:
         raise DlrunError("plotting needs matplotlib", hint="pip install 'dlrun[plot]'") from None
+
+
+def tracking_hints(root: str | Path, infos: list[RunInfo]) -> list[str]:
+    """How to open the runs under `root` in TensorBoard and MLflow, for the runs that logged to them."""
+    root = Path(root)
+    hints = []
+    if any(next(r.path.rglob("events.out.tfevents.*"), None) is not None for r in infos):
+        hints.append(f"TensorBoard: tensorboard --logdir {root}")
+    if (root / "mlflow.db").is_file():
+        hints.append(f"MLflow: mlflow ui --backend-store-uri sqlite:///{(root / 'mlflow.db').resolve()}")
+    return hints

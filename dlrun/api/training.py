@@ -280,6 +280,8 @@ def _fit(setup: Setup, data: Dataset, trainer: Trainer, recorder: RunRecorder, r
     metrics["best"] = _best_scores(trainer, data, run_dir, recorder.best_epoch, final, metrics)
     write_metrics(run_dir, metrics)
     _plot_if_possible(run_dir, history)
+    for cb in trainer.callbacks:
+        cb.on_run_end()
     return RunResult(run_dir, history, metrics, recorder.best_epoch, setup.backend.describe(), final)
 
 

@@ -354,6 +354,8 @@ def list_runs(
                 f"[{colours.get(r.status, 'white')}]{r.status}[/]",
             )
         output.stdout().print(table if infos else escape(f"no runs under {root}"))
+        for line in api.tracking_hints(root, infos):
+            output.stdout().print(escape(line))
 
     output.guard(body, debug)
 

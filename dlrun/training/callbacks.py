@@ -36,6 +36,10 @@ class Callback:
     def on_interrupt(self) -> None:
         """Training stops on a signal after the current batch: save what must survive (no train end)."""
 
+    def on_run_end(self) -> None:
+        """After `on_train_end`, once the run folder is complete (metrics.json, history.png): `api.train`
+        and `api.resume` call it; a Trainer used on its own does not."""
+
     # Exact resume: a callback returns its counters and best values, and takes them back.
     def get_state(self) -> dict[str, Any]:
         return {}

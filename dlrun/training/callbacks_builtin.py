@@ -576,3 +576,6 @@ class CSVLogger(Callback):
         with open(path, "a+b") as f:
             if f.seek(0, 2) > self.size:
                 f.truncate(self.size)
+
+
+from dlrun.training import tracking  # noqa: E402, F401  (registers TensorBoard and MLflow)
