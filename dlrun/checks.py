@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.registry import did_you_mean
 
 NUMBER = (int, float)
@@ -46,6 +46,8 @@ class Bounds:
     items: Bounds | None = None
     #: least length of a string or a list
     min_length: int | None = None
+    #: greatest length of a string or a list
+    max_length: int | None = None
     pattern: str | None = None
     #: also refuse infinities (NaN is never a valid number)
     finite: bool = False
@@ -91,6 +93,8 @@ class Bounds:
         if self.pattern is not None and not (isinstance(value, str) and re.fullmatch(self.pattern, value)):
             return False
         if self.min_length is not None and isinstance(value, (str, list, tuple)) and len(value) < self.min_length:
+            return False
+        if self.max_length is not None and isinstance(value, (str, list, tuple)) and len(value) > self.max_length:
             return False
         if self.items is not None and isinstance(value, (list, tuple)):
             return all(self.items.accepts(v) for v in value)
@@ -169,7 +173,9 @@ class Bounds:
         if self.items is not None:
             out["items"] = self.items.json_schema()
         if self.min_length is not None:
-            out["minLength" if self.types == (str,) else "minItems"] = self.min_length
+            out["minLength" if self.types == (str,) or self.pattern else "minItems"] = self.min_length
+        if self.max_length is not None:
+            out["maxLength" if self.types == (str,) or self.pattern else "maxItems"] = self.max_length
         if self.repeat is not None:
             out = {"anyOf": [out, {"type": "array", "items": out, "minItems": self.repeat, "maxItems": self.repeat}]}
         if self.nullable:
@@ -186,7 +192,7 @@ def check(name: str, value: Any, bounds: Bounds) -> Any:
     """`value` if within `bounds` (numbers as floats, repeated values as tuples), else an ArgumentError
     in Keras's words: "units must be a positive integer. Received: units=0"."""
     if not bounds.accepts(value):
-        raise ArgumentError(f"{name} must be {bounds.describe()}. Received: {name}={value!r}", name, value)
+        raise ArgumentError(f"{name} must be {bounds.describe()}. Received: {name}={short(value)}", name, value)
     if value is None:
         return None
     if bounds.repeat is not None:

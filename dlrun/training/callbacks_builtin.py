@@ -33,7 +33,7 @@ from dlrun.checks import (
     nullable,
 )
 from dlrun.engine.metrics import direction
-from dlrun.errors import ArgumentError, DlrunError
+from dlrun.errors import ArgumentError, DlrunError, short
 from dlrun.registry import Registry, build_from_spec
 from dlrun.training.callbacks import Callback
 from dlrun.training.schedules import SCHEDULES, Schedule
@@ -60,7 +60,7 @@ class MonitorCallback(Callback):
         op = mode if mode != "auto" else direction(self.monitor)
         if op is None:
             raise ArgumentError(
-                f"{type(self).__name__} callback received monitor={self.monitor}, but dlrun cannot "
+                f"{type(self).__name__} callback received monitor={short(self.monitor)}, but dlrun cannot "
                 "tell whether it should be maximized or minimized. Pass `mode: max` to use the "
                 "highest value or `mode: min` to use the lowest. Received: mode='auto'",
                 "mode",
@@ -223,7 +223,7 @@ class ModelCheckpoint(MonitorCallback):
         if not self.filepath.endswith(".npz"):
             raise ArgumentError(
                 "ModelCheckpoint saves dlrun checkpoints: the filepath must end in `.npz`. "
-                f"Received: filepath={self.filepath!r}",
+                f"Received: filepath={short(self.filepath)}",
                 "filepath",
                 filepath,
             )
@@ -231,12 +231,14 @@ class ModelCheckpoint(MonitorCallback):
             self.fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f is not None]
         except ValueError as exc:
             raise ArgumentError(
-                f"filepath is not a valid pattern ({exc}). Received: filepath={self.filepath!r}", "filepath", filepath
+                f"filepath is not a valid pattern ({exc}). Received: filepath={short(self.filepath)}",
+                "filepath",
+                filepath,
             ) from None
         if Path(self.filepath) in (Path("checkpoints/last.npz"), Path("checkpoints/best.npz")):
             raise ArgumentError(
                 "checkpoints/last.npz and checkpoints/best.npz are the run's own checkpoints; "
-                f"choose another name. Received: filepath={self.filepath!r}",
+                f"choose another name. Received: filepath={short(self.filepath)}",
                 "filepath",
                 filepath,
             )
@@ -245,7 +247,7 @@ class ModelCheckpoint(MonitorCallback):
         self.save_weights_only = checked(self, "save_weights_only", save_weights_only)
         if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1):
             raise ArgumentError(
-                f"save_freq must be 'epoch' or a positive number of batches. Received: save_freq={save_freq!r}",
+                f"save_freq must be 'epoch' or a positive number of batches. Received: save_freq={short(save_freq)}",
                 "save_freq",
                 save_freq,
             )
@@ -449,7 +451,7 @@ class LearningRateScheduler(Callback):
         if not callable(schedule):
             raise ArgumentError(
                 f"schedule must be a schedule such as {{type: cosine_decay, decay_steps: 10}}. "
-                f"Received: schedule={schedule!r}",
+                f"Received: schedule={short(schedule)}",
                 "schedule",
                 schedule,
             )
@@ -474,7 +476,7 @@ class LearningRateScheduler(Callback):
             except TypeError:
                 lr = self.schedule(epoch)
         if isinstance(lr, bool) or (not isinstance(lr, (int, float)) and not hasattr(lr, "__float__")):
-            raise DlrunError(f"The output of the `schedule` function should be a float. Got: {lr!r}")
+            raise DlrunError(f"The output of the `schedule` function should be a float. Got: {short(lr)}")
         optimizer.learning_rate = float(lr)
         if self.verbose > 0:
             self.message(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from dlrun.config.loader import to_plain
 from dlrun.config.schema import Config, section_node
 from dlrun.engine import losses, metrics, optimizers
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
-from dlrun.errors import ArgumentError, ConfigError
+from dlrun.errors import ArgumentError, ConfigError, clip, short
 from dlrun.registry import check_kwargs, did_you_mean
 
 
@@ -74,17 +73,17 @@ def _callback_entry(cfg: Config, entries: Any, index: int) -> tuple[str, dict[st
         args = {} if args_node is None else args_node
         if not isinstance(args, dict):
             raise cfg.error(
-                f"the arguments of {name} must be a mapping, got {to_plain(args)!r}",
+                f"the arguments of {clip(str(name))} must be a mapping, got {short(args)}",
                 entries,
                 index,
                 path,
-                hint=f"write `- {name}: {{...}}`, or `- {name}` alone for no arguments",
+                hint=f"write `- {clip(str(name))}: {{...}}`, or `- {clip(str(name))}` alone for no arguments",
             )
         if not isinstance(name, str):
-            raise cfg.error(f"a callback type must be a name, got {name!r}", entries, index, path)
+            raise cfg.error(f"a callback type must be a name, got {short(name)}", entries, index, path)
         return name, dict(args), args_node
     raise cfg.error(
-        f"a callback entry is a name or one `Name: {{args}}` mapping, got {to_plain(entry)!r}",
+        f"a callback entry is a name or one `Name: {{args}}` mapping, got {short(entry)}",
         entries,
         index,
         path,
@@ -151,7 +150,7 @@ def make_callbacks(
                 else did_you_mean(monitor, available) or None
             )
             raise error(
-                f"{canonical} monitors {monitor!r}, which this run will not log. Values it logs: {', '.join(available)}",
+                f"{canonical} monitors {short(monitor)}, which this run will not log. Values it logs: {', '.join(available)}",
                 "monitor",
                 hint,
             )
@@ -185,4 +184,4 @@ def _check_filepath(cb: Any, available: list[str], error: Any) -> None:
     try:
         cb.filepath.format(**{**dict.fromkeys(known, 0.5), "epoch": 1, "batch": 1})
     except (ValueError, IndexError, KeyError, AttributeError) as exc:
-        raise error(f"the filepath {cb.filepath!r} cannot be filled in ({exc})", "filepath") from None
+        raise error(f"the filepath {short(cb.filepath)} cannot be filled in ({exc})", "filepath") from None
