@@ -147,10 +147,11 @@ class ArgumentError(ValueError):
     """A constructor argument is wrong. A ValueError (so `except ValueError` keeps working) that
     names the argument, so callers point at its line without reading the message."""
 
-    def __init__(self, message: str, name: str, value: object = None) -> None:
+    def __init__(self, message: str, name: str, value: object = None, *, hint: str | None = None) -> None:
         super().__init__(message)
         self.name = name
         self.value = value
+        self.hint = hint
 
 
 class UnknownArgumentError(ArgumentError, TypeError):

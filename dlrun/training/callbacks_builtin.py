@@ -5,7 +5,8 @@ CSVLogger. Differences from Keras, all deliberate:
 - `verbose` defaults to 1 for EarlyStopping, ModelCheckpoint and ReduceLROnPlateau (Keras: 0): their
   rare actions are worth a line. Messages go to the trainer's listener, never to stdout directly.
 - Bad arguments (an unknown `mode`, a monitor that will never exist) are errors, not warnings.
-- Relative file paths go inside the run folder; checkpoints are dlrun `.npz` files.
+- File paths are inside the run folder (dlrun/runs/paths.py: no absolute paths, no `..`, not the
+  run's own files; filepath fields are plain names with a format); checkpoints are dlrun `.npz` files.
 - Every callback returns its counters and best values from `get_state` for exact resume.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import math
-import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from dlrun.checks import (
 from dlrun.engine.metrics import direction
 from dlrun.errors import ArgumentError, DlrunError, short
 from dlrun.registry import Registry, build_from_spec
+from dlrun.runs.paths import run_path, run_path_pattern
 from dlrun.training.callbacks import Callback
 from dlrun.training.schedules import SCHEDULES, Schedule
 
@@ -187,7 +188,8 @@ class ModelCheckpoint(MonitorCallback):
 
     Args:
         filepath: where to save; `{epoch}` (from 1), `{batch}` (with an integer save_freq) and any
-            logged value (`{val_loss:.4f}`) are filled in. Relative paths go inside the run folder.
+            logged value (`{val_loss:.4f}`) are filled in (plain names and formats only). A path inside
+            the run folder (no absolute paths, `..`, or the run's own files).
             Must end in `.npz`. Defaults to "checkpoints/epoch{epoch:03d}-{<monitor>:.4f}.npz"
             (without the monitor part when the run does not produce it).
         monitor: the quantity that decides "best". Defaults to "val_loss".
@@ -227,14 +229,6 @@ class ModelCheckpoint(MonitorCallback):
                 "filepath",
                 filepath,
             )
-        try:
-            self.fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f is not None]
-        except ValueError as exc:
-            raise ArgumentError(
-                f"filepath is not a valid pattern ({exc}). Received: filepath={short(self.filepath)}",
-                "filepath",
-                filepath,
-            ) from None
         if Path(self.filepath) in (Path("checkpoints/last.npz"), Path("checkpoints/best.npz")):
             raise ArgumentError(
                 "checkpoints/last.npz and checkpoints/best.npz are the run's own checkpoints; "
@@ -242,6 +236,7 @@ class ModelCheckpoint(MonitorCallback):
                 "filepath",
                 filepath,
             )
+        _, self.fields = run_path_pattern(self.filepath, "filepath")
         self.verbose = checked(self, "verbose", verbose)
         self.save_best_only = checked(self, "save_best_only", save_best_only)
         self.save_weights_only = checked(self, "save_weights_only", save_weights_only)
@@ -291,7 +286,7 @@ class ModelCheckpoint(MonitorCallback):
         if batch is not None:
             values["batch"] = batch + 1
         try:
-            path = self.output_path(self.filepath.format(**{**values, "epoch": epoch + 1}))
+            path = self.output_path(run_path(self.filepath.format(**{**values, "epoch": epoch + 1}), "filepath"))
         except (KeyError, ValueError, IndexError) as exc:
             raise DlrunError(
                 f'ModelCheckpoint cannot fill in its filepath "{self.filepath}" ({exc!r}); '
@@ -523,7 +518,8 @@ class CSVLogger(Callback):
     """Stream each epoch's values to a CSV file: `epoch` (from 0, as Keras) then the sorted keys.
 
     Args:
-        filename: the CSV file; relative paths go inside the run folder. Defaults to "history.csv".
+        filename: the CSV file, a path inside the run folder (no absolute paths, `..`, or the run's own
+            files). Defaults to "history.csv".
         separator: the field separator. Defaults to ",".
         append: add to an existing file instead of replacing it. Defaults to False.
     """
@@ -535,7 +531,7 @@ class CSVLogger(Callback):
     )
 
     def __init__(self, filename: str = "history.csv", separator: str = ",", append: bool = False) -> None:
-        self.filename = checked(self, "filename", filename)
+        self.filename = run_path(checked(self, "filename", filename), "filename")
         self.separator = checked(self, "separator", separator)
         self.append = checked(self, "append", append)
         self.keys: list[str] | None = None
@@ -546,7 +542,7 @@ class CSVLogger(Callback):
 
     @property
     def path(self) -> Path:
-        return self.output_path(self.filename)
+        return self.output_path(run_path(self.filename, "filename"))
 
     def on_train_begin(self) -> None:
         path = self.path
