@@ -143,6 +143,9 @@ class Bounds:
         """What is wrong with a value of the right type, config style ("must be positive"), or None."""
         if self.accepts(value):
             return None
+        note = _non_finite(value)
+        if note:
+            return f"must be {self.text or self._phrase()}, {note}"
         if self.text:
             return f"must be {self.text}"
         if self.choices is not None:
@@ -188,11 +191,24 @@ class Bounds:
         return out
 
 
+def _non_finite(value: Any) -> str:
+    """ "not NaN" / "not infinite" for such a number (whose message would otherwise read as if it were
+    in range: `inf` is positive), else ""."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not NaN" if math.isnan(value) else "not infinite"
+    return ""
+
+
 def check(name: str, value: Any, bounds: Bounds) -> Any:
     """`value` if within `bounds` (numbers as floats, repeated values as tuples), else an ArgumentError
     in Keras's words: "units must be a positive integer. Received: units=0"."""
     if not bounds.accepts(value):
-        raise ArgumentError(f"{name} must be {bounds.describe()}. Received: {name}={short(value)}", name, value)
+        note = _non_finite(value)
+        raise ArgumentError(
+            f"{name} must be {bounds.describe()}{', ' + note if note else ''}. Received: {name}={short(value)}",
+            name,
+            value,
+        )
     if value is None:
         return None
     if bounds.repeat is not None:
@@ -229,10 +245,16 @@ def int_tuple(name: str, value: Any, n: int, allow_zero: bool = False) -> tuple[
 # The bounds most arguments share.
 POSITIVE_INT = Bounds((int,), minimum=1)
 NON_NEGATIVE_INT = Bounds((int,), minimum=0)
-POSITIVE = Bounds(NUMBER, exclusive_minimum=0)
-NON_NEGATIVE = Bounds(NUMBER, minimum=0)
-FRACTION = Bounds(NUMBER, minimum=0, exclusive_maximum=1)
-ANY_NUMBER = Bounds(NUMBER)
+# Numbers are finite unless a bound says otherwise: no argument or key means anything by `.inf`
+# (None says "no limit"), and an infinite rate, scale or threshold only makes a run of NaNs.
+POSITIVE = Bounds(NUMBER, exclusive_minimum=0, finite=True)
+NON_NEGATIVE = Bounds(NUMBER, minimum=0, finite=True)
+FRACTION = Bounds(NUMBER, minimum=0, exclusive_maximum=1, finite=True)
+ANY_NUMBER = Bounds(NUMBER, finite=True)
+#: What an initializer's values and spreads may be: float32 weights drawn from them stay finite
+#: (float32 ends at 3.4e38; a normal draw is within ~7 standard deviations of its mean).
+WEIGHT_VALUE = Bounds(NUMBER, minimum=-1e30, maximum=1e30, finite=True)
+WEIGHT_SPREAD = Bounds(NUMBER, minimum=0, maximum=1e30, finite=True)
 BOOL = Bounds((bool,))
 INT = Bounds((int,))
 NON_EMPTY_STR = Bounds((str,), min_length=1)
@@ -259,6 +281,8 @@ __all__ = [
     "NUMBER",
     "POSITIVE",
     "POSITIVE_INT",
+    "WEIGHT_SPREAD",
+    "WEIGHT_VALUE",
     "Bounds",
     "check",
     "checked",

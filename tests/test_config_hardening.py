@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
@@ -172,3 +173,59 @@ def test_a_long_name_is_refused_by_the_command_line_too(tmp_path):
     path = write(tmp_path, config(name="n" * 300))
     proc = subprocess.run([sys.executable, "-m", "dlrun", "validate", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "folder name" in proc.stderr + proc.stdout
+
+
+# -- 5. non-finite arguments ----------------------------------------------------------------------
+
+INF, NAN = math.inf, math.nan
+
+
+def dense(**args: Any) -> dict[str, Any]:
+    return {"model__layers": [{"Dense": {"units": 3, **args}}]}
+
+
+NON_FINITE = {
+    "learning_rate inf": {"optimizer": {"type": "adam", "learning_rate": INF}},
+    "learning_rate nan": {"optimizer": {"type": "sgd", "learning_rate": NAN}},
+    "momentum nan": {"optimizer": {"type": "sgd", "momentum": NAN}},
+    "epsilon inf": {"optimizer": {"type": "adam", "epsilon": INF}},
+    "rho nan": {"optimizer": {"type": "rmsprop", "rho": NAN}},
+    "weight_decay inf": {"optimizer": {"type": "adamw", "weight_decay": INF}},
+    "clipnorm inf": {"optimizer": {"type": "adam", "clipnorm": INF}},
+    "clipvalue inf": {"optimizer": {"type": "adam", "clipvalue": INF}},
+    "truncated_normal stddev 1e308": dense(kernel_initializer={"type": "truncated_normal", "stddev": 1e308}),
+    "random_normal mean 1e38": dense(kernel_initializer={"type": "random_normal", "mean": 1e38}),
+    "random_uniform maxval inf": dense(kernel_initializer={"type": "random_uniform", "maxval": INF}),
+    "constant value 1e300": dense(bias_initializer={"type": "constant", "value": 1e300}),
+    "variance_scaling scale 1e300": dense(kernel_initializer={"type": "variance_scaling", "scale": 1e300}),
+    "l2 inf": dense(kernel_regularizer={"type": "l2", "l2": INF}),
+    "l1 nan": dense(kernel_regularizer={"type": "l1", "l1": NAN}),
+    "negative_slope inf": {"model__layers": [{"Dense": {"units": 3}}, {"LeakyReLU": {"negative_slope": INF}}]},
+    "EarlyStopping min_delta inf": {"callbacks": [{"EarlyStopping": {"monitor": "loss", "min_delta": INF}}]},
+    "EarlyStopping baseline nan": {"callbacks": [{"EarlyStopping": {"monitor": "loss", "baseline": NAN}}]},
+    "ReduceLROnPlateau min_lr inf": {"callbacks": [{"ReduceLROnPlateau": {"monitor": "loss", "min_lr": INF}}]},
+    "ReduceLROnPlateau factor nan": {"callbacks": [{"ReduceLROnPlateau": {"monitor": "loss", "factor": NAN}}]},
+    "exponential_decay decay_rate inf": {
+        "callbacks": [
+            {"LearningRateScheduler": {"schedule": {"type": "exponential_decay", "decay_steps": 2, "decay_rate": INF}}}
+        ]
+    },
+    "cosine_decay alpha nan": {
+        "callbacks": [{"LearningRateScheduler": {"schedule": {"type": "cosine_decay", "decay_steps": 2, "alpha": NAN}}}]
+    },
+}
+
+
+@pytest.mark.parametrize("changes", NON_FINITE.values(), ids=NON_FINITE.keys())
+def test_non_finite_arguments_are_refused_at_their_line(tmp_path, changes):
+    err = validate_error(tmp_path, config(**changes))
+    assert err.line is not None and err.line > 1
+    text = str(err)
+    if "inf" in text.split("Received:")[-1] or "nan" in text.split("Received:")[-1]:
+        assert "not infinite" in text or "not NaN" in text, text
+
+
+def test_large_but_finite_initializer_arguments_give_finite_weights(tmp_path):
+    cfg = config(**dense(kernel_initializer={"type": "truncated_normal", "stddev": 1e30}))
+    weights = api.prepare(write(tmp_path, cfg)).model.get_weights()
+    assert all(np.isfinite(w).all() for w in weights.values())

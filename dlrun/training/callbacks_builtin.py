@@ -334,7 +334,7 @@ class ReduceLROnPlateau(Callback):
 
     bounds = declare(
         monitor=NON_EMPTY_STR,
-        factor=Bounds(NUMBER, exclusive_minimum=0, exclusive_maximum=1),
+        factor=Bounds(NUMBER, exclusive_minimum=0, exclusive_maximum=1, finite=True),
         patience=NON_NEGATIVE_INT,
         verbose=NON_NEGATIVE_INT,
         mode=choices(*MODES),
@@ -472,6 +472,11 @@ class LearningRateScheduler(Callback):
                 lr = self.schedule(epoch)
         if isinstance(lr, bool) or (not isinstance(lr, (int, float)) and not hasattr(lr, "__float__")):
             raise DlrunError(f"The output of the `schedule` function should be a float. Got: {short(lr)}")
+        if not math.isfinite(float(lr)) or float(lr) < 0:  # e.g. a decay_rate above 1 overflowing
+            raise DlrunError(
+                f"the schedule gave the learning rate {float(lr)} for epoch {epoch + 1}",
+                hint="a learning rate is a finite number >= 0; check the schedule's arguments",
+            )
         optimizer.learning_rate = float(lr)
         if self.verbose > 0:
             self.message(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")

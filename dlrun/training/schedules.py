@@ -121,7 +121,7 @@ class CosineDecay(Schedule):
     bounds = declare(
         decay_steps=POSITIVE_EPOCHS,
         initial_learning_rate=Bounds(NUMBER, minimum=0, finite=True, nullable=True),
-        alpha=Bounds(NUMBER, minimum=0, maximum=1),
+        alpha=Bounds(NUMBER, minimum=0, maximum=1, finite=True),
         warmup_target=nullable(RATE),
         warmup_steps=EPOCHS,
     )
