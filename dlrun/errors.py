@@ -107,8 +107,8 @@ class DlrunError(Exception):
 
     def __str__(self) -> str:
         text = self.message
-        if self.path:  # a key path is built from the config's keys: as long as they are
-            text = f"{clip(self.path)}: {text}"
+        if self.path:
+            text = f"{self.path}: {text}"
         where = self.where()
         if where:
             text = f"{where}: {text}"

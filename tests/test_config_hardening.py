@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from dlrun import api
-from dlrun.errors import ConfigError, DlrunError, short
+from dlrun.errors import ConfigError, short
 
 BASE: dict[str, Any] = {
     "name": "hard",
@@ -229,3 +229,59 @@ def test_large_but_finite_initializer_arguments_give_finite_weights(tmp_path):
     cfg = config(**dense(kernel_initializer={"type": "truncated_normal", "stddev": 1e30}))
     weights = api.prepare(write(tmp_path, cfg)).model.get_weights()
     assert all(np.isfinite(w).all() for w in weights.values())
+
+
+# -- 3. validate runs every static check train runs -----------------------------------------------
+
+
+def _npz(tmp_path: Path) -> Path:
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.random((20, 5)), y_train=rng.integers(0, 3, 20))
+    return path
+
+
+def _csv(tmp_path: Path) -> Path:
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,c,label\n" + "".join(f"{i},{i + 1},{i + 2},{i % 3}\n" for i in range(20)))
+    return path
+
+
+SHAPE_MISMATCHES = {
+    "fashion_mnist": lambda tmp_path: {"data": {"dataset": "fashion_mnist"}, "model__input_shape": [784]},
+    "synthetic features": lambda tmp_path: {"model__input_shape": [5]},
+    "npz header": lambda tmp_path: {"data": {"dataset": "npz", "path": str(_npz(tmp_path))}, "model__input_shape": [4]},
+    "csv header": lambda tmp_path: {
+        "data": {"dataset": "csv", "path": str(_csv(tmp_path)), "target": "label"},
+        "model__input_shape": [4],
+    },
+}
+
+
+@pytest.mark.parametrize("changes", SHAPE_MISMATCHES.values(), ids=SHAPE_MISMATCHES.keys())
+def test_validate_refuses_an_input_shape_the_dataset_does_not_provide(tmp_path, changes):
+    path = write(tmp_path, config(**changes(tmp_path)))
+    with pytest.raises(ConfigError, match="the model expects inputs of shape") as err:
+        api.validate(path)
+    assert err.value.line is not None
+    proc = subprocess.run([sys.executable, "-m", "dlrun", "validate", str(path)], capture_output=True, text=True)
+    assert (
+        proc.returncode == 2
+        and "Traceback" not in proc.stderr
+        and "expects inputs of shape" in proc.stderr + proc.stdout
+    )
+
+
+def test_what_validate_refuses_train_refuses_too(tmp_path):
+    path = write(tmp_path, config(model__input_shape=[5]))
+    with pytest.raises(ConfigError, match="the model expects inputs of shape"):
+        api.train(path, runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("dataset", ["npz", "csv"])
+def test_validate_passes_a_shape_the_file_provides(tmp_path, dataset):
+    path = _npz(tmp_path) if dataset == "npz" else _csv(tmp_path)
+    features = 5 if dataset == "npz" else 3
+    data = {"dataset": dataset, "path": str(path), **({"target": "label"} if dataset == "csv" else {})}
+    api.validate(write(tmp_path, config(data=data, model__input_shape=[features])))

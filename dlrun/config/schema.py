@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from dlrun.checks import FRACTION, NON_NEGATIVE, NUMBER, POSITIVE, POSITIVE_INT, Bounds, choices
 from dlrun.config.loader import Located, LocDict, LocList, Position, load_yaml_file, to_plain
 from dlrun.config.overrides import apply_overrides
-from dlrun.errors import ConfigError, short
+from dlrun.errors import ConfigError, clip, short
 from dlrun.registry import did_you_mean
 
 REQUIRED = object()
@@ -181,6 +181,7 @@ class Config:
         self, message: str, node: Any = None, key: Any = None, path: str | None = None, hint: str | None = None
     ) -> ConfigError:
         """A ConfigError pointing at `node[key]` (or the node) in the config file, or at its `--set`."""
+        path = clip(path) if path else path  # a key path is made of the config's keys: as long as they are
         if isinstance(node, Located) and key in node.overridden:
             return ConfigError(message, file=node.overridden[key], path=path, hint=hint)
         pos = self.position(node, key)
