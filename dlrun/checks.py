@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.registry import did_you_mean
 
 NUMBER = (int, float)
@@ -46,6 +46,8 @@ class Bounds:
     items: Bounds | None = None
     #: least length of a string or a list
     min_length: int | None = None
+    #: greatest length of a string or a list
+    max_length: int | None = None
     pattern: str | None = None
     #: also refuse infinities (NaN is never a valid number)
     finite: bool = False
@@ -91,6 +93,8 @@ class Bounds:
         if self.pattern is not None and not (isinstance(value, str) and re.fullmatch(self.pattern, value)):
             return False
         if self.min_length is not None and isinstance(value, (str, list, tuple)) and len(value) < self.min_length:
+            return False
+        if self.max_length is not None and isinstance(value, (str, list, tuple)) and len(value) > self.max_length:
             return False
         if self.items is not None and isinstance(value, (list, tuple)):
             return all(self.items.accepts(v) for v in value)
@@ -139,6 +143,9 @@ class Bounds:
         """What is wrong with a value of the right type, config style ("must be positive"), or None."""
         if self.accepts(value):
             return None
+        note = _non_finite(value)
+        if note:
+            return f"must be {self.text or self._phrase()}, {note}"
         if self.text:
             return f"must be {self.text}"
         if self.choices is not None:
@@ -169,7 +176,9 @@ class Bounds:
         if self.items is not None:
             out["items"] = self.items.json_schema()
         if self.min_length is not None:
-            out["minLength" if self.types == (str,) else "minItems"] = self.min_length
+            out["minLength" if self.types == (str,) or self.pattern else "minItems"] = self.min_length
+        if self.max_length is not None:
+            out["maxLength" if self.types == (str,) or self.pattern else "maxItems"] = self.max_length
         if self.repeat is not None:
             out = {"anyOf": [out, {"type": "array", "items": out, "minItems": self.repeat, "maxItems": self.repeat}]}
         if self.nullable:
@@ -182,11 +191,24 @@ class Bounds:
         return out
 
 
+def _non_finite(value: Any) -> str:
+    """ "not NaN" / "not infinite" for such a number (whose message would otherwise read as if it were
+    in range: `inf` is positive), else ""."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "not NaN" if math.isnan(value) else "not infinite"
+    return ""
+
+
 def check(name: str, value: Any, bounds: Bounds) -> Any:
     """`value` if within `bounds` (numbers as floats, repeated values as tuples), else an ArgumentError
     in Keras's words: "units must be a positive integer. Received: units=0"."""
     if not bounds.accepts(value):
-        raise ArgumentError(f"{name} must be {bounds.describe()}. Received: {name}={value!r}", name, value)
+        note = _non_finite(value)
+        raise ArgumentError(
+            f"{name} must be {bounds.describe()}{', ' + note if note else ''}. Received: {name}={short(value)}",
+            name,
+            value,
+        )
     if value is None:
         return None
     if bounds.repeat is not None:
@@ -223,10 +245,16 @@ def int_tuple(name: str, value: Any, n: int, allow_zero: bool = False) -> tuple[
 # The bounds most arguments share.
 POSITIVE_INT = Bounds((int,), minimum=1)
 NON_NEGATIVE_INT = Bounds((int,), minimum=0)
-POSITIVE = Bounds(NUMBER, exclusive_minimum=0)
-NON_NEGATIVE = Bounds(NUMBER, minimum=0)
-FRACTION = Bounds(NUMBER, minimum=0, exclusive_maximum=1)
-ANY_NUMBER = Bounds(NUMBER)
+# Numbers are finite unless a bound says otherwise: no argument or key means anything by `.inf`
+# (None says "no limit"), and an infinite rate, scale or threshold only makes a run of NaNs.
+POSITIVE = Bounds(NUMBER, exclusive_minimum=0, finite=True)
+NON_NEGATIVE = Bounds(NUMBER, minimum=0, finite=True)
+FRACTION = Bounds(NUMBER, minimum=0, exclusive_maximum=1, finite=True)
+ANY_NUMBER = Bounds(NUMBER, finite=True)
+#: What an initializer's values and spreads may be: float32 weights drawn from them stay finite
+#: (float32 ends at 3.4e38; a normal draw is within ~7 standard deviations of its mean).
+WEIGHT_VALUE = Bounds(NUMBER, minimum=-1e30, maximum=1e30, finite=True)
+WEIGHT_SPREAD = Bounds(NUMBER, minimum=0, maximum=1e30, finite=True)
 BOOL = Bounds((bool,))
 INT = Bounds((int,))
 NON_EMPTY_STR = Bounds((str,), min_length=1)
@@ -253,6 +281,8 @@ __all__ = [
     "NUMBER",
     "POSITIVE",
     "POSITIVE_INT",
+    "WEIGHT_SPREAD",
+    "WEIGHT_VALUE",
     "Bounds",
     "check",
     "checked",

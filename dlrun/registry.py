@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from dlrun.errors import ArgumentError, UnknownArgumentError
+from dlrun.errors import ArgumentError, UnknownArgumentError, short
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ class Registry(Generic[T]):
         except KeyError:
             hint = did_you_mean(name, self._canonical)
             raise ValueError(
-                f"unknown {self.kind} {name!r}. {hint or 'Valid: ' + ', '.join(self._canonical)}".rstrip()
+                f"unknown {self.kind} {short(name)}. {hint or 'Valid: ' + ', '.join(self._canonical)}".rstrip()
             ) from None
 
 
@@ -91,7 +91,7 @@ def check_kwargs(func: Callable[..., Any], kwargs: dict[str, Any], what: str, ig
         if key not in params and key not in ignore:
             hint = did_you_mean(key, params)
             raise UnknownArgumentError(
-                f"{what} has no argument {key!r}. {hint or 'Valid: ' + ', '.join(params)}".rstrip(), key
+                f"{what} has no argument {short(key)}. {hint or 'Valid: ' + ', '.join(params)}".rstrip(), key
             )
     missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs]
     if missing:
@@ -109,13 +109,15 @@ def split_spec(spec: Any, kind: str) -> tuple[str, dict[str, Any]]:
     if isinstance(spec, dict):
         if "type" not in spec:
             raise ValueError(
-                f"a {kind} given as a mapping needs a 'type' key, e.g. {{type: ..., ...}}. Received: {dict(spec)!r}"
+                f"a {kind} given as a mapping needs a 'type' key, e.g. {{type: ..., ...}}. Received: {short(spec)}"
             )
         args = {k: v for k, v in spec.items() if k != "type"}
         if not isinstance(spec["type"], str):
-            raise ArgumentError(f"{kind} 'type' must be a name. Received: type={spec['type']!r}", "type", spec["type"])
+            raise ArgumentError(
+                f"{kind} 'type' must be a name. Received: type={short(spec['type'])}", "type", spec["type"]
+            )
         return spec["type"], args
-    raise ValueError(f"a {kind} is a name or a mapping with 'type'. Received: {spec!r}")
+    raise ValueError(f"a {kind} is a name or a mapping with 'type'. Received: {short(spec)}")
 
 
 def build_from_spec(registry: Registry[Any], spec: Any) -> Any:

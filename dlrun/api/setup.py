@@ -19,7 +19,7 @@ from dlrun.graph.builder import build_model
 from dlrun.graph.model import Model
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.training.setup import make_callbacks, make_loss, make_metrics, make_optimizer
-from dlrun.training.targets import check_targets
+from dlrun.training.targets import check_input_shape, check_targets
 
 
 @dataclass
@@ -101,10 +101,17 @@ def config_from_checkpoint(path: Path, ckpt: ckpt_mod.Checkpoint) -> Config:
 
 
 def validate(source: str | Path, overrides: list[str] | None = None) -> Setup:
-    """Everything `train` checks before it trains that needs no data: the config, the model, and
-    (for datasets whose targets are known without loading them) that output, loss and targets agree."""
+    """Every check `train` runs that needs no data loaded: the config (run name, callbacks and the
+    paths they write), the model, and where the dataset tells without loading (fashion_mnist and
+    cifar10 always, synthetic from its keys, npz and csv from the file's header) that its sample
+    shape is the model's input shape and that output, loss and targets agree."""
     setup = prepare(source, device="cpu", overrides=overrides)
-    targets = known_targets(setup.config.resolved["data"])
+    cfg = setup.config
+    data = cfg.resolved["data"]
+    shape = dataset_input_shape(data)
+    if shape is not None:
+        check_input_shape(cfg, setup.model, data["dataset"], shape)
+    targets = known_targets(data)
     if targets is not None:
-        check_targets(setup.config, setup.model, setup.loss, setup.config.resolved["data"]["dataset"], targets)
+        check_targets(cfg, setup.model, setup.loss, data["dataset"], targets)
     return setup

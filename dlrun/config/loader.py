@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, short
 
 Position = tuple[int, int]  # 1-based line, column
 
@@ -65,7 +65,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
             )
         if key in out:
             raise ConfigError(
-                f"the key {key!r} appears twice in the same mapping",
+                f"the key {short(key)} appears twice in the same mapping",
                 line=_pos(key_node)[0],
                 column=_pos(key_node)[1],
                 hint="delete one of them",

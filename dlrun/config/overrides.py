@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 from dlrun.config.loader import LocDict, LocList, from_plain, load_yaml_text
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, clip, short
 
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -23,18 +23,18 @@ def parse_path(path: str) -> list[str | int]:
     for m in _TOKEN.finditer(path):
         between = path[pos : m.start()]
         if between not in ("", "."):
-            raise ValueError(f"cannot read the key path {path!r} near {between!r}")
+            raise ValueError(f"cannot read the key path {short(path)} near {short(between)}")
         tokens.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
         pos = m.end()
     if not tokens or path[pos:]:
-        raise ValueError(f"cannot read the key path {path!r}")
+        raise ValueError(f"cannot read the key path {short(path)}")
     return tokens
 
 
 def apply_overrides(tree: Any, overrides: list[str]) -> Any:
     """Apply each `path=value` to the tree in place (returns the tree)."""
     for text in overrides:
-        where = f"--set {text}"
+        where = f"--set {clip(text)}"
         if "=" not in text:
             raise ConfigError(f"{where}: expected KEY=VALUE, e.g. training.epochs=20")
         key, raw_value = text.split("=", 1)
@@ -66,7 +66,7 @@ def apply_overrides(tree: Any, overrides: list[str]) -> Any:
                 child = LocDict({child: LocDict()}) if isinstance(node, LocList) else LocDict({"type": child})
                 node[step] = child
             if not isinstance(child, (dict, list)):
-                raise ConfigError(f"{where}: {_show(path[: i + 1])} is {child!r}, not a mapping or list")
+                raise ConfigError(f"{where}: {_show(path[: i + 1])} is {short(child)}, not a mapping or list")
             node = child
         last = path[-1]
         if isinstance(last, int):

@@ -9,6 +9,7 @@ with the resolved values and the positions of the original keys. Parts owned by 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 from dlrun.checks import FRACTION, NON_NEGATIVE, NUMBER, POSITIVE, POSITIVE_INT, Bounds, choices
 from dlrun.config.loader import Located, LocDict, LocList, Position, load_yaml_file, to_plain
 from dlrun.config.overrides import apply_overrides
-from dlrun.errors import ConfigError
+from dlrun.errors import ConfigError, clip, short
 from dlrun.registry import did_you_mean
 
 REQUIRED = object()
@@ -63,16 +64,49 @@ def _statistics(v: Any) -> str | None:
     return None if ok else "must be {mean: [..], std: [..]}: one number per channel, std > 0"
 
 
-# The run folder is runs/<name>/: a name must not reach outside it.
+# The run folder is runs/<name>/: a name is one folder name that cannot reach outside it. One rule
+# for `name:` and for the file stems that name runs without one (`run_name` makes a stem follow it):
+# letters of any script and digits (str.isalnum, which is what `\w` matches besides `_`), `_ . + -`,
+# starting with a letter or digit; at most 100 characters and 255 bytes (the file systems' limit).
+RUN_NAME_LENGTH = 100
 RUN_NAME = Bounds(
-    pattern=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
-    text="a plain folder name: letters, digits, _ . + -, e.g. fashion_mnist_mlp",
+    (str,),
+    pattern=r"[^\W_][\w.+-]*",
+    max_length=RUN_NAME_LENGTH,
+    text=f"a plain folder name of at most {RUN_NAME_LENGTH} characters: letters (of any script), digits, _ . + -, "
+    "starting with a letter or digit, e.g. fashion_mnist_mlp",
 )
+
+
+def _fits_a_folder_name(name: str) -> str | None:
+    size = len(name.encode("utf-8", "surrogatepass"))
+    return None if size <= 255 else f"must fit a folder name: {size} bytes in UTF-8, at most 255"
+
+
+def run_name(stem: str) -> str:
+    """The run name for a config file without `name:`: its stem made into a RUN_NAME, other
+    characters (spaces, parentheses, ...) replaced by `_` ("my config (1)" -> "my_config_1")."""
+    name = re.sub(r"[^\w.+-]+$", "", stem)  # trailing ones dropped, not turned into a dangling `_`
+    name = re.sub(r"[^\w.+-]+", "_", name)
+    name = re.sub(r"^[\W_]+", "", name)[:RUN_NAME_LENGTH]
+    while len(name.encode("utf-8", "surrogatepass")) > 255:
+        name = name[:-1]
+    return name or "run"
+
+
 SHAPE = Bounds(items=POSITIVE_INT, min_length=1, text="a list of positive integers, e.g. [28, 28, 1]")
 SPEC = (str, dict)
 
 SCHEMA: dict[str, Any] = {
-    "name": Key((str,), None, RUN_NAME, nullable=True, doc="run name; default: the config file's stem"),
+    "name": Key(
+        (str,),
+        None,
+        RUN_NAME,
+        nullable=True,
+        doc="run name, the folder runs/<name>/: letters (any script), digits, _ . + -; "
+        "default: the config file's stem, other characters replaced by _",
+        check=_fits_a_folder_name,
+    ),
     "seed": Key((int,), 42, NON_NEGATIVE, "seed for initialisation, dropout, shuffling and splits"),
     "device": Key((str,), "auto", choices("auto", "cpu", "gpu"), "auto | cpu | gpu (CuPy)"),
     "data": {
@@ -147,6 +181,7 @@ class Config:
         self, message: str, node: Any = None, key: Any = None, path: str | None = None, hint: str | None = None
     ) -> ConfigError:
         """A ConfigError pointing at `node[key]` (or the node) in the config file, or at its `--set`."""
+        path = clip(path) if path else path  # a key path is made of the config's keys: as long as they are
         if isinstance(node, Located) and key in node.overridden:
             return ConfigError(message, file=node.overridden[key], path=path, hint=hint)
         pos = self.position(node, key)
@@ -205,12 +240,12 @@ def _check_key(cfg: Config, spec: Key, value: Any, parent: Any, key: str, path: 
     if not ok and float in spec.types and isinstance(value, int) and not isinstance(value, bool):
         ok = True
     if not ok:
-        raise cfg.error(f"must be {_type_name(spec.types)}, got {value!r}", parent, key, path)
+        raise cfg.error(f"must be {_type_name(spec.types)}, got {short(value)}", parent, key, path)
     problem = spec.bounds.problem(value) if spec.bounds is not None else None
     if not problem and spec.check is not None:
         problem = spec.check(value)
     if problem:
-        raise cfg.error(f"{problem}; got {value!r}", parent, key, path)
+        raise cfg.error(f"{problem}; got {short(value)}", parent, key, path)
     return value
 
 
@@ -221,7 +256,7 @@ def _check_section(
         node = LocDict()
     if not isinstance(node, dict):
         raise cfg.error(
-            f"must be a mapping of keys ({', '.join(schema)}), got {to_plain(node)!r}",
+            f"must be a mapping of keys ({', '.join(schema)}), got {short(node)}",
             parent,
             key,
             path or "<top level>",
@@ -231,7 +266,7 @@ def _check_section(
             hint = did_you_mean(str(key), schema)
             where = f"{path}.{key}" if path else str(key)
             raise cfg.error(
-                f"unknown key {key!r}", node, key, where, hint=hint or f"valid keys here: {', '.join(schema)}"
+                f"unknown key {short(key)}", node, key, where, hint=hint or f"valid keys here: {', '.join(schema)}"
             )
     out: dict[str, Any] = {}
     for key, spec in schema.items():
@@ -260,7 +295,7 @@ def parse_config(tree: Any, file: str | None = None) -> Config:
     cfg = Config(tree, {}, file)
     resolved = _check_section(cfg, full_schema(), tree, "")
     if resolved["name"] is None:
-        resolved["name"] = Path(file).stem if file else "run"
+        resolved["name"] = run_name(Path(file).stem) if file else "run"
     _installed().check(cfg, resolved["data"], tree.get("data") or {})
     cfg.resolved = resolved
     return cfg
@@ -294,6 +329,7 @@ __all__ = [
     "full_schema",
     "load_config",
     "parse_config",
+    "run_name",
     "section_node",
     "use_datasets",
 ]

@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from dlrun.engine.backend import xp_of
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.registry import Registry
 
 ACTIVATIONS: Registry[Activation] = Registry("activation")
@@ -185,6 +185,8 @@ def get(identifier: str | None) -> Activation:
         return identifier
     if not isinstance(identifier, str):
         raise ArgumentError(
-            f"activation must be a name such as 'relu'. Received: activation={identifier!r}", "activation", identifier
+            f"activation must be a name such as 'relu'. Received: activation={short(identifier)}",
+            "activation",
+            identifier,
         )
     return ACTIVATIONS.lookup(identifier)[1]

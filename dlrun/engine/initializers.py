@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from dlrun.checks import ANY_NUMBER, NON_NEGATIVE, POSITIVE, checked, choices, declare
+from dlrun.checks import NUMBER, WEIGHT_SPREAD, WEIGHT_VALUE, Bounds, checked, choices, declare
 from dlrun.errors import ArgumentError
 from dlrun.registry import Registry, build_from_spec
 
@@ -81,7 +81,7 @@ class Ones(Initializer):
 @INITIALIZERS.register("constant")
 class Constant(Initializer):
     keras_name = "constant"
-    bounds = declare(value=ANY_NUMBER)
+    bounds = declare(value=WEIGHT_VALUE)
 
     def __init__(self, value: float = 0.0) -> None:
         self.value = checked(self, "value", value)
@@ -93,7 +93,7 @@ class Constant(Initializer):
 @INITIALIZERS.register("random_normal")
 class RandomNormal(Initializer):
     keras_name = "random_normal"
-    bounds = declare(mean=ANY_NUMBER, stddev=NON_NEGATIVE)
+    bounds = declare(mean=WEIGHT_VALUE, stddev=WEIGHT_SPREAD)
 
     def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
         self.mean, self.stddev = checked(self, "mean", mean), checked(self, "stddev", stddev)
@@ -105,7 +105,7 @@ class RandomNormal(Initializer):
 @INITIALIZERS.register("random_uniform")
 class RandomUniform(Initializer):
     keras_name = "random_uniform"
-    bounds = declare(minval=ANY_NUMBER, maxval=ANY_NUMBER)
+    bounds = declare(minval=WEIGHT_VALUE, maxval=WEIGHT_VALUE)
 
     def __init__(self, minval: float = -0.05, maxval: float = 0.05) -> None:
         self.minval, self.maxval = checked(self, "minval", minval), checked(self, "maxval", maxval)
@@ -121,7 +121,7 @@ class RandomUniform(Initializer):
 @INITIALIZERS.register("truncated_normal")
 class TruncatedNormal(Initializer):
     keras_name = "truncated_normal"
-    bounds = declare(mean=ANY_NUMBER, stddev=NON_NEGATIVE)
+    bounds = declare(mean=WEIGHT_VALUE, stddev=WEIGHT_SPREAD)
 
     def __init__(self, mean: float = 0.0, stddev: float = 0.05) -> None:
         self.mean, self.stddev = checked(self, "mean", mean), checked(self, "stddev", stddev)
@@ -135,7 +135,7 @@ class VarianceScaling(Initializer):
 
     keras_name = "variance_scaling"
     bounds = declare(
-        scale=POSITIVE,
+        scale=Bounds(NUMBER, exclusive_minimum=0, maximum=1e30, finite=True),  # stddev sqrt(scale / fan)
         mode=choices("fan_in", "fan_out", "fan_avg"),
         distribution=choices("uniform", "truncated_normal", "untruncated_normal"),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlrun.engine import losses as losses_mod
+from dlrun.errors import short
 from dlrun.registry import Registry
 
 METRICS: Registry[Any] = Registry("metric")
@@ -75,7 +76,7 @@ for _name, _alias in [
 def get(identifier: str, loss: losses_mod.Loss) -> Metric:
     """A metric by Keras name; "accuracy" resolves from the loss as Keras does."""
     if not isinstance(identifier, str):
-        raise ValueError(f"a metric is a name such as 'accuracy'. Received: {identifier!r}")
+        raise ValueError(f"a metric is a name such as 'accuracy'. Received: {short(identifier)}")
     _, what = METRICS.lookup(identifier)
     metric: Metric
     if isinstance(what, tuple):

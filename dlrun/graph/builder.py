@@ -15,7 +15,7 @@ from dlrun.config.loader import to_plain
 from dlrun.config.schema import Config, section_node
 from dlrun.engine.backend import CPU, Backend
 from dlrun.engine.random import streams
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, clip, short
 from dlrun.graph.layer import LAYERS, Layer, snake_case
 from dlrun.graph.model import GraphError, Model, Node
 from dlrun.registry import check_kwargs
@@ -36,22 +36,22 @@ def parse_entry(cfg: Config, entries: Any, index: int) -> tuple[type[Layer], str
             args = {}
         if not isinstance(args, dict):
             raise cfg.error(
-                f"the arguments of {type_name} must be a mapping, got {args!r}",
+                f"the arguments of {clip(str(type_name))} must be a mapping, got {short(args)}",
                 entries,
                 index,
                 path,
-                hint=f"write `- {type_name}: {{...}}`, or `- {type_name}` alone for no arguments",
+                hint=f"write `- {clip(str(type_name))}: {{...}}`, or `- {clip(str(type_name))}` alone for no arguments",
             )
     else:
         raise cfg.error(
-            f"a layer entry is one `Type: {{args}}` mapping, got {entry!r}",
+            f"a layer entry is one `Type: {{args}}` mapping, got {short(entry)}",
             entries,
             index,
             path,
             hint="e.g. `- Dense: {units: 10, activation: softmax}`",
         )
     if not isinstance(type_name, str):
-        raise cfg.error(f"a layer type must be a name, got {type_name!r}", entries, index, path)
+        raise cfg.error(f"a layer type must be a name, got {short(type_name)}", entries, index, path)
     try:
         canonical, cls = LAYERS.lookup(type_name)
     except ValueError as exc:
@@ -89,7 +89,7 @@ def build_model(
         for name, shape in model_cfg["inputs"].items():
             if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
                 raise cfg.error(
-                    f"input {name!r} needs a shape: a list of positive integers, got {shape!r}",
+                    f"input {short(name)} needs a shape: a list of positive integers, got {short(shape)}",
                     raw_inputs,
                     name,
                     f"model.inputs.{name}",
@@ -123,7 +123,7 @@ def build_model(
             node_inputs = [node_inputs] if isinstance(node_inputs, str) else node_inputs
             if not (isinstance(node_inputs, list) and node_inputs and all(isinstance(i, str) for i in node_inputs)):
                 raise cfg.error(
-                    f"inputs must be a layer name or a list of names, got {node_inputs!r}",
+                    f"inputs must be a layer name or a list of names, got {short(node_inputs)}",
                     args_node,
                     "inputs",
                     f"{path}.inputs",

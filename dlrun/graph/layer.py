@@ -13,7 +13,7 @@ from typing import Any
 from dlrun.checks import BOOL, NON_EMPTY_STR, checked, declare, nullable
 from dlrun.engine import activations, initializers, regularizers
 from dlrun.engine.conv_ops import PADDINGS
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.registry import Registry
 
 LAYERS: Registry[type[Layer]] = Registry("layer")
@@ -30,7 +30,7 @@ def snake_case(name: str) -> str:
 def padding_arg(value: Any) -> str:
     """`valid` or `same`, in any case (Keras lower-cases it)."""
     if not isinstance(value, str) or value.lower() not in PADDINGS:
-        raise ArgumentError(f"padding must be 'valid' or 'same'. Received: padding={value!r}", "padding", value)
+        raise ArgumentError(f"padding must be 'valid' or 'same'. Received: padding={short(value)}", "padding", value)
     return value.lower()
 
 

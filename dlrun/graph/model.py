@@ -19,6 +19,7 @@ import numpy as np
 
 from dlrun.engine.backend import CPU, Backend
 from dlrun.engine.random import NoiseRNG
+from dlrun.errors import short
 from dlrun.graph.layer import Layer, Shape, ShapeError, WeightSpec
 from dlrun.registry import did_you_mean
 
@@ -101,14 +102,21 @@ class Model:
     def _toposort(self, nodes: list[Node]) -> list[Node]:
         names = set(self.inputs)
         for node in nodes:
+            if node.name in self.inputs:
+                which = "the model's input" if len(self.inputs) == 1 else "one of the model's inputs (model.inputs)"
+                raise GraphError(
+                    f"the layer name {short(node.name)} is the name of {which}; "
+                    f"give the layer another name, e.g. {short(node.name + '_layer')}",
+                    node,
+                )
             if node.name in names:
-                raise GraphError(f"the name {node.name!r} is used twice", node)
+                raise GraphError(f"the layer name {short(node.name)} is used twice; layer names must be unique", node)
             names.add(node.name)
         for node in nodes:
             for src in node.inputs:
                 if src not in names:
                     raise GraphError(
-                        f"{node.name!r} takes input {src!r}, which is not defined. "
+                        f"{short(node.name)} takes input {short(src)}, which is not defined. "
                         f"{did_you_mean(src, sorted(names))}".rstrip(),
                         node,
                     )

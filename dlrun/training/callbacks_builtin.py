@@ -5,7 +5,8 @@ CSVLogger. Differences from Keras, all deliberate:
 - `verbose` defaults to 1 for EarlyStopping, ModelCheckpoint and ReduceLROnPlateau (Keras: 0): their
   rare actions are worth a line. Messages go to the trainer's listener, never to stdout directly.
 - Bad arguments (an unknown `mode`, a monitor that will never exist) are errors, not warnings.
-- Relative file paths go inside the run folder; checkpoints are dlrun `.npz` files.
+- File paths are inside the run folder (dlrun/runs/paths.py: no absolute paths, no `..`, not the
+  run's own files; filepath fields are plain names with a format); checkpoints are dlrun `.npz` files.
 - Every callback returns its counters and best values from `get_state` for exact resume.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import math
-import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,9 @@ from dlrun.checks import (
     nullable,
 )
 from dlrun.engine.metrics import direction
-from dlrun.errors import ArgumentError, DlrunError
+from dlrun.errors import ArgumentError, DlrunError, short
 from dlrun.registry import Registry, build_from_spec
+from dlrun.runs.paths import run_path, run_path_pattern
 from dlrun.training.callbacks import Callback
 from dlrun.training.schedules import SCHEDULES, Schedule
 
@@ -60,7 +61,7 @@ class MonitorCallback(Callback):
         op = mode if mode != "auto" else direction(self.monitor)
         if op is None:
             raise ArgumentError(
-                f"{type(self).__name__} callback received monitor={self.monitor}, but dlrun cannot "
+                f"{type(self).__name__} callback received monitor={short(self.monitor)}, but dlrun cannot "
                 "tell whether it should be maximized or minimized. Pass `mode: max` to use the "
                 "highest value or `mode: min` to use the lowest. Received: mode='auto'",
                 "mode",
@@ -187,7 +188,8 @@ class ModelCheckpoint(MonitorCallback):
 
     Args:
         filepath: where to save; `{epoch}` (from 1), `{batch}` (with an integer save_freq) and any
-            logged value (`{val_loss:.4f}`) are filled in. Relative paths go inside the run folder.
+            logged value (`{val_loss:.4f}`) are filled in (plain names and formats only). A path inside
+            the run folder (no absolute paths, `..`, or the run's own files).
             Must end in `.npz`. Defaults to "checkpoints/epoch{epoch:03d}-{<monitor>:.4f}.npz"
             (without the monitor part when the run does not produce it).
         monitor: the quantity that decides "best". Defaults to "val_loss".
@@ -223,29 +225,24 @@ class ModelCheckpoint(MonitorCallback):
         if not self.filepath.endswith(".npz"):
             raise ArgumentError(
                 "ModelCheckpoint saves dlrun checkpoints: the filepath must end in `.npz`. "
-                f"Received: filepath={self.filepath!r}",
+                f"Received: filepath={short(self.filepath)}",
                 "filepath",
                 filepath,
             )
-        try:
-            self.fields = [f for _, f, _, _ in string.Formatter().parse(self.filepath) if f is not None]
-        except ValueError as exc:
-            raise ArgumentError(
-                f"filepath is not a valid pattern ({exc}). Received: filepath={self.filepath!r}", "filepath", filepath
-            ) from None
         if Path(self.filepath) in (Path("checkpoints/last.npz"), Path("checkpoints/best.npz")):
             raise ArgumentError(
                 "checkpoints/last.npz and checkpoints/best.npz are the run's own checkpoints; "
-                f"choose another name. Received: filepath={self.filepath!r}",
+                f"choose another name. Received: filepath={short(self.filepath)}",
                 "filepath",
                 filepath,
             )
+        _, self.fields = run_path_pattern(self.filepath, "filepath")
         self.verbose = checked(self, "verbose", verbose)
         self.save_best_only = checked(self, "save_best_only", save_best_only)
         self.save_weights_only = checked(self, "save_weights_only", save_weights_only)
         if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1):
             raise ArgumentError(
-                f"save_freq must be 'epoch' or a positive number of batches. Received: save_freq={save_freq!r}",
+                f"save_freq must be 'epoch' or a positive number of batches. Received: save_freq={short(save_freq)}",
                 "save_freq",
                 save_freq,
             )
@@ -289,7 +286,7 @@ class ModelCheckpoint(MonitorCallback):
         if batch is not None:
             values["batch"] = batch + 1
         try:
-            path = self.output_path(self.filepath.format(**{**values, "epoch": epoch + 1}))
+            path = self.output_path(run_path(self.filepath.format(**{**values, "epoch": epoch + 1}), "filepath"))
         except (KeyError, ValueError, IndexError) as exc:
             raise DlrunError(
                 f'ModelCheckpoint cannot fill in its filepath "{self.filepath}" ({exc!r}); '
@@ -337,7 +334,7 @@ class ReduceLROnPlateau(Callback):
 
     bounds = declare(
         monitor=NON_EMPTY_STR,
-        factor=Bounds(NUMBER, exclusive_minimum=0, exclusive_maximum=1),
+        factor=Bounds(NUMBER, exclusive_minimum=0, exclusive_maximum=1, finite=True),
         patience=NON_NEGATIVE_INT,
         verbose=NON_NEGATIVE_INT,
         mode=choices(*MODES),
@@ -449,7 +446,7 @@ class LearningRateScheduler(Callback):
         if not callable(schedule):
             raise ArgumentError(
                 f"schedule must be a schedule such as {{type: cosine_decay, decay_steps: 10}}. "
-                f"Received: schedule={schedule!r}",
+                f"Received: schedule={short(schedule)}",
                 "schedule",
                 schedule,
             )
@@ -474,7 +471,12 @@ class LearningRateScheduler(Callback):
             except TypeError:
                 lr = self.schedule(epoch)
         if isinstance(lr, bool) or (not isinstance(lr, (int, float)) and not hasattr(lr, "__float__")):
-            raise DlrunError(f"The output of the `schedule` function should be a float. Got: {lr!r}")
+            raise DlrunError(f"The output of the `schedule` function should be a float. Got: {short(lr)}")
+        if not math.isfinite(float(lr)) or float(lr) < 0:  # e.g. a decay_rate above 1 overflowing
+            raise DlrunError(
+                f"the schedule gave the learning rate {float(lr)} for epoch {epoch + 1}",
+                hint="a learning rate is a finite number >= 0; check the schedule's arguments",
+            )
         optimizer.learning_rate = float(lr)
         if self.verbose > 0:
             self.message(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {float(lr)}.")
@@ -521,7 +523,8 @@ class CSVLogger(Callback):
     """Stream each epoch's values to a CSV file: `epoch` (from 0, as Keras) then the sorted keys.
 
     Args:
-        filename: the CSV file; relative paths go inside the run folder. Defaults to "history.csv".
+        filename: the CSV file, a path inside the run folder (no absolute paths, `..`, or the run's own
+            files). Defaults to "history.csv".
         separator: the field separator. Defaults to ",".
         append: add to an existing file instead of replacing it. Defaults to False.
     """
@@ -533,7 +536,7 @@ class CSVLogger(Callback):
     )
 
     def __init__(self, filename: str = "history.csv", separator: str = ",", append: bool = False) -> None:
-        self.filename = checked(self, "filename", filename)
+        self.filename = run_path(checked(self, "filename", filename), "filename")
         self.separator = checked(self, "separator", separator)
         self.append = checked(self, "append", append)
         self.keys: list[str] | None = None
@@ -544,7 +547,7 @@ class CSVLogger(Callback):
 
     @property
     def path(self) -> Path:
-        return self.output_path(self.filename)
+        return self.output_path(run_path(self.filename, "filename"))
 
     def on_train_begin(self) -> None:
         path = self.path

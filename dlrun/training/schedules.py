@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from dlrun.checks import BOOL, NUMBER, Bounds, checked, declare, nullable
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.registry import Registry
 
 SCHEDULES: Registry[type[Schedule]] = Registry("learning-rate schedule")
@@ -54,12 +54,12 @@ class PiecewiseConstantDecay(Schedule):
         self.boundaries = list(checked(self, "boundaries", boundaries))
         if any(b2 <= b1 for b1, b2 in zip(self.boundaries, self.boundaries[1:])):
             raise ArgumentError(
-                f"boundaries must increase. Received: boundaries={boundaries!r}", "boundaries", boundaries
+                f"boundaries must increase. Received: boundaries={short(boundaries)}", "boundaries", boundaries
             )
         if not isinstance(values, list) or len(values) != len(boundaries) + 1:
             raise ArgumentError(
                 f"values must be a list one longer than boundaries ({len(self.boundaries) + 1} "
-                f"values). Received: values={values!r}",
+                f"values). Received: values={short(values)}",
                 "values",
                 values,
             )
@@ -121,7 +121,7 @@ class CosineDecay(Schedule):
     bounds = declare(
         decay_steps=POSITIVE_EPOCHS,
         initial_learning_rate=Bounds(NUMBER, minimum=0, finite=True, nullable=True),
-        alpha=Bounds(NUMBER, minimum=0, maximum=1),
+        alpha=Bounds(NUMBER, minimum=0, maximum=1, finite=True),
         warmup_target=nullable(RATE),
         warmup_steps=EPOCHS,
     )

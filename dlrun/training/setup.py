@@ -8,15 +8,15 @@ parts into `cfg.resolved`, so nothing here changes the config.
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Any
 
-from dlrun.config.loader import to_plain
 from dlrun.config.schema import Config, section_node
 from dlrun.engine import losses, metrics, optimizers
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
-from dlrun.errors import ArgumentError, ConfigError
+from dlrun.errors import ArgumentError, ConfigError, clip, short
 from dlrun.registry import check_kwargs, did_you_mean
 
 
@@ -74,17 +74,17 @@ def _callback_entry(cfg: Config, entries: Any, index: int) -> tuple[str, dict[st
         args = {} if args_node is None else args_node
         if not isinstance(args, dict):
             raise cfg.error(
-                f"the arguments of {name} must be a mapping, got {to_plain(args)!r}",
+                f"the arguments of {clip(str(name))} must be a mapping, got {short(args)}",
                 entries,
                 index,
                 path,
-                hint=f"write `- {name}: {{...}}`, or `- {name}` alone for no arguments",
+                hint=f"write `- {clip(str(name))}: {{...}}`, or `- {clip(str(name))}` alone for no arguments",
             )
         if not isinstance(name, str):
-            raise cfg.error(f"a callback type must be a name, got {name!r}", entries, index, path)
+            raise cfg.error(f"a callback type must be a name, got {short(name)}", entries, index, path)
         return name, dict(args), args_node
     raise cfg.error(
-        f"a callback entry is a name or one `Name: {{args}}` mapping, got {to_plain(entry)!r}",
+        f"a callback entry is a name or one `Name: {{args}}` mapping, got {short(entry)}",
         entries,
         index,
         path,
@@ -124,6 +124,7 @@ def make_callbacks(
         entries = cfg.resolved["callbacks"]
     available = monitorable(cfg, metrics)
     out, resolved = [], []
+    written: dict[tuple[str, ...], tuple[int, bool, str]] = {}
     for index in range(len(entries)):
         name, args, args_node = _callback_entry(cfg, entries, index)
         try:
@@ -140,7 +141,8 @@ def make_callbacks(
             check_kwargs(cls, args, canonical)
             cb = cls(**args)
         except (TypeError, ValueError) as exc:
-            raise error(str(exc), exc.name if isinstance(exc, ArgumentError) else None) from None
+            arg = exc.name if isinstance(exc, ArgumentError) else None
+            raise error(str(exc), arg, getattr(exc, "hint", None)) from None
         monitor = getattr(cb, "monitor", None)
         explicit = isinstance(args_node, dict) and "monitor" in args_node
         watched = monitor is not None and (explicit or not isinstance(cb, cbs.ModelCheckpoint) or cb.save_best_only)
@@ -151,12 +153,13 @@ def make_callbacks(
                 else did_you_mean(monitor, available) or None
             )
             raise error(
-                f"{canonical} monitors {monitor!r}, which this run will not log. Values it logs: {', '.join(available)}",
+                f"{canonical} monitors {short(monitor)}, which this run will not log. Values it logs: {', '.join(available)}",
                 "monitor",
                 hint,
             )
         if isinstance(cb, cbs.ModelCheckpoint):
             _check_filepath(cb, available, error)
+        _check_own_path(cb, index, written, error)
         if isinstance(cb, cbs.LearningRateScheduler) and optimizer is not None:
             schedule = cb.schedule
             if getattr(schedule, "initial_learning_rate", 0) is None:
@@ -171,8 +174,8 @@ def _check_filepath(cb: Any, available: list[str], error: Any) -> None:
     batch_level = cb.save_freq != "epoch"
     names = [n for n in available if not (batch_level and n.startswith("val_"))]
     known = ["epoch", *(["batch"] if batch_level else []), *names, "lr"]
-    for field_name in cb.fields:
-        base = field_name.split(".")[0].split("[")[0]
+    for field_name in cb.fields:  # plain names (the constructor refused attribute and index access)
+        base = field_name
         if base not in known:
             hint = did_you_mean(base, known) or None
             raise error(
@@ -185,4 +188,31 @@ def _check_filepath(cb: Any, available: list[str], error: Any) -> None:
     try:
         cb.filepath.format(**{**dict.fromkeys(known, 0.5), "epoch": 1, "batch": 1})
     except (ValueError, IndexError, KeyError, AttributeError) as exc:
-        raise error(f"the filepath {cb.filepath!r} cannot be filled in ({exc})", "filepath") from None
+        raise error(f"the filepath {short(cb.filepath)} cannot be filled in ({exc})", "filepath") from None
+
+
+def _check_own_path(cb: Any, index: int, written: dict[tuple[str, ...], tuple[int, bool, str]], error: Any) -> None:
+    """Two callbacks must not write the same file (or the same pattern of files), nor one a file where
+    the other needs a folder (`log.csv` and `log.csv/x.csv`). `written` maps each path's fixed
+    leading parts (up to the first `{field}`) to (callback index, whether that is the whole path, the path)."""
+    arg, path = ("filename", cb.filename) if hasattr(cb, "filename") else ("filepath", getattr(cb, "filepath", None))
+    if path is None:
+        return
+    parts = path.split("/")
+    fixed = tuple(p.casefold() for p in itertools.takewhile(lambda p: "{" not in p, parts))
+    whole = len(fixed) == len(parts)
+    for other, (other_index, other_whole, other_path) in written.items():
+        shorter, longer = sorted((fixed, other), key=len)
+        if longer[: len(shorter)] != shorter:
+            continue
+        # The same fixed path is a clash when both are whole names; a strictly shorter one only when it
+        # is a whole file name (the other needs it as a folder).
+        if (fixed == other and (whole or other_whole or path.casefold() == other_path)) or (
+            len(shorter) < len(longer) and (whole if shorter is fixed else other_whole)
+        ):
+            raise error(
+                f"{arg} {short(path)} clashes with the file callbacks[{other_index}] writes",
+                arg,
+                "give each callback its own file",
+            )
+    written.setdefault(fixed, (index, whole, path.casefold()))

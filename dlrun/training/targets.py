@@ -10,10 +10,15 @@ from dlrun.graph.model import Model
 
 
 def check_data_fits(cfg: Config, model: Model, data: Dataset) -> None:
+    check_input_shape(cfg, model, data.name, data.input_shape)
+
+
+def check_input_shape(cfg: Config, model: Model, dataset: str, shape: tuple[int, ...]) -> None:
+    """The model's input shape must be the dataset's sample shape (known statically for validate)."""
     expected = next(iter(model.inputs.values()))
-    if tuple(expected) != tuple(data.input_shape):
+    if tuple(expected) != tuple(shape):
         raise cfg.error(
-            f"the model expects inputs of shape {list(expected)} but {data.name} provides {list(data.input_shape)}",
+            f"the model expects inputs of shape {list(expected)} but {dataset} provides {list(shape)}",
             cfg.raw.get("model"),
             "input_shape",
             "model.input_shape",

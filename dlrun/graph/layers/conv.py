@@ -20,7 +20,7 @@ from dlrun.engine.conv_ops import (
 )
 from dlrun.engine.threads import matmul, parallel
 from dlrun.engine.workspace import Workspace, chunk_samples, column_sums
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 
 #: Activations whose backward reads only their output (see dlrun.engine.activations).
@@ -73,7 +73,7 @@ class Conv2D(Layer):
         if max(self.strides) > 1 and max(self.dilation_rate) > 1:
             raise ArgumentError(
                 "strides > 1 cannot be combined with dilation_rate > 1. "
-                f"Received: strides={strides!r}, dilation_rate={dilation_rate!r}",
+                f"Received: strides={short(strides)}, dilation_rate={short(dilation_rate)}",
                 "strides",
                 strides,
             )

@@ -7,7 +7,7 @@ from typing import Any
 
 from dlrun.checks import FRACTION, POSITIVE_INT, Bounds, checked, declare
 from dlrun.engine.threads import matmul
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.graph.layer import LAYERS, Layer, ShapeError, image_shape
 
 
@@ -110,7 +110,7 @@ class Reshape(Layer):
         if not ok or list(target_shape).count(-1) > 1:
             raise ArgumentError(
                 "target_shape must be a list of positive integers with at most one -1. "
-                f"Received: target_shape={target_shape!r}",
+                f"Received: target_shape={short(target_shape)}",
                 "target_shape",
                 target_shape,
             )

@@ -8,7 +8,7 @@ from dlrun.checks import BOOL, PAIR_OR_INT, Bounds, checked, declare, nullable
 from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import crop_hw, output_length, pad_hw, padding_amounts
 from dlrun.engine.pool_ops import avg_pool, avg_pool_backward, max_pool, max_pool_backward, window_counts
-from dlrun.errors import ArgumentError
+from dlrun.errors import ArgumentError, short
 from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 
 
@@ -157,7 +157,7 @@ def _padding_pairs(value: Any) -> tuple[tuple[int, int], tuple[int, int]]:
             return (value[0][0], value[0][1]), (value[1][0], value[1][1])
     raise ArgumentError(
         "padding must be a non-negative int, [rows, cols] or [[top, bottom], [left, right]]. "
-        f"Received: padding={value!r}",
+        f"Received: padding={short(value)}",
         "padding",
         value,
     )
