@@ -353,3 +353,24 @@ def test_a_checkpoint_whose_partial_epoch_does_not_fit_is_refused(tmp_path):
     ckpt_mod.save(last, ckpt)
     with pytest.raises(CheckpointError, match="does not fit its own config: its unfinished epoch sums 1 values"):
         api.resume(info.value.run_dir)
+
+
+def test_validate_checks_the_data_files_train_would_refuse(tmp_path):
+    from dlrun import api
+    from dlrun.errors import DataError
+
+    cfg = {
+        "data": {"dataset": "npz", "path": str(tmp_path / "missing.npz")},
+        "model": {"input_shape": [4], "layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
+        "loss": "sparse_categorical_crossentropy",
+    }
+    with pytest.raises(DataError):
+        api.validate(cfg)
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    cfg["data"]["path"] = str(fifo)
+    with pytest.raises(DataError, match="regular file"):
+        api.validate(cfg)  # would block forever if it opened the FIFO
+    cfg["data"] = {"dataset": "fashion_mnist", "path": str(tmp_path / "nowhere")}
+    with pytest.raises(DataError):
+        api.validate(cfg)

@@ -275,3 +275,20 @@ def test_config_params_respect_mlflow_limits():
     assert len(params["a.b"]) == 6000 and params["a.b"].endswith("...")
     assert params["l.0.D.u"] == "3"
     assert skipped == [f"a.{'k' * 300}", "a.bad[key]x"]
+
+
+@pytest.mark.parametrize("log_dir", ["/tmp/elsewhere", "../../up", "checkpoints", "history.json"])
+def test_a_log_dir_outside_the_run_folder_is_a_config_error(tmp_path, log_dir):
+    from dlrun import api
+    from dlrun.errors import ConfigError
+
+    pytest.importorskip("tensorboardX")
+    cfg = {
+        "name": "tb",
+        "data": {"dataset": "synthetic", "samples": 50, "features": 4, "classes": 2},
+        "model": {"layers": [{"Dense": {"units": 2, "activation": "softmax"}}]},
+        "loss": "sparse_categorical_crossentropy",
+        "callbacks": [{"TensorBoard": {"log_dir": log_dir}}],
+    }
+    with pytest.raises(ConfigError, match="log_dir"):
+        api.validate(cfg)

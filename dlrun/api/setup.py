@@ -11,7 +11,7 @@ from typing import Any
 from dlrun.config.loader import from_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config, load_config, parse_config
-from dlrun.data.dataset import dataset_input_shape, known_targets
+from dlrun.data.dataset import check_data_files, dataset_input_shape, known_targets
 from dlrun.engine.backend import Backend, get_backend
 from dlrun.errors import CheckpointError, ConfigError, UsageError
 from dlrun.graph import summary as summaries
@@ -108,6 +108,7 @@ def validate(source: str | Path, overrides: list[str] | None = None) -> Setup:
     setup = prepare(source, device="cpu", overrides=overrides)
     cfg = setup.config
     data = cfg.resolved["data"]
+    check_data_files(data)  # a named path that lacks the files, a FIFO, an npz's headers
     shape = dataset_input_shape(data)
     if shape is not None:
         check_input_shape(cfg, setup.model, data["dataset"], shape)

@@ -25,6 +25,7 @@ from dlrun import __version__
 from dlrun.checks import BOOL, NON_EMPTY_STR, NON_NEGATIVE_INT, checked, choices, declare, nullable
 from dlrun.config.overrides import flatten
 from dlrun.errors import ArgumentError
+from dlrun.runs.paths import run_path
 from dlrun.training.callbacks import Callback
 from dlrun.training.callbacks_builtin import CALLBACKS
 
@@ -84,6 +85,8 @@ class TensorBoard(Callback):
     ) -> None:
         require("tensorboardX", "tensorboard", "The TensorBoard callback")
         self.log_dir = checked(self, "log_dir", log_dir)
+        if self.log_dir is not None:  # inside the run folder, like every path a config names
+            self.log_dir = run_path(self.log_dir, "log_dir")
         self.histogram_freq = checked(self, "histogram_freq", histogram_freq)
         self.write_graph = checked(self, "write_graph", write_graph)
         if update_freq == "batch":
