@@ -36,6 +36,7 @@ from dlrun.engine.metrics import direction
 from dlrun.errors import ConfigError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.registry import did_you_mean
 from dlrun.runs.folder import new_run_dir
+from dlrun.sweep import spec as spec_mod
 from dlrun.sweep import study as st
 from dlrun.sweep.results import TrialRecord, best_of, write_results
 from dlrun.sweep.spec import SweepSpec, load_sweep
@@ -121,6 +122,11 @@ def resume_sweep(
     _apply_options(spec, trials, parallel, None)
     goal = check_sweep(spec)
     return _run(spec, goal, sweep_dir, device, listener or SweepListener())
+
+
+def sweep_schema() -> dict[str, Any]:
+    """The JSON Schema of sweep files (`dlrun schema --sweep`)."""
+    return spec_mod.json_schema()
 
 
 def _apply_options(spec: SweepSpec, trials: int | None, parallel: int | None, storage: str | None) -> None:

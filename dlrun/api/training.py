@@ -33,7 +33,6 @@ from dlrun.runs.folder import (
     write_metrics,
 )
 from dlrun.runs.plot import plot_history
-from dlrun.training.callbacks import Callback
 from dlrun.training.interrupt import graceful_interrupts
 from dlrun.training.loop import SilentListener, Trainer
 from dlrun.training.recorder import RunRecorder
@@ -60,13 +59,11 @@ def train(
     download_progress: ProgressFn | None = None,
     overrides: list[str] | None = None,
     run_dir: str | Path | None = None,
-    callbacks: list[Callback] | None = None,
 ) -> RunResult:
     """Train a config end to end and write its run folder; returns where and what it reached.
 
     The run folder is a fresh `runs_dir/<name>/<timestamp>/`, or exactly `run_dir` (created; it must
-    not exist yet or be empty), as a sweep puts its trials at `trials/<number>/`. `callbacks` run
-    after the config's own (Keras's `fit(callbacks=...)`).
+    not exist yet or be empty), as a sweep puts its trials at `trials/<number>/`.
 
     SIGINT/SIGTERM stop after the current batch with a resumable checkpoint: TrainingInterrupted.
     """
@@ -77,7 +74,6 @@ def train(
         listener.message(setup.device_note)
     # Data errors surface here, before any run folder exists.
     data, trainer = _make_trainer(setup, listener, download_progress)
-    trainer.callbacks.extend(callbacks or [])
     if run_dir is None:
         remove_stale_temporaries(Path(runs_dir) / cfg.name)  # what kills of earlier runs left behind
         run_dir = new_run_dir(runs_dir, cfg.name)

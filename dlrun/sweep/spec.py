@@ -28,7 +28,9 @@ SCHEMA: dict[str, Key] = {
     "config": Key((str,), REQUIRED, None, "the base config, relative to this file"),
     "method": Key((str,), "tpe", choices(*METHODS), "grid | random | tpe (Optuna's samplers, seeded)"),
     "metric": Key((dict,), REQUIRED, None, "{name: val_loss, goal: minimize}: any value the run logs"),
-    "trials": Key((int,), None, POSITIVE_INT, "how many trials (grid: at most the grid's size; default 20, grid: its size)"),
+    "trials": Key(
+        (int,), None, POSITIVE_INT, "how many trials (grid: at most the grid's size; default 20, grid: its size)"
+    ),
     "parallel": Key((int,), 1, POSITIVE_INT, "trials at once on this machine (processes)"),
     "pruner": Key((str,), "none", choices(*PRUNERS), "none | median | hyperband: stop weak trials after an epoch"),
     "seed": Key((int,), 0, NON_NEGATIVE_INT, "the sampler's seed"),
@@ -214,7 +216,7 @@ def parse_sweep(tree: Any, file: str | Path | None) -> SweepSpec:
         size = spec.grid_size()
         if top["trials"] is not None and top["trials"] > size:
             raise spec.error(
-                f"a grid of {size} points cannot run {top['trials']} trials",
+                f"a grid of {size} point{'s' if size != 1 else ''} cannot run {top['trials']} trials",
                 "trials",
                 path="trials",
                 hint=f"trials: {size} (or leave trials out: a grid runs each point once)",
@@ -224,7 +226,10 @@ def parse_sweep(tree: Any, file: str | Path | None) -> SweepSpec:
         spec.trials = 20
     if not Path(spec.config).is_file():
         raise spec.error(
-            f"the base config {spec.config} does not exist", "config", path="config", hint="a path relative to this file"
+            f"the base config {spec.config} does not exist",
+            "config",
+            path="config",
+            hint="a path relative to this file",
         )
     return spec
 
@@ -235,7 +240,11 @@ def _parameter(cfg: Config, path: str, node: Any, parent: Any) -> Parameter:
         parse_path(path)
     except ValueError as exc:
         raise cfg.error(
-            str(exc), parent, path, where, hint="dots between keys and [i] for list items, e.g. model.layers[1].Dense.units"
+            str(exc),
+            parent,
+            path,
+            where,
+            hint="dots between keys and [i] for list items, e.g. model.layers[1].Dense.units",
         ) from None
     keys = _check(cfg, PARAMETER_KEYS, node, where, parent, path)
     if keys["values"] is not None:

@@ -6,6 +6,7 @@ Optuna is an optional extra, imported here only (`pip install 'dlrun[sweep]'`).
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,7 @@ def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
     """Create the study, or join the one of that name already in `storage` (another process or machine)."""
     op = optuna()
     if spec.method == "grid":
-        sampler = op.samplers.GridSampler({p.path: p.values for p in spec.parameters}, seed=spec.seed)
+        sampler = _grid_sampler(op)({p.path: p.values for p in spec.parameters}, seed=spec.seed)
     elif spec.method == "random":
         sampler = op.samplers.RandomSampler(seed=spec.seed)
     else:
@@ -60,24 +61,51 @@ def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
         "median": lambda: op.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
         "hyperband": lambda: op.pruners.HyperbandPruner(min_resource=1),
     }
-    try:
-        return op.create_study(
-            study_name=spec.name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruners[spec.pruner](),
-            direction=goal,
-            load_if_exists=True,
-        )
-    except ValueError as exc:  # e.g. the study exists with the other direction
-        raise DlrunError(f"cannot open the study {spec.name!r} in {storage}: {exc}") from None
-    except Exception as exc:  # SQLAlchemy: no such database, no driver, refused connection
-        if type(exc).__module__.startswith(("sqlalchemy", "optuna")):
+    # Two processes starting together race to create the tables and the study: the loser retries.
+    for attempt in range(ATTEMPTS):
+        try:
+            return op.create_study(
+                study_name=spec.name,
+                storage=_storage(op, storage),
+                sampler=sampler,
+                pruner=pruners[spec.pruner](),
+                direction=goal,
+                load_if_exists=True,
+            )
+        except ValueError as exc:  # e.g. the study exists with the other direction
+            raise DlrunError(f"cannot open the study {spec.name!r} in {storage}: {exc}") from None
+        except Exception as exc:  # SQLAlchemy: no such database, no driver, refused connection, a race
+            if not type(exc).__module__.startswith(("sqlalchemy", "optuna")):
+                raise
+            if attempt + 1 < ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
             raise DlrunError(
                 f"cannot open the Optuna storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
                 hint="check the URL (sqlite:///path/study.db, postgresql://user@host/db) and that its driver is installed",
             ) from None
-        raise
+    raise AssertionError("unreachable")
+
+
+ATTEMPTS = 5
+
+
+def _storage(op: Any, url: str) -> Any:
+    """SQLite waits for a lock held by another process (Python's default is 5 s) instead of failing."""
+    if url.startswith("sqlite:"):
+        return op.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return url
+
+
+def _grid_sampler(op: Any) -> type:
+    """Optuna's GridSampler without its `study.stop()` once the grid is covered: that works only
+    inside `study.optimize`, and the sweep loop stops by counting trials itself."""
+
+    class GridSampler(op.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return GridSampler
 
 
 def counted(study: Any) -> int:

@@ -18,19 +18,27 @@ import traceback
 from typing import Any, TextIO
 
 from dlrun import jsonio
-from dlrun.training.callbacks import Callback
+from dlrun.training.loop import SilentListener
 
 
-class SweepReporter(Callback):
-    """Reports each epoch's logs to the parent and stops the run when the parent says it is pruned.
+class SweepReporter(SilentListener):
+    """The trial's progress listener: reports each epoch's logs to the parent and stops the run when
+    the parent says it is pruned.
 
-    A pruned run ends as an early stop does: its checkpoints, history and metrics.json are complete."""
+    A listener rather than a Callback: the loop calls it after every callback has ended the epoch
+    (the checkpoint and history.json are written), and checkpoints list only the config's own
+    callbacks, so a trial folder resumes with `dlrun train --resume` like any run. A pruned run ends
+    as an early stop does: checkpoints, history and metrics.json complete."""
 
     def __init__(self, out: TextIO, answers: TextIO | None) -> None:
         self.out, self.answers = out, answers
         self.pruned = False
+        self.trainer: Any = None
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+    def on_train_begin(self, trainer: Any) -> None:
+        self.trainer = trainer
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float], seconds: float) -> None:
         send(self.out, {"event": "epoch", "epoch": epoch + 1, "epochs": self.trainer.epochs, "logs": logs})
         if self.answers is None or self.trainer.stop_training:
             return
@@ -38,14 +46,8 @@ class SweepReporter(Callback):
         if answer == "prune":
             self.pruned = True
             self.trainer.stop_training = True
-        elif answer != "go":  # the parent is gone: stop here, resumable, rather than train on unwatched
+        elif answer != "go":  # the parent is gone: stop, resumable, rather than train on unwatched
             raise SystemExit(1)
-
-    def get_state(self) -> dict[str, Any]:
-        return {"pruned": self.pruned}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        self.pruned = bool(state.get("pruned"))
 
 
 def send(out: TextIO, event: dict[str, Any]) -> None:
@@ -53,7 +55,9 @@ def send(out: TextIO, event: dict[str, Any]) -> None:
     out.flush()
 
 
-def trial_value(history: dict[str, list[float]], best_epoch: int | None, metric: str) -> tuple[float | None, str | None]:
+def trial_value(
+    history: dict[str, list[float]], best_epoch: int | None, metric: str
+) -> tuple[float | None, str | None]:
     """(the metric at the run's best epoch, None) or (None, why there is none)."""
     if metric not in history:
         return None, f"the run logged no {metric!r} (it logged {', '.join(history) or 'nothing'})"
@@ -76,7 +80,7 @@ def run(job: dict[str, Any], out: TextIO, answers: TextIO | None) -> dict[str, A
             job["config"],
             run_dir=job["run_dir"],
             overrides=job["overrides"],
-            callbacks=[reporter],
+            listener=reporter,
             device=job.get("device"),
         )
     except TrainingInterrupted as exc:
