@@ -428,7 +428,9 @@ def sweep(
         Path | None, typer.Option("--resume", help="Continue the sweep in this folder (runs/<name>/<time>).")
     ] = None,
     runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where sweep folders go.")] = "runs",
-    trials: Annotated[int | None, typer.Option("--trials", help="Trials in all (the file's `trials` otherwise).")] = None,
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="Trials in all (the file's `trials` otherwise).")
+    ] = None,
     parallel: Annotated[int | None, typer.Option("--parallel", help="Trials at once on this machine.")] = None,
     storage: Annotated[
         str | None, typer.Option("--storage", help="Optuna storage URL shared with other machines (postgresql://...).")
