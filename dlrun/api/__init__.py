@@ -11,6 +11,7 @@ from dlrun.api.inference import evaluate, evaluate_report, predict
 from dlrun.api.runfolders import load_run, plot, runs, tracking_hints
 from dlrun.api.schema import json_schema
 from dlrun.api.setup import Setup, as_config, config_from_checkpoint, graph, prepare, summary, validate
+from dlrun.api.sweep import SweepListener, SweepResult, check_sweep, resume_sweep, sweep, sweep_schema
 from dlrun.api.training import RunResult, resume, train
 from dlrun.engine.metrics import direction
 from dlrun.runs.compare import config_diff, yaml_text
@@ -20,7 +21,10 @@ __all__ = [
     "RunResult",
     "Setup",
     "SilentListener",
+    "SweepListener",
+    "SweepResult",
     "as_config",
+    "check_sweep",
     "config_diff",
     "config_from_checkpoint",
     "dataset",
@@ -36,8 +40,11 @@ __all__ = [
     "predict",
     "prepare",
     "resume",
+    "resume_sweep",
     "runs",
     "summary",
+    "sweep",
+    "sweep_schema",
     "tracking_hints",
     "train",
     "validate",

@@ -25,7 +25,14 @@ from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, Usage
 from dlrun.graph.summary import summary_text
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
-from dlrun.runs.folder import new_run_dir, remove_stale_temporaries, run_lock, write_config, write_metrics
+from dlrun.runs.folder import (
+    exact_run_dir,
+    new_run_dir,
+    remove_stale_temporaries,
+    run_lock,
+    write_config,
+    write_metrics,
+)
 from dlrun.runs.plot import plot_history
 from dlrun.training.interrupt import graceful_interrupts
 from dlrun.training.loop import SilentListener, Trainer
@@ -52,8 +59,12 @@ def train(
     device: str | None = None,
     download_progress: ProgressFn | None = None,
     overrides: list[str] | None = None,
+    run_dir: str | Path | None = None,
 ) -> RunResult:
     """Train a config end to end and write its run folder; returns where and what it reached.
+
+    The run folder is a fresh `runs_dir/<name>/<timestamp>/`, or exactly `run_dir` (created; it must
+    not exist yet or be empty), as a sweep puts its trials at `trials/<number>/`.
 
     SIGINT/SIGTERM stop after the current batch with a resumable checkpoint: TrainingInterrupted.
     """
@@ -65,8 +76,11 @@ def train(
     check_memory(setup, "this run", cfg.file)
     # Data errors surface here, before any run folder exists.
     data, trainer = _make_trainer(setup, listener, download_progress)
-    remove_stale_temporaries(Path(runs_dir) / cfg.name)  # what kills of earlier runs left behind
-    run_dir = new_run_dir(runs_dir, cfg.name)
+    if run_dir is None:
+        remove_stale_temporaries(Path(runs_dir) / cfg.name)  # what kills of earlier runs left behind
+        run_dir = new_run_dir(runs_dir, cfg.name)
+    else:
+        run_dir = exact_run_dir(run_dir)
     with run_lock(run_dir):
         _start_run_folder(setup, data, run_dir, overrides)
         return _fit_and_finish(setup, data, trainer, run_dir)

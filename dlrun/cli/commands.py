@@ -5,6 +5,7 @@ Heavy modules (NumPy, the engine) are imported inside the commands so `dlrun --h
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -406,6 +407,7 @@ def compare(
 
 @app.command()
 def schema(
+    sweep_file: Annotated[bool, typer.Option("--sweep", help="The schema of sweep files instead.")] = False,
     debug: output.DebugOption = False,
 ) -> None:
     """Print the JSON Schema of the config language (for editors: yaml-language-server).
@@ -416,7 +418,82 @@ def schema(
     def body() -> None:
         from dlrun import api
 
-        print(jsonio.dumps(api.json_schema(), indent=2))
+        print(jsonio.dumps(api.sweep_schema() if sweep_file else api.json_schema(), indent=2))
+
+    output.guard(body, debug)
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path | None, typer.Argument(help="The sweep file (YAML).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue the sweep in this folder (runs/<name>/<time>).")
+    ] = None,
+    runs_dir: Annotated[str, typer.Option("--runs-dir", help="Where sweep folders go.")] = "runs",
+    trials: Annotated[
+        int | None, typer.Option("--trials", help="Trials in all (the file's `trials` otherwise).")
+    ] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", help="Trials at once on this machine.")] = None,
+    storage: Annotated[
+        str | None, typer.Option("--storage", help="Optuna storage URL shared with other machines (postgresql://...).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="Override the base config's device: auto, cpu or gpu.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the result, as JSON.")] = False,
+    debug: output.DebugOption = False,
+) -> None:
+    """Search hyperparameters with Optuna: train one run per trial, keep the best config.
+
+    Writes runs/<name>/<time>/ with trials/<number>/ (ordinary run folders), trials.json, trials.csv,
+    best.yaml and sweep.png. Ctrl-C stops the running trials after their batch (resume with --resume).
+
+    [bold]Example:[/] dlrun sweep configs/sweeps/fashion_mnist_mlp.yaml
+    [bold]Resume:[/] dlrun sweep --resume runs/fashion_mnist_mlp_sweep/20260101-120000 --trials 30
+    """
+
+    def body() -> None:
+        from dlrun import api
+        from dlrun.cli.sweepview import PlainSweepView, RichSweepView
+        from dlrun.errors import UsageError
+
+        if (sweep_file is None) == (resume is None):
+            raise UsageError(
+                "pass a sweep file, or --resume SWEEP_DIR to continue a sweep (not both)",
+                hint="dlrun sweep sweep.yaml, or dlrun sweep --resume runs/<name>/<time>",
+            )
+        if resume is not None and storage is not None:
+            raise UsageError("--storage applies to a new sweep; --resume uses the storage in its sweep.yaml")
+        if not runs_dir.strip():
+            raise UsageError("--runs-dir is empty", hint="pass a folder, e.g. --runs-dir runs")
+        tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+        view: Any = api.SweepListener() if as_json else (RichSweepView(output.stdout()) if tty else PlainSweepView())
+        try:
+            if resume is not None:
+                result = api.resume_sweep(resume, trials=trials, parallel=parallel, device=device, listener=view)
+            else:
+                result = api.sweep(
+                    sweep_file,
+                    runs_dir=runs_dir,
+                    trials=trials,
+                    parallel=parallel,
+                    storage=storage,
+                    device=device,
+                    listener=view,
+                )
+        finally:
+            if isinstance(view, RichSweepView):
+                view.close()
+        summary = result.summary()
+        if as_json:
+            print(jsonio.dumps(summary))
+            return
+        best = summary["best"]
+        counts = f"{summary['completed']} complete, {summary['pruned']} pruned, {summary['failed']} failed"
+        print(f"sweep folder: {result.dir} ({counts})")
+        if best is None:
+            print("no trial completed: no best config")
+        else:
+            print(f"best: trial {best['number']}, {result.metric} {best['value']:.6g} ({best['run_dir']})")
+            print(f"best config: {result.dir / 'best.yaml'}")
 
     output.guard(body, debug)
 

@@ -43,6 +43,22 @@ def new_run_dir(runs_root: str | Path, name: str) -> Path:
     raise CheckpointError("cannot create a run folder: 1000 names for this second are taken", path=str(base))
 
 
+def exact_run_dir(path: str | Path) -> Path:
+    """`path` as a new run folder (created with its parents): refused when it already holds files,
+    so no run is ever written over another."""
+    path = Path(path)
+    blocker = _nearest_existing(path)
+    if blocker is not None and not blocker.is_dir():
+        raise CheckpointError("is a file, so no run folder can be created in it", path=str(blocker))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if any(path.iterdir()):
+            raise CheckpointError("already holds files; a run folder must be new", path=str(path))
+    except OSError as exc:
+        raise CheckpointError(f"cannot create a run folder ({exc.strerror or exc})", path=str(path)) from None
+    return path
+
+
 def _nearest_existing(path: Path) -> Path | None:
     """`path` or its closest ancestor that exists: where mkdir(parents=True) would start creating."""
     return next((p for p in (path, *path.parents) if p.exists()), None)

@@ -1,0 +1,113 @@
+"""The sweep file in Optuna's terms: distributions, a seeded sampler, a pruner, the study on its storage.
+
+Optuna is an optional extra, imported here only (`pip install 'dlrun[sweep]'`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from dlrun.errors import DlrunError
+from dlrun.sweep.spec import Parameter, SweepSpec
+
+#: Trials that an interrupted sweep requeued (Ctrl-C): the new trial's user attribute names the old.
+RETRY_OF = "retry_of"
+INTERRUPTED = "interrupted"
+
+
+def optuna() -> Any:
+    try:
+        import optuna as _optuna
+    except ImportError:
+        raise DlrunError(
+            "sweeps need Optuna, which is not installed", hint="pip install 'dlrun[sweep]' (or: pip install optuna)"
+        ) from None
+    # Optuna logs every trial at INFO to stderr; dlrun shows its own table.
+    _optuna.logging.set_verbosity(logging.WARNING)
+    return _optuna
+
+
+def distribution(p: Parameter) -> Any:
+    d = optuna().distributions
+    if p.values is not None:
+        return d.CategoricalDistribution(p.values)
+    if p.is_int:
+        return d.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return d.FloatDistribution(float(p.low), float(p.high), log=p.log, step=p.step)
+
+
+def storage_url(spec: SweepSpec, sweep_dir: Path) -> str:
+    """The storage URL: the file's or the command line's, else study.db in the sweep folder."""
+    return spec.storage or f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+
+
+def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
+    """Create the study, or join the one of that name already in `storage` (another process or machine)."""
+    op = optuna()
+    if spec.method == "grid":
+        sampler = _grid_sampler(op)({p.path: p.values for p in spec.parameters}, seed=spec.seed)
+    elif spec.method == "random":
+        sampler = op.samplers.RandomSampler(seed=spec.seed)
+    else:
+        # Few startup trials: sweeps here are tens of trials, not hundreds.
+        sampler = op.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(2, spec.trials // 3)))
+    pruners = {
+        "none": lambda: op.pruners.NopPruner(),
+        # A trial is stopped when its epoch is worse than the median of earlier trials at that epoch,
+        # from the first epoch on, once two trials have reported.
+        "median": lambda: op.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+        "hyperband": lambda: op.pruners.HyperbandPruner(min_resource=1),
+    }
+    # Two processes starting together race to create the tables and the study: the loser retries.
+    for attempt in range(ATTEMPTS):
+        try:
+            return op.create_study(
+                study_name=spec.name,
+                storage=_storage(op, storage),
+                sampler=sampler,
+                pruner=pruners[spec.pruner](),
+                direction=goal,
+                load_if_exists=True,
+            )
+        except ValueError as exc:  # e.g. the study exists with the other direction
+            raise DlrunError(f"cannot open the study {spec.name!r} in {storage}: {exc}") from None
+        except Exception as exc:  # SQLAlchemy: no such database, no driver, refused connection, a race
+            if not type(exc).__module__.startswith(("sqlalchemy", "optuna")):
+                raise
+            if attempt + 1 < ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise DlrunError(
+                f"cannot open the Optuna storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+                hint="check the URL (sqlite:///path/study.db, postgresql://user@host/db) and that its driver is installed",
+            ) from None
+    raise AssertionError("unreachable")
+
+
+ATTEMPTS = 5
+
+
+def _storage(op: Any, url: str) -> Any:
+    """SQLite waits for a lock held by another process (Python's default is 5 s) instead of failing."""
+    if url.startswith("sqlite:"):
+        return op.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return url
+
+
+def _grid_sampler(op: Any) -> type:
+    """Optuna's GridSampler without its `study.stop()` once the grid is covered: that works only
+    inside `study.optimize`, and the sweep loop stops by counting trials itself."""
+
+    class GridSampler(op.samplers.GridSampler):
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            return None
+
+    return GridSampler
+
+
+def counted(study: Any) -> int:
+    """Trials that count toward `trials`: all but those a Ctrl-C interrupted (they are requeued)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if INTERRUPTED not in t.user_attrs)
