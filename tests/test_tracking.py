@@ -220,6 +220,7 @@ def test_mlflow_logs_params_metrics_tags_and_artifacts(tmp_path, mlflow_env):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert tags["dlrun.seed"] == "5" and tags["dlrun.device"] == manifest["device"]
     assert tags["dlrun.run_folder"] == str(run_dir.resolve()) and "dlrun.version" in tags
+    assert "dlrun.sweep" not in tags  # not a sweep's trial
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "history.json", "metrics.json", "manifest.json", "history.png", "checkpoints"} <= names
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.npz"]
@@ -292,3 +293,9 @@ def test_a_log_dir_outside_the_run_folder_is_a_config_error(tmp_path, log_dir):
     }
     with pytest.raises(ConfigError, match="log_dir"):
         api.validate(cfg)
+
+
+def test_a_sweep_trial_is_tagged_with_its_sweep_and_number(tmp_path, mlflow_env):
+    api.train(config("MLflow"), runs_dir=tmp_path, listener=Listener(), context={"sweep": "mlp_sweep", "trial": 7})
+    tags = only_run(client_for(tmp_path)).data.tags
+    assert tags["dlrun.sweep"] == "mlp_sweep" and tags["dlrun.trial"] == "7"

@@ -303,6 +303,7 @@ def _start(
         "metric": spec.metric,
         "prune": spec.pruner != "none",
         "device": device,
+        "context": {"sweep": spec.name, "trial": number, "sweep_dir": str(sweep_dir.resolve())},
     }
     (sweep_dir / "logs").mkdir(exist_ok=True)
     log = open(sweep_dir / "logs" / f"{number}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed in _finish)

@@ -60,11 +60,13 @@ def train(
     download_progress: ProgressFn | None = None,
     overrides: list[str] | None = None,
     run_dir: str | Path | None = None,
+    context: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train a config end to end and write its run folder; returns where and what it reached.
 
     The run folder is a fresh `runs_dir/<name>/<timestamp>/`, or exactly `run_dir` (created; it must
-    not exist yet or be empty), as a sweep puts its trials at `trials/<number>/`.
+    not exist yet or be empty), as a sweep puts its trials at `trials/<number>/`. `context` (e.g. a
+    sweep's name and trial number) goes into manifest.json, where trackers read their tags.
 
     SIGINT/SIGTERM stop after the current batch with a resumable checkpoint: TrainingInterrupted.
     """
@@ -82,11 +84,13 @@ def train(
     else:
         run_dir = exact_run_dir(run_dir)
     with run_lock(run_dir):
-        _start_run_folder(setup, data, run_dir, overrides)
+        _start_run_folder(setup, data, run_dir, overrides, context)
         return _fit_and_finish(setup, data, trainer, run_dir)
 
 
-def _start_run_folder(setup: Setup, data: Dataset, run_dir: Path, overrides: list[str] | None) -> None:
+def _start_run_folder(
+    setup: Setup, data: Dataset, run_dir: Path, overrides: list[str] | None, context: dict[str, Any] | None
+) -> None:
     """config.yaml, summary.txt, manifest.json and an empty history; on any failure, no folder."""
     cfg = setup.config
     resolved = cfg.resolved
@@ -104,6 +108,7 @@ def _start_run_folder(setup: Setup, data: Dataset, run_dir: Path, overrides: lis
                 data=data,
                 config_file=cfg.file,
                 overrides=overrides,
+                context=context,
             ),
         )
     except BaseException as exc:

@@ -80,6 +80,7 @@ def build(
     data: Any = None,
     config_file: str | None,
     overrides: list[str] | None,
+    context: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "created": _now(),
@@ -93,6 +94,7 @@ def build(
         "overrides": list(overrides or []),
         "config_file": str(Path(config_file).resolve()) if config_file else None,
         "git_commit": git_commit(config_file),
+        **({"context": dict(context)} if context else {}),
     }
 
 

@@ -82,6 +82,7 @@ def run(job: dict[str, Any], out: TextIO, answers: TextIO | None) -> dict[str, A
             overrides=job["overrides"],
             listener=reporter,
             device=job.get("device"),
+            context=job.get("context"),
         )
     except TrainingInterrupted as exc:
         return {"event": "result", "state": "INTERRUPTED", "message": exc.message}

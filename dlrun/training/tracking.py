@@ -433,12 +433,16 @@ class MLflow(Callback):
     def _tags(self) -> dict[str, str]:
         config = self.trainer.config or {}
         manifest = self._manifest()
+        context = manifest.get("context") if isinstance(manifest.get("context"), dict) else {}
         tags = {
             "dlrun.version": __version__,
             "dlrun.seed": config.get("seed", manifest.get("seed")),
             "dlrun.device": manifest.get("device"),
             "dlrun.run_folder": str(self.run_dir.resolve()) if self.run_dir is not None else None,
             "mlflow.source.git.commit": manifest.get("git_commit"),
+            # A sweep's trial: which sweep, which trial (api.sweep puts them in the manifest).
+            "dlrun.sweep": context.get("sweep"),
+            "dlrun.trial": context.get("trial"),
         }
         return {k: str(v)[:MAX_TAG_LENGTH] for k, v in tags.items() if v is not None}
 
