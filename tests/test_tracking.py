@@ -299,3 +299,15 @@ def test_a_sweep_trial_is_tagged_with_its_sweep_and_number(tmp_path, mlflow_env)
     api.train(config("MLflow"), runs_dir=tmp_path, listener=Listener(), context={"sweep": "mlp_sweep", "trial": 7})
     tags = only_run(client_for(tmp_path)).data.tags
     assert tags["dlrun.sweep"] == "mlp_sweep" and tags["dlrun.trial"] == "7"
+
+
+def test_a_run_that_fails_marks_its_mlflow_run_failed(tmp_path, mlflow_env):
+    class Crash(Listener):
+        def on_epoch_end(self, epoch, logs, seconds):
+            if epoch == 1:
+                raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        api.train(config("MLflow"), runs_dir=tmp_path, listener=Crash())
+    run = only_run(client_for(tmp_path))
+    assert run.info.status == "FAILED"  # not left RUNNING

@@ -36,6 +36,10 @@ class Callback:
     def on_interrupt(self) -> None:
         """Training stops on a signal after the current batch: save what must survive (no train end)."""
 
+    def on_error(self, error: BaseException) -> None:
+        """Training ended by an error (not a signal): release what the callback holds open
+        (a tracking run marked failed). Must not raise: the error itself matters more."""
+
     def on_run_end(self) -> None:
         """After `on_train_end`, once the run folder is complete (metrics.json, history.png): `api.train`
         and `api.resume` call it; a Trainer used on its own does not."""

@@ -121,7 +121,13 @@ class Trainer:
                 self._run_epoch()
                 if self.interrupt is not None:
                     self._stop_on_interrupt()
-        except BaseException:
+        except TrainingInterrupted:
+            self._end_listener()
+            raise
+        except BaseException as exc:
+            for cb in self.callbacks:
+                with contextlib.suppress(Exception):  # the original error matters more
+                    cb.on_error(exc)
             self._end_listener()
             raise
         final = {k: v[-1] for k, v in self.history.items()}

@@ -570,6 +570,9 @@ class MLflow(Callback):
     def on_run_end(self) -> None:
         self._safely(self._finish, "FINISHED")
 
+    def on_error(self, error: BaseException) -> None:
+        self._safely(self._finish, "FAILED")
+
     def get_state(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "logged": self.logged}
 
