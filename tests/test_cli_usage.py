@@ -159,3 +159,12 @@ def test_class_names_that_look_like_markup_are_printed_as_they_are(tmp_path):
     assert res.exit_code == 0, res.output
     for name in labels:
         assert name in res.output
+
+
+def test_set_takes_list_items_as_dot_numbers_too(tmp_path):
+    """MLflow param keys (no brackets allowed there) are `--set` paths as well."""
+    cfg = _config_file(tmp_path)
+    for path in ("model.layers[0].Dense.units=5", "model.layers.0.Dense.units=5"):
+        res = runner.invoke(app, ["summary", str(cfg), "--json", "--set", path])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["layers"][0]["output_shape"] == [None, 5]

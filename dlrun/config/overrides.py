@@ -48,6 +48,7 @@ def apply_overrides(tree: Any, overrides: list[str]) -> Any:
         value = from_plain(load_yaml_text(raw_value, where)) if raw_value.strip() else None
         node = tree
         for i, step in enumerate(path[:-1]):
+            step = path[i] = _index_of(node, step)
             if isinstance(step, int):
                 if not isinstance(node, list) or step >= len(node):
                     size = len(node) if isinstance(node, list) else 0
@@ -68,7 +69,7 @@ def apply_overrides(tree: Any, overrides: list[str]) -> Any:
             if not isinstance(child, (dict, list)):
                 raise ConfigError(f"{where}: {_show(path[: i + 1])} is {short(child)}, not a mapping or list")
             node = child
-        last = path[-1]
+        last = path[-1] = _index_of(node, path[-1])
         if isinstance(last, int):
             if not isinstance(node, list) or last >= len(node):
                 raise ConfigError(f"{where}: {_show(path)} does not exist")
@@ -79,6 +80,14 @@ def apply_overrides(tree: Any, overrides: list[str]) -> Any:
             node[last] = value
         node.overridden[last] = where
     return tree
+
+
+def _index_of(node: Any, step: str | int) -> str | int:
+    """`layers.1` means `layers[1]` where the node is a list: the form MLflow keeps in its param keys,
+    which may not hold brackets, is a `--set` path too."""
+    if isinstance(node, list) and isinstance(step, str) and step.isdigit():
+        return int(step)
+    return step
 
 
 def _show(path: list[str | int]) -> str:
