@@ -333,3 +333,24 @@ def test_sweep_schema_accepts_the_example_and_refuses_typos():
         jsonschema.validate({**example, "parameters": {"a.b": {"uppper": 3}}}, schema)
     # And the example sweep checks out against its base config (no data is needed for that).
     assert api.check_sweep(load_sweep(ROOT / "configs/sweeps/fashion_mnist_mlp.yaml")) == "minimize"
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P (no working directory on the path) is 3.11+")
+def test_files_in_the_working_directory_do_not_shadow_the_trials_modules(tmp_path, monkeypatch):
+    path = write_sweep(
+        tmp_path,
+        """\
+        config: base.yaml
+        method: random
+        metric: {name: val_loss, goal: minimize}
+        trials: 2
+        parallel: 2
+        seed: 0
+        parameters:
+          optimizer.learning_rate: {min: 1.0e-3, max: 1.0e-1, log: true}
+        """,
+    )
+    (tmp_path / "timeit.py").write_text("raise SystemExit('the standard library was shadowed')\n")
+    monkeypatch.chdir(tmp_path)
+    result = api.sweep(path, runs_dir=tmp_path / "runs")
+    assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE"], [t.message for t in result.trials]

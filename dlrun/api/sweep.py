@@ -286,6 +286,12 @@ def _signal_handlers(handler: Any) -> Any:
             signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
+#: `-m` would put the working directory first on the worker's module path, so a user's
+#: `timeit.py` or `logging.py` there would shadow the standard library (`dlrun` itself, a
+#: console script, never does that). Python 3.11's -P leaves it out.
+WORKER_FLAGS = ("-P",) if sys.version_info >= (3, 11) else ()
+
+
 def _start(
     study: Any, distributions: dict[str, Any], spec: SweepSpec, sweep_dir: Path, device: str | None, events: queue.Queue
 ) -> _Running:
@@ -308,7 +314,7 @@ def _start(
     (sweep_dir / "logs").mkdir(exist_ok=True)
     log = open(sweep_dir / "logs" / f"{number}.log", "w", encoding="utf-8")  # noqa: SIM115 (closed in _finish)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dlrun.sweep.worker"],
+        [sys.executable, *WORKER_FLAGS, "-m", "dlrun.sweep.worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=log,
