@@ -83,3 +83,27 @@ main()
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
     assert "is intact" in proc.stderr
+
+
+def test_a_full_disk_before_the_first_write_leaves_no_folder(tmp_path, monkeypatch):
+    import dlrun.runs.folder as folder
+
+    real_fdopen = folder.os.fdopen
+
+    class Full:
+        def __init__(self, fd):
+            self.f = real_fdopen(fd, "w")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(folder.os, "fdopen", lambda fd, mode="r": Full(fd))
+    with pytest.raises(CheckpointError, match="cannot lock the run folder .No space left on device"):
+        api.train(CONFIG, runs_dir=tmp_path / "runs")
+    assert not list((tmp_path / "runs").rglob("*"))  # no folder, no lock left

@@ -83,9 +83,23 @@ def train(
         run_dir = new_run_dir(runs_dir, cfg.name)
     else:
         run_dir = exact_run_dir(run_dir)
-    with run_lock(run_dir):
+    try:
+        lock = run_lock(run_dir)
+        lock.__enter__()
+    except CheckpointError:
+        _remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
+        raise
+    try:
         _start_run_folder(setup, data, run_dir, overrides, context)
         return _fit_and_finish(setup, data, trainer, run_dir)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _remove_new_run_dir(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # the config's folder, unless earlier runs are in it
 
 
 def _start_run_folder(
@@ -112,10 +126,7 @@ def _start_run_folder(
             ),
         )
     except BaseException as exc:
-        # Nothing trained yet: leave no folder that looks like a run.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            run_dir.parent.rmdir()  # the config's folder, unless earlier runs are in it
+        _remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
         if isinstance(exc, OSError):
             raise CheckpointError(
                 f"cannot write the run folder ({exc.strerror or exc}); nothing was trained and no folder is left",

@@ -125,8 +125,14 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             continue
         except OSError as exc:
             raise CheckpointError(f"cannot lock the run folder ({exc.strerror or exc})", path=str(path)) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:  # a full disk: no half-written lock left behind
+            path.unlink(missing_ok=True)
+            raise CheckpointError(
+                f"cannot lock the run folder ({exc.strerror or exc})", path=str(path), hint="free some space"
+            ) from None
         break
     else:
         raise CheckpointError(f"cannot lock the run folder {run_dir}", path=str(path))
