@@ -136,6 +136,9 @@ def test_resume_reaches_ten_trials(tpe_sweep):
     assert [t["number"] for t in trials] == list(range(10))
     assert out["best"]["value"] == min(t["value"] for t in trials) <= summary["best"]["value"]
     assert all((Path(summary["dir"]) / "trials" / str(n) / "metrics.json").is_file() for n in range(10))
+    # The resumed sampler does not draw the first trials' parameters again.
+    params = [json.dumps(t["params"], sort_keys=True) for t in trials]
+    assert len(set(params)) == len(params), params
 
 
 def test_median_pruner_stops_bad_trials(tmp_path):
@@ -230,6 +233,8 @@ def test_two_processes_share_one_study(tmp_path):
     folders = {r: {int(p.name) for p in (tmp_path / r).glob("shared/*/trials/*")} for r in ("a", "b")}
     assert folders["a"] and folders["b"] and not folders["a"] & folders["b"]  # both worked, never twice
     assert folders["a"] | folders["b"] == set(numbers)
+    lrs = [t.params["optimizer.learning_rate"] for t in study.trials]
+    assert len(set(lrs)) == len(lrs), lrs  # the two processes do not draw the same values
 
 
 def test_ctrl_c_stops_trials_resumably(tmp_path):

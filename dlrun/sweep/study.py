@@ -6,9 +6,12 @@ Optuna is an optional extra, imported here only (`pip install 'dlrun[sweep]'`).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dlrun.errors import DlrunError
 from dlrun.sweep.spec import Parameter, SweepSpec
@@ -47,13 +50,7 @@ def storage_url(spec: SweepSpec, sweep_dir: Path) -> str:
 def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
     """Create the study, or join the one of that name already in `storage` (another process or machine)."""
     op = optuna()
-    if spec.method == "grid":
-        sampler = _grid_sampler(op)({p.path: p.values for p in spec.parameters}, seed=spec.seed)
-    elif spec.method == "random":
-        sampler = op.samplers.RandomSampler(seed=spec.seed)
-    else:
-        # Few startup trials: sweeps here are tens of trials, not hundreds.
-        sampler = op.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(2, spec.trials // 3)))
+    sampler = _sampler(op, spec, spec.seed)
     pruners = {
         "none": lambda: op.pruners.NopPruner(),
         # A trial is stopped when its epoch is worse than the median of earlier trials at that epoch,
@@ -65,7 +62,7 @@ def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
     # Two processes starting together race to create the tables and the study: the loser retries.
     for attempt in range(ATTEMPTS):
         try:
-            return op.create_study(
+            study = op.create_study(
                 study_name=spec.name,
                 storage=_storage(op, storage),
                 sampler=sampler,
@@ -73,6 +70,7 @@ def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
                 direction=goal,
                 load_if_exists=True,
             )
+            return _reseeded(op, study, spec, shared=spec.storage is not None)
         except ValueError as exc:  # e.g. the study exists with the other direction
             raise DlrunError(f"cannot open the study {spec.name!r} in {storage}: {exc}") from None
         except Exception as exc:  # SQLAlchemy: no such database, no driver, refused connection, a race
@@ -89,6 +87,27 @@ def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
 
 
 ATTEMPTS = 5
+
+
+def _sampler(op: Any, spec: SweepSpec, seed: int) -> Any:
+    if spec.method == "grid":
+        return _grid_sampler(op)({p.path: p.values for p in spec.parameters}, seed=seed)
+    if spec.method == "random":
+        return op.samplers.RandomSampler(seed=seed)
+    # Few startup trials: sweeps here are tens of trials, not hundreds.
+    return op.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, spec.trials // 3)))
+
+
+def _reseeded(op: Any, study: Any, spec: SweepSpec, shared: bool) -> Any:
+    """A sampler seeded like the first process's would draw again what that one drew: a resumed
+    sweep seeds with the trials already in the study (reproducible), and a process on a storage
+    that others may share also with its PID (two processes starting at once draw differently)."""
+    done = len(study.get_trials(deepcopy=False))
+    if done or shared:
+        # One seed per (seed, trials so far, process): sums of them collide (seed + 1 + pid == seed + pid + 1).
+        entropy = [spec.seed, done, os.getpid() if shared else 0]
+        study.sampler = _sampler(op, spec, int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+    return study
 
 
 def _storage(op: Any, url: str) -> Any:
