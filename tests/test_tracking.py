@@ -311,3 +311,30 @@ def test_a_run_that_fails_marks_its_mlflow_run_failed(tmp_path, mlflow_env):
         api.train(config("MLflow"), runs_dir=tmp_path, listener=Crash())
     run = only_run(client_for(tmp_path))
     assert run.info.status == "FAILED"  # not left RUNNING
+
+
+def test_runs_starting_at_once_on_a_fresh_store_are_all_tracked(tmp_path, mlflow_env):
+    """A parallel sweep's trials create the SQLite store together: none may end up untracked."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config("MLflow", epochs=1)))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dlrun", "train", str(cfg), "--runs-dir", str(tmp_path), "-q"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    assert not any("untracked" in out for out in outs), outs
+    client = client_for(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("track").experiment_id])
+    assert len(runs) == 3 and all(r.info.status == "FINISHED" for r in runs)

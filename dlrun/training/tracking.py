@@ -458,8 +458,11 @@ class MLflow(Callback):
     # -- starting ------------------------------------------------------------------------------------
     def on_train_begin(self) -> None:
         self.client, self.run_id, self.logged, self.logged_steps = None, None, 0, {}
-        if self._connect():
-            self._safely(self._start_run)
+        # The first use of a SQLite store creates its tables (Alembic migrations): two runs starting
+        # at once (a parallel sweep's trials) would race and one would train untracked.
+        with _sqlite_store_lock(self.resolve_uri()):
+            if self._connect():
+                self._safely(self._start_run)
 
     def _start_run(self) -> None:
         from mlflow.entities import Param
@@ -484,8 +487,9 @@ class MLflow(Callback):
         self.client, self.logged_steps = None, {}
         self.run_id = state.get("run_id")
         self.logged = int(state.get("logged", 0))
-        if self._connect():
-            self._safely(self._continue_run)
+        with _sqlite_store_lock(self.resolve_uri()):
+            if self._connect():
+                self._safely(self._continue_run)
 
     def _continue_run(self) -> None:
         """The saved run again: RUNNING, with the steps it already has (a kill after logging an
@@ -575,6 +579,28 @@ class MLflow(Callback):
 
     def get_state(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "logged": self.logged}
+
+
+@contextlib.contextmanager
+def _sqlite_store_lock(uri: str | None) -> Iterator[None]:
+    """An exclusive lock on `<store>.lock` beside a SQLite tracking store (POSIX), else nothing."""
+    if not uri or not uri.startswith("sqlite:///"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; MLflow's own retries remain
+        yield
+        return
+    store = Path(uri[len("sqlite:///") :])
+    lock = store.with_name(store.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _first_line(exc: BaseException) -> str:
