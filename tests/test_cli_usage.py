@@ -168,3 +168,11 @@ def test_set_takes_list_items_as_dot_numbers_too(tmp_path):
         res = runner.invoke(app, ["summary", str(cfg), "--json", "--set", path])
         assert res.exit_code == 0, res.output
         assert json.loads(res.output)["layers"][0]["output_shape"] == [None, 5]
+
+
+def test_a_bad_epochs_value_on_resume_names_the_set(tmp_path):
+    first = api.train(CONFIG, runs_dir=tmp_path / "a")
+    for value in ("8.5", "abc", "-1"):
+        res = runner.invoke(app, ["train", "--resume", str(first.run_dir), "--set", f"training.epochs={value}"])
+        assert res.exit_code == 2, res.output
+        assert f"--set training.epochs={value}" in res.output and "last.npz" not in res.output

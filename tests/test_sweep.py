@@ -359,3 +359,22 @@ def test_files_in_the_working_directory_do_not_shadow_the_trials_modules(tmp_pat
     monkeypatch.chdir(tmp_path)
     result = api.sweep(path, runs_dir=tmp_path / "runs")
     assert [t.state for t in result.trials] == ["COMPLETE", "COMPLETE"], [t.message for t in result.trials]
+
+
+def test_a_storage_without_its_driver_is_one_message_and_leaves_no_folder(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        """\
+        config: base.yaml
+        method: random
+        metric: {name: val_loss}
+        trials: 1
+        parameters:
+          optimizer.learning_rate: {min: 1.0e-3, max: 1.0e-1, log: true}
+        """,
+    )
+    res = runner.invoke(
+        app, ["sweep", str(path), "--storage", "mysql://127.0.0.1:9/db", "--runs-dir", str(tmp_path / "r")]
+    )
+    assert res.exit_code == 1 and "cannot open the Optuna storage" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*"))

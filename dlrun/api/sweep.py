@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +102,13 @@ def sweep(
     _apply_options(spec, trials, parallel, storage)
     goal = check_sweep(spec)
     sweep_dir = new_run_dir(runs_dir, spec.name)
+    try:
+        st.open_study(spec, st.storage_url(spec, sweep_dir), goal)  # a bad storage leaves no folder
+    except BaseException:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            sweep_dir.parent.rmdir()
+        raise
     return _run(spec, goal, sweep_dir, device, listener or SweepListener())
 
 

@@ -17,7 +17,7 @@ from dlrun.api.setup import Setup, config_from_checkpoint, prepare
 from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.config.loader import from_plain, to_plain
 from dlrun.config.overrides import apply_overrides
-from dlrun.config.schema import Config
+from dlrun.config.schema import Config, parse_config
 from dlrun.data.dataset import Dataset, load_dataset
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.random import streams
@@ -216,6 +216,7 @@ def _extend_epochs(ckpt: ckpt_mod.Checkpoint, overrides: list[str]) -> bool:
                 hint="only --set training.epochs=N can extend a resumed run",
             )
     tree = apply_overrides(from_plain(copy.deepcopy(ckpt.config)), overrides)
+    parse_config(tree, None)  # a bad value is a ConfigError naming its --set, not the checkpoint
     ckpt.config = to_plain(tree)
     return True
 

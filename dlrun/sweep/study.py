@@ -73,7 +73,12 @@ def open_study(spec: SweepSpec, storage: str, goal: str) -> Any:
             return _reseeded(op, study, spec, shared=spec.storage is not None)
         except ValueError as exc:  # e.g. the study exists with the other direction
             raise DlrunError(f"cannot open the study {spec.name!r} in {storage}: {exc}") from None
-        except Exception as exc:  # SQLAlchemy: no such database, no driver, refused connection, a race
+        except ImportError as exc:  # the database's driver (psycopg2, PyMySQL) is not installed
+            raise DlrunError(
+                f"cannot open the Optuna storage {storage}: {_first_line(exc)}",
+                hint="install the database's driver, e.g. pip install psycopg2-binary for postgresql://",
+            ) from None
+        except Exception as exc:  # SQLAlchemy: no such database, refused connection, a race
             if not type(exc).__module__.startswith(("sqlalchemy", "optuna")):
                 raise
             if attempt + 1 < ATTEMPTS:
@@ -131,3 +136,7 @@ def _grid_sampler(op: Any) -> type:
 def counted(study: Any) -> int:
     """Trials that count toward `trials`: all but those a Ctrl-C interrupted (they are requeued)."""
     return sum(1 for t in study.get_trials(deepcopy=False) if INTERRUPTED not in t.user_attrs)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
