@@ -300,6 +300,8 @@ BAD = [
     ("parameters:\n  training.batch_size: {mim: 8, max: 16}\n", 6, "did you mean 'min'"),
     ("method: grid\nparameters:\n  training.batch_size: {values: [8]}\n", 3, "a grid of 1 point cannot run 2 trials"),
     ("parameters: {}\n", 5, "at least one parameter"),
+    ("parameters:\n  optimizer.learning_rate: {min: 0.001, max: 0.01, step: 0.1}\n", 6, "does not divide the range"),
+    ("parameters:\n  model.layers[0].Dense.units: {min: 4, max: 30, step: 4}\n", 6, "does not divide the range"),
 ]
 
 

@@ -276,6 +276,17 @@ def _parameter(cfg: Config, path: str, node: Any, parent: Any) -> Parameter:
         raise cfg.error("takes log or step, not both (Optuna samples a log scale continuously)", node, "step", where)
     if step is not None and isinstance(low, int) and isinstance(high, int) and not isinstance(step, int):
         raise cfg.error(f"integer bounds take an integer step, got {step}", node, "step", where)
+    if step is not None:
+        # Optuna would silently shrink the range to the last whole step: [0.001, 0.01] by 0.1 is {0.001}.
+        steps = (high - low) / step
+        if steps < 1 or abs(steps - round(steps)) > 1e-9 * max(1.0, steps):
+            raise cfg.error(
+                f"step {step} does not divide the range [{low}, {high}] into whole steps",
+                node,
+                "step",
+                where,
+                hint=f"pick a step such as {(high - low) / max(1, round(steps)) if steps >= 1 else (high - low) / 10:g}",
+            )
     return Parameter(path, low=low, high=high, log=log, step=step)
 
 
