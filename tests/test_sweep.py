@@ -380,3 +380,26 @@ def test_a_storage_without_its_driver_is_one_message_and_leaves_no_folder(tmp_pa
     )
     assert res.exit_code == 1 and "cannot open the Optuna storage" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*"))
+
+
+def test_a_sweep_whose_every_trial_fails_exits_1(tmp_path):
+    path = write_sweep(
+        tmp_path,
+        """\
+        config: base.yaml
+        method: grid
+        metric: {name: val_loss}
+        trials: 1
+        parallel: 1
+        parameters:
+          optimizer.learning_rate: {values: [1.0e30]}
+        """,
+        epochs=1,
+    )
+    base = tmp_path / "base.yaml"  # plain SGD at 1e30 diverges at once: TerminateOnNaN fails the trial
+    base.write_text(base.read_text().replace("{type: adam, learning_rate: 0.01}", "{type: sgd, learning_rate: 0.01}"))
+    res = runner.invoke(app, ["sweep", str(path), "--runs-dir", str(tmp_path / "r"), "--json"])
+    assert res.exit_code == 1, res.output
+    [line] = [x for x in res.output.splitlines() if x.startswith("{")]
+    assert json.loads(line)["failed"] == 1
+    assert "no trial of the sweep completed (1 failed" in res.output

@@ -224,7 +224,8 @@ def validate(
 
         setup = api.validate(config, overrides=set_)
         trainable, frozen = setup.model.param_counts()
-        print(f"ok: {config} ({len(setup.model.nodes)} layers, {trainable + frozen:,} parameters)")
+        layers = len(setup.model.nodes)
+        print(f"ok: {config} ({layers} layer{'s' if layers != 1 else ''}, {trainable + frozen:,} parameters)")
 
     output.guard(body, debug)
 
@@ -453,7 +454,7 @@ def sweep(
     def body() -> None:
         from dlrun import api
         from dlrun.cli.sweepview import PlainSweepView, RichSweepView
-        from dlrun.errors import UsageError
+        from dlrun.errors import DlrunError, UsageError
 
         if (sweep_file is None) == (resume is None):
             raise UsageError(
@@ -485,6 +486,12 @@ def sweep(
         summary = result.summary()
         if as_json:
             print(jsonio.dumps(summary))
+        if summary["best"] is None and summary["failed"]:  # a sweep that found nothing has failed
+            raise DlrunError(
+                f"no trial of the sweep completed ({summary['failed']} failed, {summary['pruned']} pruned)",
+                hint=f"see the trials' messages in {result.dir / 'trials.csv'} and their logs in {result.dir / 'logs'}",
+            )
+        if as_json:
             return
         best = summary["best"]
         counts = f"{summary['completed']} complete, {summary['pruned']} pruned, {summary['failed']} failed"
