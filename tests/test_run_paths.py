@@ -160,3 +160,10 @@ def test_paths_inside_the_run_folder_are_written_there(tmp_path):
     )
     result = api.train(path, runs_dir=tmp_path / "runs")
     assert (result.run_dir / "logs" / "h.csv").is_file() and (result.run_dir / "checkpoints" / "e01.npz").is_file()
+
+
+@pytest.mark.parametrize("pattern", ["x{epoch:09999d}.npz", "x{epoch:0300d}.npz", "x{val_loss:0300.4f}.npz"])
+def test_a_pattern_too_long_once_filled_in_is_refused_before_training(pattern):
+    """`{epoch:09999d}` passed validate and failed after the first epoch: it is checked filled in."""
+    with pytest.raises(ArgumentError, match="characters long|over 255 bytes"):
+        run_path_pattern(pattern, "filepath")

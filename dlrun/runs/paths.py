@@ -104,10 +104,21 @@ def run_path_pattern(pattern: Any, what: str) -> tuple[str, list[str]]:
             text = "{" + field + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
             raise _refuse(what, pattern, f"has the field {short(text)}, which is not a plain name and format", hint)
         fields.append(field)
-    problem = _problem("".join(literal + ("" if f is None else "1") for literal, f, _, _ in parsed))
+    # Filled in as it will be (`{epoch:09999d}` is 9,999 characters), so its length is checked now.
+    problem = _problem("".join(literal + ("" if f is None else _sample(spec)) for literal, f, spec, _ in parsed))
     if problem is not None:
         raise _refuse(what, pattern, *problem)
     return pattern, fields
+
+
+def _sample(spec: str | None) -> str:
+    """A field filled in with a typical value: an epoch for integer formats, a loss for the rest."""
+    for value in (1, 0.5):
+        try:
+            return format(value, spec or "")
+        except ValueError:
+            continue
+    return "1"
 
 
 __all__ = ["CHECKPOINTS", "RUN_CHECKPOINTS", "RUN_FILES", "run_path", "run_path_pattern"]
