@@ -374,3 +374,29 @@ def test_validate_checks_the_data_files_train_would_refuse(tmp_path):
     cfg["data"] = {"dataset": "fashion_mnist", "path": str(tmp_path / "nowhere")}
     with pytest.raises(DataError):
         api.validate(cfg)
+
+
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"dataset": "synthetic", "samples": 200, "features": 4, "validation_split": 0.999}, "0.999 of 200 samples"),
+        ({"dataset": "synthetic", "samples": 1, "features": 4, "validation_split": 0.25}, "0.25 of 1 samples"),
+        ({"dataset": "fashion_mnist", "limit": 3, "validation_split": 0.1}, "0.1 of 3 samples"),
+    ],
+)
+def test_validate_refuses_splits_that_train_would_find_empty(data, needle):
+    from dlrun import api
+    from dlrun.errors import DataError
+
+    cfg = {
+        "data": data,
+        "model": {
+            "layers": [
+                {"Flatten": {}},
+                {"Dense": {"units": 2 if data["dataset"] == "synthetic" else 10, "activation": "softmax"}},
+            ]
+        },
+        "loss": "sparse_categorical_crossentropy",
+    }
+    with pytest.raises(DataError, match=needle):
+        api.validate(cfg)

@@ -184,7 +184,13 @@ def check_data_files(data_cfg: dict[str, Any]) -> None:
     """The checks of the data `train` makes that need no arrays read (for validate): a path the
     user named holds the files, a regular file; an npz's headers (keys, shapes, dtypes, sizes).
     DataError if not. Nothing is downloaded, and datasets found by searching are not looked for."""
-    DATASETS.get(data_cfg["dataset"]).check_files(data_cfg)
+    source = DATASETS.get(data_cfg["dataset"])
+    source.check_files(data_cfg)
+    n = source.train_samples(data_cfg)
+    if n is not None and data_cfg.get("validation_split"):
+        # The arithmetic of splits.holdout, which train runs after loading.
+        n = min(n, data_cfg.get("limit") or n)
+        splits.check_sizes(n, data_cfg["validation_split"])
 
 
 def input_normalization(data_cfg: dict[str, Any], dtype: Any) -> Normalization:

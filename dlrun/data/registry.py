@@ -117,6 +117,11 @@ class Source:
         """The sample shape, known without loading (None: only loading can tell)."""
         return None
 
+    def train_samples(self, data_cfg: dict[str, Any]) -> int | None:
+        """How many training samples it has, known without loading (None: only loading can tell),
+        so validate can check that the held-out splits leave samples on both sides."""
+        return None
+
     def class_names(self, data_cfg: dict[str, Any]) -> list[str] | None:
         """The class names, known without loading (for predict)."""
         return None

@@ -7,6 +7,17 @@ import numpy as np
 from dlrun.errors import DataError
 
 
+def check_sizes(n: int, fraction: float, what: str = "validation_split") -> int:
+    """How many of `n` samples `fraction` holds out; a DataError when a side would be empty."""
+    n_held = round(n * fraction)
+    if n_held < 1 or n_held >= n:
+        raise DataError(
+            f"{what} {fraction} of {n} samples leaves an empty split",
+            hint=f"hold out between {1 / n:.3g} and {(n - 1) / n:.3g} of them" if n > 1 else "use more samples",
+        )
+    return n_held
+
+
 def holdout(
     n: int, fraction: float, rng: np.random.Generator, labels: np.ndarray | None = None, what: str = "validation_split"
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -16,10 +27,8 @@ def holdout(
     the rounding), so both parts keep the class proportions. Without, the held-out part is the first
     samples of one permutation (the order of earlier dlrun versions, so old runs split the same).
     """
+    n_held = check_sizes(n, fraction, what)
     order = rng.permutation(n)
-    n_held = round(n * fraction)
-    if n_held < 1 or n_held >= n:
-        raise DataError(f"{what} {fraction} of {n} samples leaves an empty split")
     if labels is None:
         return order[n_held:], order[:n_held]
     y = np.asarray(labels).reshape(n, -1)

@@ -365,6 +365,9 @@ class CIFAR10(Source):
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
         return SHAPE
 
+    def train_samples(self, data_cfg: dict[str, Any]) -> int:
+        return 50_000
+
     def class_names(self, data_cfg: dict[str, Any]) -> list[str]:
         return list(DEFAULT_CLASS_NAMES)
 

@@ -189,6 +189,9 @@ class FashionMNIST(Source):
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
         return (28, 28, 1)
 
+    def train_samples(self, data_cfg: dict[str, Any]) -> int:
+        return 60_000
+
     def class_names(self, data_cfg: dict[str, Any]) -> list[str]:
         return list(CLASS_NAMES)
 

@@ -68,6 +68,9 @@ class Synthetic(Source):
     def input_shape(self, data_cfg: dict[str, Any]) -> tuple[int, ...]:
         return (data_cfg["features"],)
 
+    def train_samples(self, data_cfg: dict[str, Any]) -> int:
+        return data_cfg["samples"]
+
     def targets(self, data_cfg: dict[str, Any]) -> Targets:
         return Targets(None if data_cfg["task"] == "regression" else data_cfg["classes"])
 
