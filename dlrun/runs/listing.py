@@ -64,12 +64,23 @@ def run_info(run_dir: Path) -> RunInfo:
         status = "interrupted"
     else:
         status = "failed"
-    stamp = run_dir.name[:15]
+    name, stamp = run_dir.parent.name, run_dir.name[:15]
+    if name == "trials":  # a sweep's trial: <sweep>/<time>/trials/<number>
+        name, stamp = (
+            f"{run_dir.parent.parent.parent.name}/{run_dir.parent.parent.name}/trials",
+            run_dir.parent.parent.name[:15],
+        )
     date = f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]} {stamp[9:11]}:{stamp[11:13]}" if len(stamp) == 15 else stamp
-    return RunInfo(run_dir, run_dir.parent.name, date, epochs, best_val, test, status)
+    return RunInfo(run_dir, name, date, epochs, best_val, test, status)
 
 
 def list_runs(root: Path) -> list[RunInfo]:
     """Every run folder (one holding config.yaml) under `root`, newest first."""
-    runs = [p.parent for p in (*root.glob("*/*/config.yaml"), *root.glob("*/config.yaml"), *root.glob("config.yaml"))]
-    return sorted((run_info(r) for r in set(runs)), key=lambda r: r.path.name, reverse=True)
+    patterns = ("*/*/config.yaml", "*/config.yaml", "config.yaml", "*/*/trials/*/config.yaml", "trials/*/config.yaml")
+    runs = {p.parent for pattern in patterns for p in root.glob(pattern)}
+    # Newest first; a sweep's trials after one another, in their order.
+    return sorted((run_info(r) for r in runs), key=lambda r: (r.date, r.name, -_number(r.path.name)), reverse=True)
+
+
+def _number(name: str) -> int:
+    return int(name) if name.isdigit() else 0
