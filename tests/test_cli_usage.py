@@ -159,6 +159,11 @@ def test_class_names_that_look_like_markup_are_printed_as_they_are(tmp_path):
     assert res.exit_code == 0, res.output
     for name in labels:
         assert name in res.output
+    np.savez(tmp_path / "x.npz", x=np.array([[0.0, 0.0], [6.0, 0.0]], np.float32))
+    res = runner.invoke(app, ["predict", str(result.run_dir), "-i", str(tmp_path / "x.npz"), "--json"])
+    assert res.exit_code == 0, res.output
+    shown = {c["class"] for row in json.loads(res.output) for c in row}
+    assert shown <= set(labels) and shown  # the csv's class names, not numbers
 
 
 def test_set_takes_list_items_as_dot_numbers_too(tmp_path):

@@ -18,7 +18,7 @@ from dlrun.atomic import remove_temporaries, write_json, write_text
 from dlrun.config.loader import from_plain, to_plain
 from dlrun.config.overrides import apply_overrides
 from dlrun.config.schema import Config, parse_config
-from dlrun.data.dataset import Dataset, load_dataset
+from dlrun.data.dataset import Dataset, known_class_names, load_dataset
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.random import streams
 from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, UsageError
@@ -222,10 +222,13 @@ def _extend_epochs(ckpt: ckpt_mod.Checkpoint, overrides: list[str]) -> bool:
 
 
 def record_statistics(cfg: Config, data: Dataset) -> None:
-    """The one addition to the resolved config after `prepare`: the standardisation statistics that
-    only loading the training split reveals, into config.yaml and every checkpoint for evaluate/predict."""
+    """The one addition to the resolved config after `prepare`: what only loading the data reveals,
+    into config.yaml and every checkpoint for evaluate/predict: the standardisation statistics, and
+    the class names of a dataset whose files name them (a csv's labels)."""
     if data.statistics:
         cfg.resolved["data"]["statistics"] = data.statistics
+    if data.class_names and not known_class_names(cfg.resolved["data"]):
+        cfg.resolved["data"]["class_names"] = [str(name) for name in data.class_names]
 
 
 def check_memory(setup: Setup, what: str, file: str | None) -> None:

@@ -131,6 +131,14 @@ SCHEMA: dict[str, Any] = {
             nullable=True,
             check=_statistics,
         ),
+        "class_names": Key(
+            (list,),
+            None,
+            Bounds(items=Bounds((str,))),
+            "the class names the training data had, written here by dlrun when training on a dataset "
+            "whose files name them (csv, npz labels), so predict shows names",
+            nullable=True,
+        ),
         "augmentation": Key(
             (list,),
             [],

@@ -219,8 +219,9 @@ def known_targets(data_cfg: dict[str, Any]) -> Targets | None:
 
 
 def known_class_names(data_cfg: dict[str, Any]) -> list[str] | None:
-    """Class names known without loading data (for predict)."""
-    return DATASETS.get(data_cfg["dataset"]).class_names(data_cfg)
+    """Class names known without loading data (for predict): the dataset's own, or those a training
+    run recorded in the config (`data.class_names`, for datasets whose files name the classes)."""
+    return DATASETS.get(data_cfg["dataset"]).class_names(data_cfg) or data_cfg.get("class_names")
 
 
 __all__ = [
