@@ -152,7 +152,8 @@ class Bounds:
             hint = did_you_mean(value, [str(c) for c in self.choices]) if isinstance(value, str) else ""
             return f"must be {self._phrase()}. {hint}".rstrip()
         adjective, tail = self._range()
-        return "must be " + {"non-negative": "zero or more"}.get(adjective, adjective or tail)
+        wording = {"non-negative": "zero or more"}.get(adjective, adjective or tail)
+        return f"must be {wording or self.describe()}"
 
     # -- the JSON Schema constraint ------------------------------------------------------------------
     def json_schema(self) -> dict[str, Any]:

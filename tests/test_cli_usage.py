@@ -181,3 +181,9 @@ def test_a_bad_epochs_value_on_resume_names_the_set(tmp_path):
         res = runner.invoke(app, ["train", "--resume", str(first.run_dir), "--set", f"training.epochs={value}"])
         assert res.exit_code == 2, res.output
         assert f"--set training.epochs={value}" in res.output and "last.npz" not in res.output
+
+
+def test_data_path_for_a_dataset_without_files_is_a_usage_error(tmp_path):
+    run = api.train(CONFIG, runs_dir=tmp_path / "a").run_dir
+    res = runner.invoke(app, ["evaluate", str(run), "--data-path", str(tmp_path)])
+    assert res.exit_code == 2 and "--data-path does not apply to the synthetic dataset" in res.output

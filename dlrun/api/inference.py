@@ -11,8 +11,9 @@ from dlrun.api import memory
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
 from dlrun.data.dataset import input_normalization, known_class_names, load_dataset
 from dlrun.data.inputs import load_inputs
+from dlrun.data.registry import DATASETS
 from dlrun.engine.random import streams
-from dlrun.errors import CheckpointError
+from dlrun.errors import CheckpointError, UsageError
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.training.evaluation import Evaluator, confusion_matrix, per_class_accuracy, predict_outputs
 
@@ -45,6 +46,9 @@ def _load_for_inference(
     path = _checkpoint_file(Path(checkpoint))
     ckpt = ckpt_mod.load(path)
     if data_path is not None:  # --data-path: the checkpoint's config, read from another folder
+        dataset = ckpt.config.get("data", {}).get("dataset")
+        if dataset in DATASETS.names() and "path" not in DATASETS.get(dataset).keys:
+            raise UsageError(f"--data-path does not apply to the {dataset} dataset: it reads no files")
         ckpt.config = {**ckpt.config, "data": {**ckpt.config.get("data", {}), "path": data_path}}
     setup = prepare(config_from_checkpoint(path, ckpt), device=device)
     need = memory.inference_need(setup.model, setup.config.resolved["data"] if with_data else None)
