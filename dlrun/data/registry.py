@@ -25,6 +25,8 @@ from dlrun.data.sources import ProgressFn
 from dlrun.errors import DataError
 from dlrun.registry import did_you_mean
 
+#: data.path, for the datasets read from a folder of files (found by searching when unset)
+PATH_KEY = Key((str,), None, None, "folder holding the dataset files", nullable=True)
 #: data.task, for the datasets whose files or settings can hold either kind of target
 TASK = Key((str,), "classification", choices("classification", "regression"), "classification or regression")
 

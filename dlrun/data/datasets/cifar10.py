@@ -24,7 +24,7 @@ import numpy as np
 
 from dlrun.atomic import atomic_open, remove_temporaries
 from dlrun.config.schema import Key
-from dlrun.data.registry import DATASETS, Arrays, Found, Source
+from dlrun.data.registry import DATASETS, PATH_KEY, Arrays, Found, Source
 from dlrun.data.sources import (
     STALE_S,
     ProgressFn,
@@ -337,9 +337,7 @@ class CIFAR10(Source):
     description = "CIFAR-10: 60,000 32x32 colour images, 10 classes (downloaded, binary version)"
     kind = "download"
     order = 20
-    keys: ClassVar[dict[str, Key]] = {
-        "path": Key((str,), None, None, "folder holding the dataset files", nullable=True)
-    }
+    keys: ClassVar[dict[str, Key]] = {"path": PATH_KEY}
 
     def url(self) -> str:
         return URL

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from dlrun.config.schema import Key
-from dlrun.data.registry import DATASETS, Arrays, Found, Source
+from dlrun.data.registry import DATASETS, PATH_KEY, Arrays, Found, Source
 from dlrun.data.sources import (
     ProgressFn,
     RemoteFile,
@@ -162,9 +162,7 @@ class FashionMNIST(Source):
     description = "Fashion-MNIST: 70,000 28x28 grey images of clothes, 10 classes (downloaded)"
     kind = "download"
     order = 10
-    keys: ClassVar[dict[str, Key]] = {
-        "path": Key((str,), None, None, "folder holding the dataset files", nullable=True)
-    }
+    keys: ClassVar[dict[str, Key]] = {"path": PATH_KEY}
 
     def url(self) -> str:
         return MIRROR
