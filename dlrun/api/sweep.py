@@ -41,6 +41,7 @@ from dlrun.sweep import spec as spec_mod
 from dlrun.sweep import study as st
 from dlrun.sweep.results import TrialRecord, best_of, write_results
 from dlrun.sweep.spec import SweepSpec, load_sweep
+from dlrun.training.interrupt import signal_handler
 from dlrun.training.setup import monitorable
 
 #: Each trial's process computes single-threaded: `parallel` trials then use `parallel` cores, not
@@ -238,7 +239,7 @@ def _run(spec: SweepSpec, goal: str, sweep_dir: Path, device: str | None, listen
             with contextlib.suppress(OSError):
                 r.proc.send_signal(signal.SIGINT)
 
-    with _signal_handlers(on_signal):
+    with signal_handler(on_signal):
         try:
             while True:
                 while not stop["signals"] and len(running) < spec.parallel and st.counted(study) < spec.trials:
@@ -277,21 +278,6 @@ def _run(spec: SweepSpec, goal: str, sweep_dir: Path, device: str | None, listen
             hint=f"continue with: dlrun sweep --resume {sweep_dir}",
         )
     return result
-
-
-@contextlib.contextmanager
-def _signal_handlers(handler: Any) -> Any:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 #: `-m` would put the working directory first on the worker's module path, so a user's

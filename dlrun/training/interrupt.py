@@ -25,21 +25,28 @@ def _immediate(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def graceful_interrupts(trainer: Any) -> Iterator[None]:
+def signal_handler(handler: Any) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM while the block runs, the previous handlers put back after
+    it; outside the main thread (where Python cannot install handlers) nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    for s in SIGNALS:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
 
+
+@contextmanager
+def graceful_interrupts(trainer: Any) -> Iterator[None]:
     def first(signum: int, frame: Any) -> None:
         trainer.interrupt = signum
         for s in SIGNALS:
             signal.signal(s, _immediate)
 
-    previous = {s: signal.getsignal(s) for s in SIGNALS}
-    for s in SIGNALS:
-        signal.signal(s, first)
-    try:
+    with signal_handler(first):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
