@@ -19,9 +19,12 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from dlrun.atomic import atomic_open, remove_temporaries
 from dlrun.errors import DataError
+
+T = TypeVar("T")
 
 #: (bytes done, total bytes or None) -> None; the CLI passes a rich progress bar.
 ProgressFn = Callable[[int, "int | None"], None]
@@ -131,6 +134,22 @@ def _download_once(remote: RemoteFile, final: Path, progress: ProgressFn | None,
         raise _Retryable(str(getattr(exc, "reason", None) or exc)) from None
     except OSError as exc:
         raise DataError(f"could not download {remote.url}: {exc}") from None
+
+
+def found_or_fetched(
+    found: T | None, fetch: Callable[[], T], allow_download: bool, not_found: Callable[[str], DataError]
+) -> T:
+    """What the search found, else what `fetch` downloads; else `not_found(why)` (downloads
+    disabled, or the download's error) is raised."""
+    if found is not None:
+        return found
+    why = "downloads disabled"
+    if allow_download:
+        try:
+            return fetch()
+        except DataError as exc:
+            why = exc.message
+    raise not_found(why)
 
 
 def not_found_message(

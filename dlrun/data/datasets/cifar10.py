@@ -33,6 +33,7 @@ from dlrun.data.sources import (
     candidate_dirs,
     download,
     explicit_path_error,
+    found_or_fetched,
     not_found_message,
 )
 from dlrun.errors import DataError
@@ -308,16 +309,12 @@ def locate(user_path: str | None, progress: ProgressFn | None = None, allow_down
     if named is not None:
         return named
     where, searched = find(user_path)
-    if where is None:
-        error = "downloads disabled"
-        if allow_download:
-            try:
-                where = Location(fetch(progress), False)
-            except DataError as exc:
-                error = exc.message
-        if where is None:
-            raise not_found_message(NAME, searched, FILES, error, what_to_put=what_to_put())
-    return where
+    return found_or_fetched(
+        where,
+        lambda: Location(fetch(progress), False),
+        allow_download,
+        lambda why: not_found_message(NAME, searched, FILES, why, what_to_put=what_to_put()),
+    )
 
 
 def _files(where: Location) -> list[Path]:

@@ -23,6 +23,7 @@ from dlrun.data.sources import (
     candidate_dirs,
     download,
     explicit_path_error,
+    found_or_fetched,
     not_found_message,
 )
 from dlrun.errors import DataError
@@ -129,16 +130,9 @@ def locate(user_path: str | None, progress: ProgressFn | None = None, allow_down
     if named is not None:
         return named
     folder, searched = find(user_path)
-    if folder is None:
-        error = "downloads disabled"
-        if allow_download:
-            try:
-                folder = fetch(progress)
-            except DataError as exc:
-                error = exc.message
-        if folder is None:
-            raise not_found_message(NAME, searched, list(FILES), error)
-    return folder
+    return found_or_fetched(
+        folder, lambda: fetch(progress), allow_download, lambda why: not_found_message(NAME, searched, list(FILES), why)
+    )
 
 
 def read(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
