@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import queue
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +35,7 @@ from dlrun.config.overrides import flatten
 from dlrun.engine.metrics import direction
 from dlrun.errors import ConfigError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.registry import did_you_mean
-from dlrun.runs.folder import new_run_dir
+from dlrun.runs.folder import new_run_dir, remove_new_run_dir
 from dlrun.sweep import spec as spec_mod
 from dlrun.sweep import study as st
 from dlrun.sweep.results import TrialRecord, best_of, write_results
@@ -106,9 +105,7 @@ def sweep(
     try:
         st.open_study(spec, st.storage_url(spec, sweep_dir), goal)  # a bad storage leaves no folder
     except BaseException:
-        shutil.rmtree(sweep_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            sweep_dir.parent.rmdir()
+        remove_new_run_dir(sweep_dir)
         raise
     return _run(spec, goal, sweep_dir, device, listener or SweepListener())
 

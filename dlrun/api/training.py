@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib.util
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from dlrun.runs import manifest as manifest_mod
 from dlrun.runs.folder import (
     exact_run_dir,
     new_run_dir,
+    remove_new_run_dir,
     remove_stale_temporaries,
     run_lock,
     write_config,
@@ -87,19 +86,13 @@ def train(
         lock = run_lock(run_dir)
         lock.__enter__()
     except CheckpointError:
-        _remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
+        remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
         raise
     try:
         _start_run_folder(setup, data, run_dir, overrides, context)
         return _fit_and_finish(setup, data, trainer, run_dir)
     finally:
         lock.__exit__(None, None, None)
-
-
-def _remove_new_run_dir(run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # the config's folder, unless earlier runs are in it
 
 
 def _start_run_folder(
@@ -126,7 +119,7 @@ def _start_run_folder(
             ),
         )
     except BaseException as exc:
-        _remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
+        remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
         if isinstance(exc, OSError):
             raise CheckpointError(
                 f"cannot write the run folder ({exc.strerror or exc}); nothing was trained and no folder is left",

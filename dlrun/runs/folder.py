@@ -3,9 +3,11 @@ checkpoints/{best,last}.npz and metrics.json. Every file is written atomically."
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,6 +59,14 @@ def exact_run_dir(path: str | Path) -> Path:
     except OSError as exc:
         raise CheckpointError(f"cannot create a run folder ({exc.strerror or exc})", path=str(path)) from None
     return path
+
+
+def remove_new_run_dir(run_dir: Path) -> None:
+    """Undo `new_run_dir` when nothing was done in the folder yet: no folder that looks like a run
+    is left, nor the config's folder above it unless earlier runs are in it."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()
 
 
 def _nearest_existing(path: Path) -> Path | None:
