@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -459,44 +460,96 @@ def test_cnn_trains_in_float32_end_to_end(rng):
         (AveragePooling2D, {"padding": "same", "pool_size": 3}),
     ],
 )
-def test_pooling_split_over_workers_matches_serial(cls, kwargs, rng, monkeypatch):
+def test_pooling_split_over_workers_matches_serial(cls, kwargs, rng):
     """Images big enough to be split over the CPU workers give the same values and gradients."""
     layer = make(cls(**kwargs), (64, 64, 8))
     x = rng.normal(size=(4, 64, 64, 8))
     r = rng.normal(size=(4, *layer.output_shape))
-    y, dx = layer.forward(x, True), layer.backward(r)
+    with ops.cpu_threads(2):
+        y, dx = layer.forward(x, True).copy(), layer.backward(r).copy()
     np.testing.assert_allclose(
         y,
         reference_pool(x, layer.pool_size, layer.strides, layer.padding, "max" if cls is MaxPooling2D else "avg"),
         atol=1e-12,
     )
-    monkeypatch.setattr(ops, "_pool", None)
-    np.testing.assert_array_equal(layer.forward(x, True), y)
-    np.testing.assert_array_equal(layer.backward(r), dx)
+    with ops.cpu_threads(1):
+        np.testing.assert_array_equal(layer.forward(x, True), y)
+        np.testing.assert_array_equal(layer.backward(r), dx)
 
 
-def test_worker_split_is_deterministic(rng, small_chunks, monkeypatch):
-    """Chunk results are combined in chunk order: the same bits with or without the CPU workers."""
+def test_worker_split_is_deterministic(rng, small_chunks):
+    """Chunk results are combined in chunk order: the same bits on 1, 2 or 16 threads."""
     conv = make(Conv2D(3, 3, padding="same", activation="relu"), (6, 5, 4), backend=Backend(np))
     x = rng.random((9, 6, 5, 4)).astype(np.float32)
     r = rng.random((9, 6, 5, 3)).astype(np.float32)
 
-    def run():
-        y = conv.forward(x, True).copy()
-        dx = conv.backward(r).copy()
-        return y, dx, conv.grads["kernel"].copy(), conv.grads["bias"].copy()
+    def run(threads):
+        with ops.cpu_threads(threads):
+            y = conv.forward(x, True).copy()
+            dx = conv.backward(r).copy()
+            return y, dx, conv.grads["kernel"].copy(), conv.grads["bias"].copy()
 
-    first = run()
-    monkeypatch.setattr(ops, "_pool", None)
-    for a, b in zip(first, run()):
-        np.testing.assert_array_equal(a, b)
+    first = run(1)
+    for threads in (2, 16):
+        for a, b in zip(first, run(threads)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_ops_matmul_matches_numpy(rng):
-    ops.cpu_workers()
-    for a, b in [
+    cases = [
         (rng.random((300, 200)), rng.random((200, 150))),
         (rng.random((3, 4)), rng.random((4, 5))),
         (rng.random((200, 300)).T, rng.random((200, 64))),
-    ]:
-        np.testing.assert_allclose(ops.matmul(a, b), a @ b, rtol=1e-12)
+        (rng.random((1000, 784)).astype(np.float32), rng.random((784, 100)).astype(np.float32)),
+    ]
+    for threads in (1, 2):
+        with ops.cpu_threads(threads):
+            for a, b in cases:
+                np.testing.assert_allclose(ops.matmul(a, b), a @ b, rtol=1e-5)
+
+
+def test_matmul_pieces_do_not_depend_on_the_thread_count(rng):
+    """BLAS picks kernels by shape (and by its own thread count): dlrun's pieces are sized by the
+    shapes alone, and BLAS runs one thread per call, so every thread count gives the same bits."""
+    a = rng.random((1000, 784)).astype(np.float32)
+    b = rng.random((784, 100)).astype(np.float32)
+    with ops.cpu_threads(1):
+        one = ops.matmul(a, b)
+    for threads in (2, 16):
+        with ops.cpu_threads(threads):
+            np.testing.assert_array_equal(ops.matmul(a, b), one)
+
+
+def test_cpu_threads_scope_restores_blas_and_leaves_no_threads():
+    from threadpoolctl import threadpool_info
+
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    with ops.cpu_threads(2) as n:
+        assert n == 2 and ops.workers() == 2
+        assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
+        ops.parallel(np, 10, lambda a, b, w: None, step=1)
+        assert any(t.name.startswith("dlrun-cpu") for t in threading.enumerate())
+    assert ops.workers() == 1
+    assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"] == before
+    assert not any(t.name.startswith("dlrun-cpu") for t in threading.enumerate())
+
+
+def test_default_threads_follows_the_users_variables():
+    assert ops.default_threads({"OMP_NUM_THREADS": "3"}) == 3
+    assert ops.default_threads({"OMP_NUM_THREADS": "4", "OPENBLAS_NUM_THREADS": "2"}) == 2
+    assert ops.default_threads({"OMP_NUM_THREADS": "2,1"}) == 2
+    assert ops.default_threads({"OMP_NUM_THREADS": "junk"}) == ops.available_cores()
+    assert ops.default_threads({}) == ops.available_cores()
+
+
+def test_a_failing_piece_stops_every_thread_and_raises():
+    seen = []
+
+    def fn(a, b, worker):
+        seen.append(a)
+        if a == 3:
+            raise RuntimeError("piece 3")
+
+    with ops.cpu_threads(2), pytest.raises(RuntimeError, match="piece 3"):
+        ops.parallel(np, 100, fn, step=1)
+    assert len(seen) < 100

@@ -306,7 +306,7 @@ def test_big_buffers_updated_in_pieces_match_one_whole_update(case, monkeypatch)
     grads = [rng.normal(size=n).astype(np.float32) for _ in range(3)]
 
     def train(pieces: bool) -> tuple[np.ndarray, dict]:
-        monkeypatch.setattr(optimizers, "workers_started", lambda: pieces)
+        monkeypatch.setattr(optimizers, "workers", lambda: 2 if pieces else 1)
         opt, w = make(), w0.copy()
         opt.build(w, [slice(0, n)])
         for g in grads:

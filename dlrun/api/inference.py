@@ -13,6 +13,7 @@ from dlrun.data.dataset import input_normalization, known_class_names, load_data
 from dlrun.data.inputs import load_inputs
 from dlrun.data.registry import DATASETS
 from dlrun.engine.random import streams
+from dlrun.engine.threads import cpu_threads
 from dlrun.errors import CheckpointError, UsageError
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.training.evaluation import Evaluator, confusion_matrix, per_class_accuracy, predict_outputs
@@ -69,8 +70,17 @@ def evaluate_report(
     device: str | None = "cpu",
     data_path: str | None = None,
     details: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Scores plus, for classifiers (when `details`), per-class accuracy and the confusion matrix."""
+    """Scores plus, for classifiers (when `details`), per-class accuracy and the confusion matrix.
+    `threads`: CPU threads to compute on (default as for training; the same bits whatever the count)."""
+    with cpu_threads(threads):
+        return _evaluate_report(checkpoint, split, device, data_path, details)
+
+
+def _evaluate_report(
+    checkpoint: str | Path, split: str, device: str | None, data_path: str | None, details: bool
+) -> dict[str, Any]:
     setup, _ = _load_for_inference(checkpoint, device, data_path)
     cfg = setup.config
     data = load_dataset(cfg.resolved["data"], cfg.resolved["seed"], split_rng=streams(cfg.resolved["seed"]).split)

@@ -19,6 +19,7 @@ from dlrun.config.schema import Config, parse_config
 from dlrun.data.dataset import Dataset, known_class_names, load_dataset
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.random import streams
+from dlrun.engine.threads import cpu_threads
 from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.graph.summary import summary_text
 from dlrun.runs import checkpoint as ckpt_mod
@@ -60,6 +61,7 @@ def train(
     overrides: list[str] | None = None,
     run_dir: str | Path | None = None,
     context: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> RunResult:
     """Train a config end to end and write its run folder; returns where and what it reached.
 
@@ -68,7 +70,23 @@ def train(
     sweep's name and trial number) goes into manifest.json, where trackers read their tags.
 
     SIGINT/SIGTERM stop after the current batch with a resumable checkpoint: TrainingInterrupted.
+    `threads`: CPU threads to compute on (default: OMP_NUM_THREADS etc. if set, else every core);
+    the results are the same bits whatever the count.
     """
+    with cpu_threads(threads):
+        return _train(source, runs_dir, listener, device, download_progress, overrides, run_dir, context)
+
+
+def _train(
+    source: str | Path | Config | dict[str, Any],
+    runs_dir: str | Path,
+    listener: Any,
+    device: str | None,
+    download_progress: ProgressFn | None,
+    overrides: list[str] | None,
+    run_dir: str | Path | None,
+    context: dict[str, Any] | None,
+) -> RunResult:
     listener = listener or SilentListener()
     setup = prepare(source, device=device, overrides=overrides)
     cfg = setup.config
@@ -136,12 +154,24 @@ def resume(
     device: str | None = None,
     download_progress: ProgressFn | None = None,
     overrides: list[str] | None = None,
+    threads: int | None = None,
 ) -> RunResult:
     """Continue a run from `run_dir/checkpoints/last.npz` with the config saved in it, in the same
     folder. The result is bit-identical to a run that was never interrupted (same machine).
 
     `overrides` may only set `training.epochs`: a finished or interrupted run then trains on to that
-    many epochs (what `fit` again on the same model does in Keras)."""
+    many epochs (what `fit` again on the same model does in Keras). `threads` as for `train`."""
+    with cpu_threads(threads):
+        return _resume(run_dir, listener, device, download_progress, overrides)
+
+
+def _resume(
+    run_dir: str | Path,
+    listener: Any,
+    device: str | None,
+    download_progress: ProgressFn | None,
+    overrides: list[str] | None,
+) -> RunResult:
     listener = listener or SilentListener()
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

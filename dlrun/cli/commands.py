@@ -62,6 +62,7 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (YAML), repeatable.")
     ] = None,
+    threads: output.ThreadsOption = None,
     debug: output.DebugOption = False,
 ) -> None:
     """Train a model described by a YAML config and write a run folder.
@@ -88,10 +89,18 @@ def train(
         bar = None if quiet or progress == output.ProgressMode.json else DownloadBar(output.stderr(), "dataset")
         try:
             if resume is not None:
-                result = api.resume(resume, listener=listener, device=device, download_progress=bar, overrides=set_)
+                result = api.resume(
+                    resume, listener=listener, device=device, download_progress=bar, overrides=set_, threads=threads
+                )
             else:
                 result = api.train(
-                    config, runs_dir=runs_dir, listener=listener, device=device, overrides=set_, download_progress=bar
+                    config,
+                    runs_dir=runs_dir,
+                    listener=listener,
+                    device=device,
+                    overrides=set_,
+                    download_progress=bar,
+                    threads=threads,
                 )
         finally:
             if bar is not None:
@@ -181,6 +190,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     device: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
     data_path: Annotated[str | None, typer.Option("--data-path", help="Folder holding the dataset files.")] = None,
+    threads: output.ThreadsOption = None,
     debug: output.DebugOption = False,
 ) -> None:
     """Score a saved model on its dataset's test (or validation) split.
@@ -194,7 +204,7 @@ def evaluate(
 
         if split not in ("test", "val"):
             raise UsageError(f"--split must be test or val, got {split!r:.40}")
-        report = api.evaluate_report(checkpoint, split=split, device=device, data_path=data_path)
+        report = api.evaluate_report(checkpoint, split=split, device=device, data_path=data_path, threads=threads)
         if as_json:
             print(jsonio.dumps({**report["scores"], **{k: v for k, v in report.items() if k != "scores"}}))
             return

@@ -18,6 +18,15 @@ state = {"debug": False}
 
 #: `--debug` is accepted after the command too (`dlrun train c.yaml --debug`), where people type it.
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show Python tracebacks for errors.")]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads to compute on (default: OMP_NUM_THREADS or OPENBLAS_NUM_THREADS if set, else every "
+        "core). Results are the same whatever the count.",
+    ),
+]
 
 
 def stderr() -> Console:

@@ -12,7 +12,7 @@ from typing import Any
 
 from dlrun.checks import FRACTION, NON_NEGATIVE, POSITIVE, checked, declare, nullable
 from dlrun.engine.backend import xp_of
-from dlrun.engine.threads import parallel, workers_started
+from dlrun.engine.threads import parallel, workers
 from dlrun.registry import Registry, build_from_spec
 
 OPTIMIZERS: Registry[type[Optimizer]] = Registry("optimizer")
@@ -99,7 +99,7 @@ class Optimizer:
 
         # Element-wise, so updating piece by piece gives exactly the whole-buffer result.
         xp, n = xp_of(params), params.shape[0]
-        pieces = xp.__name__ == "numpy" and workers_started() and n > 4 * UPDATE_PIECE
+        pieces = xp.__name__ == "numpy" and workers() > 1 and n > 4 * UPDATE_PIECE
         parallel(xp, n, update, step=UPDATE_PIECE if pieces else n)
 
     def _update(self, w: Any, g: Any, slots: dict[str, Any], tmp: Any, lr: float) -> None:

@@ -1,127 +1,163 @@
-"""CPU worker threads for NumPy work, and the BLAS thread count they require.
+"""How many CPU threads dlrun computes on, and the pool that splits NumPy work over them.
 
 NumPy releases the GIL in copies, ufunc loops and BLAS calls, so splitting a batch over threads
 uses every core for the im2col copies and element-wise passes, which run on one core otherwise.
+
+One policy for every model: inside `cpu_threads(n)` (training, evaluation and prediction run
+there), BLAS runs one thread per call and dlrun splits the work over n threads itself, the calling
+thread being one of them. Not BLAS's own threads, because OpenBLAS's helpers spin after each call
+(taking the core from our workers, or from another process that holds it) and because its results
+change with its thread count (it picks other kernels), which would make a run's history depend on
+the machine. Every split is into pieces whose size depends on the shapes alone, and the pieces are
+combined in order, so a config gives bit-identical results on 1, 2 or 16 threads.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
 from dlrun.engine.backend import xp_of
 
-# The workers' matmuls must then run single-threaded, and so must every other BLAS call: an
-# OpenBLAS call on several threads leaves its helper threads spinning for a while afterwards,
-# taking the cores from the workers. So the first time work is split, dlrun sets OpenBLAS to one
-# thread for the rest of the process (models of Dense layers only never split work and keep
-# OpenBLAS's threads). Without a recognisable OpenBLAS, with one core, or with
-# OPENBLAS_NUM_THREADS=1 / OMP_NUM_THREADS=1, everything stays in the calling thread.
-_BLAS_SET_THREADS = (
-    "openblas_set_num_threads",
-    "scipy_openblas_set_num_threads64_",
-    "scipy_openblas_set_num_threads_64_",
-    "openblas_set_num_threads64_",
-)
-_BLAS_GET_THREADS = (
-    "openblas_get_num_threads",
-    "scipy_openblas_get_num_threads64_",
-    "scipy_openblas_get_num_threads_64_",
-    "openblas_get_num_threads64_",
-)
-_pool: ThreadPoolExecutor | None = None
-_pool_size: int | None = None
+#: The variables users set to cap a program's threads; dlrun honours the smallest one set.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: Products with fewer multiply-adds stay one BLAS call (Dense layers at batch 32 take microseconds).
+SPLIT_MADDS = 1 << 22
+#: Rows per piece of a split product are a multiple of this: BLAS kernels work on blocks of rows,
+#: and a whole block takes the same kernel in every piece.
+ROW_BLOCK = 64
+
+_workers = 1  # threads `parallel` uses now (1 outside `cpu_threads`)
+_depth = 0  # nesting of `cpu_threads` scopes
+_pool: ThreadPoolExecutor | None = None  # the helpers beside the calling thread
+_pool_size = 0
 _lock = threading.Lock()
 
 
-def _openblas() -> tuple[Any, Any] | None:
-    """(set_num_threads, get_num_threads) of the OpenBLAS NumPy loaded, or None."""
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under taskset or a container)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_threads(environ: dict[str, str] | None = None) -> int:
+    """The user's OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS if set (the smallest),
+    else every core this process may use."""
+    env = os.environ if environ is None else environ
+    asked = []
+    for name in THREAD_VARIABLES:
+        value = env.get(name, "").strip().split(",")[0]  # OpenMP allows a list per nesting level
+        if value.isdigit() and int(value) > 0:
+            asked.append(int(value))
+    return min(asked) if asked else available_cores()
+
+
+def _blas_limits() -> Any:
+    """Limit BLAS to one thread per call until `.restore_original_limits()`; threadpoolctl finds
+    OpenBLAS, MKL or BLIS whatever their symbol names (and on any OS)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+@contextmanager
+def cpu_threads(threads: int | None = None) -> Iterator[int]:
+    """Within: dlrun computes on `threads` threads (default: `default_threads()`) and BLAS on one
+    per call. On leaving, BLAS's limits and the pool are as they were. Yields the thread count."""
+    global _workers, _depth
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be at least 1, got {threads!r}")
+    limits = _blas_limits()
+    previous, _workers = _workers, n
+    _depth += 1
     try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line and ".so" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        setter = next((getattr(lib, n) for n in _BLAS_SET_THREADS if hasattr(lib, n)), None)
-        getter = next((getattr(lib, n) for n in _BLAS_GET_THREADS if hasattr(lib, n)), None)
-        if setter is not None and getter is not None:
-            setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-            return setter, getter
-    return None
+        yield n
+    finally:
+        _workers, _depth = previous, _depth - 1
+        limits.restore_original_limits()
+        if _depth == 0:
+            _shutdown_pool()  # leave no idle threads behind the outermost scope
 
 
-def cpu_workers() -> int:
-    """How many threads `parallel` splits NumPy work over (OpenBLAS's thread count, at most the
-    cores); starting them switches OpenBLAS to one thread per call (see above)."""
+def workers() -> int:
+    """How many threads `parallel` splits work over now."""
+    return _workers
+
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """A pool of at least `count` helper threads (threads block on a queue when idle: none spin)."""
     global _pool, _pool_size
-    if _pool_size is None:
-        with _lock:
-            if _pool_size is None:
-                blas = _openblas()
-                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-                size = min(cores, max(1, blas[1]())) if blas is not None else 1
-                if size > 1:
-                    _pool = ThreadPoolExecutor(size, thread_name_prefix="dlrun-cpu")
-                    blas[0](1)  # type: ignore[index]
-                _pool_size = size
-    return _pool_size
+    with _lock:
+        if _pool is None or _pool_size < count:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool, _pool_size = ThreadPoolExecutor(count, thread_name_prefix="dlrun-cpu"), count
+        return _pool
 
 
-def workers_started() -> bool:
-    """Whether the CPU workers run (some layer has split its work, and BLAS is down to one thread)."""
-    return _pool is not None
+def _shutdown_pool() -> None:
+    global _pool, _pool_size
+    with _lock:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool, _pool_size = None, 0
 
 
 def parallel(xp: Any, n: int, fn: Callable[[int, int, int], Any], step: int) -> list[Any]:
     """fn(start, stop, worker) over the ranges [0, step), [step, 2 step), ... of range(n); the
-    results in order. The CPU workers each take the next range when done with one, so a core
-    slowed by another process just does fewer. A GPU, or a single range, runs in the caller.
-    `worker` (0 .. workers-1) tells which scratch space a call may use. fn must not call `parallel`."""
+    results in order. The threads each take the next range when done with one, so a core slowed by
+    another process just does fewer. A GPU, one thread or a single range runs in the caller.
+    `worker` (0 .. workers-1) tells which scratch space a call may use; the result must not depend
+    on it. `step` must not depend on the thread count. fn must not call `parallel`."""
     step = max(1, step)
     tasks = [(a, min(a + step, n)) for a in range(0, n, step)]
-    if len(tasks) < 2 or xp.__name__ != "numpy" or cpu_workers() < 2 or _pool is None:
+    threads = min(_workers, len(tasks))
+    if threads < 2 or xp.__name__ != "numpy":
         return [fn(a, b, 0) for a, b in tasks]
     results: list[Any] = [None] * len(tasks)
     queue = iter(enumerate(tasks))
     queue_lock = threading.Lock()
+    failed: list[BaseException] = []
 
     def run(worker: int) -> None:
-        while True:
+        while not failed:
             with queue_lock:
                 item = next(queue, None)
             if item is None:
                 return
             k, (a, b) = item
-            results[k] = fn(a, b, worker)
+            try:
+                results[k] = fn(a, b, worker)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
 
-    for future in [_pool.submit(run, w) for w in range(min(_pool_size or 1, len(tasks)))]:
-        future.result()
+    futures = [_helpers(threads - 1).submit(run, w) for w in range(1, threads)]
+    try:
+        run(0)  # the calling thread is one of the workers: no thread sits waiting
+    finally:
+        for future in futures:  # no helper may still write into shared buffers when we return
+            future.exception()
+    if failed:
+        raise failed[0]
     return results
 
 
 def matmul(a: Any, b: Any, out: Any = None) -> Any:
-    """a @ b for 2-D arrays. Once dlrun's CPU workers run (and BLAS is down to one thread per call),
-    big products are split by rows of `a` over the workers; otherwise a plain matmul."""
-    m = a.shape[0]
-    if _pool is None or m * a.shape[1] * b.shape[1] < (1 << 22) or m < 2 or not isinstance(a, np.ndarray):
-        # The common small case stays as cheap as `@` (Dense layers at batch 32 take microseconds).
+    """a @ b for 2-D arrays. Big products are cut into pieces of rows of `a` (sized by the shapes
+    alone, so the bits do not depend on the thread count) that the threads share."""
+    m, k = a.shape
+    n = b.shape[1]
+    rows = max(ROW_BLOCK, SPLIT_MADDS // 2 // max(1, k * n) // ROW_BLOCK * ROW_BLOCK)
+    if not isinstance(a, np.ndarray) or m * k * n < SPLIT_MADDS or m <= rows:
         return a @ b if out is None else xp_of(a).matmul(a, b, out=out)
     if out is None:
-        out = np.empty((m, b.shape[1]), dtype=np.result_type(a, b))
-    parallel(
-        np,
-        m,
-        lambda first, last, worker: np.matmul(a[first:last], b, out=out[first:last]),
-        step=-(-m // (_pool_size or 1)),
-    )
+        out = np.empty((m, n), dtype=np.result_type(a, b))
+    parallel(np, m, lambda first, last, worker: np.matmul(a[first:last], b, out=out[first:last]), step=rows)
     return out
