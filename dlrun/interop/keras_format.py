@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import dlrun.graph.layers  # noqa: F401  (registers the layers the table names)
 from dlrun.graph.layer import snake_case
 from dlrun.graph.model import Model
 
@@ -156,20 +157,27 @@ def keras_layer_order(model: Model) -> list[str]:
     return ordered + unreached
 
 
+def group_names(classes: list[str]) -> list[str]:
+    """The weight group of each layer, given the layers' Keras classes in `model.layers` order:
+    `layers/<snake_case(class)>`, then `_1`, `_2`, ... for later layers of the same class."""
+    counters: dict[str, int] = {}
+    out = []
+    for cls in classes:
+        base = snake_case(cls)
+        n = counters.get(base, 0)
+        counters[base] = n + 1
+        out.append(f"layers/{base}" if n == 0 else f"layers/{base}_{n}")
+    return out
+
+
 def keras_groups(model: Model) -> dict[str, str]:
     """Layer name -> its weight group in a `.keras` file (`layers/dense_1`), in Keras's layer order.
 
     Input layers of a Functional model have a group too (`layers/input_layer`), as Keras writes it.
     """
-    counters: dict[str, int] = {}
-    groups: dict[str, str] = {}
-    for name in keras_layer_order(model):
-        cls = "InputLayer" if name in model.inputs else keras_class(model.node(name).layer.type_name)
-        base = snake_case(cls)
-        n = counters.get(base, 0)
-        counters[base] = n + 1
-        groups[name] = f"layers/{base}" if n == 0 else f"layers/{base}_{n}"
-    return groups
+    names = keras_layer_order(model)
+    classes = ["InputLayer" if n in model.inputs else keras_class(model.node(n).layer.type_name) for n in names]
+    return dict(zip(names, group_names(classes)))
 
 
 def keras_class(dlrun_type: str) -> str:
@@ -367,9 +375,16 @@ __all__ = [
     "ANY",
     "BY_DLRUN",
     "BY_KERAS",
+    "COMMON_ARGS",
+    "FROM_KERAS",
     "TABLE",
+    "TO_KERAS",
     "LayerMap",
     "Unsupported",
+    "dtype_ok",
+    "dtype_policy",
+    "float32_value",
+    "group_names",
     "keras_class",
     "keras_groups",
     "keras_layer_order",
