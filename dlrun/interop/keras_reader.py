@@ -552,7 +552,7 @@ class WeightsMismatch(ValueError):
         self.problems = problems
 
 
-def _fit(model: Model, found: dict[str, np.ndarray | None], where: dict[str, str]) -> dict[str, np.ndarray]:
+def fit_weights(model: Model, found: dict[str, np.ndarray | None], where: dict[str, str]) -> dict[str, np.ndarray]:
     """`found` (dlrun key -> array or None when the file lacks it) checked against the model."""
     problems: list[str] = []
     out: dict[str, np.ndarray] = {}
@@ -617,7 +617,7 @@ def keras3_weights(kf: KerasFile, model: Model, groups: dict[str, str]) -> dict[
     ]
     problems += [f"the file's {g} holds weights for a layer the model lacks" for g in extra]
     try:
-        out = _fit(model, found, where)
+        out = fit_weights(model, found, where)
     except WeightsMismatch as exc:
         raise WeightsMismatch(problems + exc.problems) from None
     if problems:
@@ -675,7 +675,7 @@ def legacy_weights(kf: KerasFile, model: Model, by_name: bool) -> dict[str, np.n
             found[f"{name}/{w.name}"] = weights.get(w.name)
             where[f"{name}/{w.name}"] = f"{name}/{w.name}"
     try:
-        out = _fit(model, found, where)
+        out = fit_weights(model, found, where)
     except WeightsMismatch as exc:
         raise WeightsMismatch(problems + exc.problems) from None
     if problems:
@@ -696,6 +696,7 @@ __all__ = [
     "WeightsMismatch",
     "build",
     "file_groups",
+    "fit_weights",
     "h5py_module",
     "keras3_weights",
     "keras_groups",
