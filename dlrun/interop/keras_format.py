@@ -42,6 +42,8 @@ class LayerMap:
     fixed: dict[str, Any] = field(default_factory=dict)
     #: Older Keras spellings of an argument -> dlrun's name (Keras 2's LeakyReLU `alpha`).
     aliases: dict[str, str] = field(default_factory=dict)
+    #: Whether the Keras constructor takes `trainable` (SpatialDropout2D's does not).
+    takes_trainable: bool = True
 
 
 _KERNEL = ("activation", "use_bias", "kernel_initializer", "bias_initializer", "kernel_regularizer", "bias_regularizer")
@@ -92,7 +94,7 @@ TABLE: tuple[LayerMap, ...] = (
     LayerMap("Reshape", "Reshape", ("target_shape",)),
     LayerMap("Activation", "Activation", ("activation",)),
     LayerMap("Dropout", "Dropout", ("rate", "noise_shape"), (), {"seed": ANY}),
-    LayerMap("SpatialDropout2D", "SpatialDropout2D", ("rate",), (), {"seed": ANY, **_IMAGE}),
+    LayerMap("SpatialDropout2D", "SpatialDropout2D", ("rate",), (), {"seed": ANY, **_IMAGE}, takes_trainable=False),
     *(LayerMap(name, name) for name in _MERGE),
     LayerMap("Concatenate", "Concatenate", ("axis",)),
     LayerMap("MaxPooling2D", "MaxPooling2D", ("pool_size", "strides", "padding"), (), dict(_IMAGE)),
