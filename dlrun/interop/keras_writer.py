@@ -148,9 +148,7 @@ def _layer_spec(model: Model, name: str, problems: list[str]) -> dict[str, Any]:
     for key in _WRITTEN_FIXED:
         if key in row.fixed:
             config[key] = row.fixed[key]
-    in_shapes = [
-        list((None, *(model.inputs[i] if i in model.inputs else model.node(i).output_shape))) for i in node.inputs
-    ]
+    in_shapes = [[None, *(model.inputs[i] if i in model.inputs else model.node(i).output_shape)] for i in node.inputs]
     spec: dict[str, Any] = {
         "module": "keras.layers",
         "class_name": keras_class(layer.type_name),
