@@ -134,7 +134,7 @@ def test_import_config_sections():
     functional = import_keras(FIX / "functional.h5").config({"dataset": "synthetic"})
     assert functional["model"]["inputs"] == {"features": [6]}
     assert functional["model"]["outputs"] == "dense_4"
-    add = [e["Add"] for e in functional["model"]["layers"] if "Add" in e][0]
+    add = next(e["Add"] for e in functional["model"]["layers"] if "Add" in e)
     assert add["inputs"] == ["dense_2", "dense_3"]
     assert functional["optimizer"]["type"] == "adagrad" and functional["loss"] == "categorical_crossentropy"
 
