@@ -463,3 +463,48 @@ def test_write_keras_refuses_what_keras_cannot_express_and_leaves_no_file(tmp_pa
     assert "layer 'c' (Concatenate): Keras has no such layer" in str(err.value)
     assert isinstance(err.value, DlrunError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_model_weights_from_a_keras_file_names_missing_and_extra_layers(tmp_path):
+    from dlrun.interop.weights_file import load_initial_weights
+
+    extra_layer = SEQ_CNN_YAML.replace(
+        "    - Dense: {name: head", "    - Dense: {name: mid, units: 36}\n    - Dense: {name: head"
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(extra_layer % {"units": 10, "weights": FIX / "seq_cnn.weights.h5"})
+    setup = api.prepare(path, device="cpu")
+    with pytest.raises(ConfigError) as err:
+        load_initial_weights(setup.config, setup.model)
+    message = err.value.message
+    # Groups count Dense layers in order: mid takes layers/dense, head layers/dense_1 (absent).
+    assert "layer 'mid' (Dense): kernel has shape (36, 10) in the file, the model's is (36, 36)" in message
+    assert "layer 'head' (Dense): the file has no kernel (layers/dense_1/vars/0); the model needs (36, 10)" in message
+    fewer = SEQ_CNN_YAML.replace("    - BatchNormalization: {name: n}\n", "")
+    path.write_text(fewer % {"units": 10, "weights": FIX / "seq_cnn.weights.h5"})
+    setup = api.prepare(path, device="cpu")
+    with pytest.raises(ConfigError, match="layers/batch_normalization holds weights for a layer the model lacks"):
+        load_initial_weights(setup.config, setup.model)
+
+
+def test_import_without_dataset_and_without_h5py(tmp_path, monkeypatch):
+    result = api.import_model(FIX / "functional.keras", tmp_path / "f.npz", config_out=tmp_path / "f.yaml")
+    assert any("synthetic placeholder" in n for n in result.notes)
+    config = yaml.safe_load((tmp_path / "f.yaml").read_text())
+    assert config["model"]["outputs"] == "dense_4" and config["model"]["weights"] == "f.npz"
+    assert api.summary(tmp_path / "f.yaml")[1]["trainable_params"] == 195
+    monkeypatch.setitem(__import__("sys").modules, "h5py", None)
+    res = runner.invoke(app, ["import", str(FIX / "seq_cnn.keras"), "-o", str(tmp_path / "x.npz")])
+    assert res.exit_code == 1 and "needs h5py" in res.output and "pip install 'dlrun[interop]'" in res.output
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_weights_path_is_relative_to_the_config_file_or_to_the_working_directory_for_set(tmp_path, monkeypatch):
+    from dlrun.interop.weights_file import weights_path
+
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "c.yaml"
+    path.write_text(SEQ_CNN_YAML % {"units": 10, "weights": "w.npz"})
+    assert weights_path(api.as_config(path)) == tmp_path / "cfg" / "w.npz"
+    monkeypatch.chdir(tmp_path)
+    assert weights_path(api.as_config(path, ["model.weights=w.npz"])) == tmp_path / "w.npz"

@@ -552,9 +552,12 @@ class WeightsMismatch(ValueError):
         self.problems = problems
 
 
-def fit_weights(model: Model, found: dict[str, np.ndarray | None], where: dict[str, str]) -> dict[str, np.ndarray]:
-    """`found` (dlrun key -> array or None when the file lacks it) checked against the model."""
-    problems: list[str] = []
+def fit_weights(
+    model: Model, found: dict[str, np.ndarray | None], where: dict[str, str], problems: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """`found` (dlrun key -> array or None when the file lacks it) checked against the model: every
+    difference, after the caller's own `problems`, is one WeightsMismatch."""
+    problems = list(problems or [])
     out: dict[str, np.ndarray] = {}
     specs = {f"{n.name}/{w.name}": (n, w) for n in model.nodes for w in n.layer.weight_specs}
     for key, (node, spec) in specs.items():
@@ -589,7 +592,8 @@ def _group_weights(kf: KerasFile, group: str) -> list[np.ndarray]:
 
 
 def keras3_weights(kf: KerasFile, model: Model, groups: dict[str, str]) -> dict[str, np.ndarray]:
-    """Weights from a Keras 3 weights file, `groups` naming each layer's group (layer -> layers/x)."""
+    """Weights from a Keras 3 weights file, `groups` naming each layer's group (layer -> layers/x):
+    the file's own layer order when importing it, the model's (keras_groups) for `model.weights`."""
     found: dict[str, np.ndarray | None] = {}
     where: dict[str, str] = {}
     problems = []
@@ -616,13 +620,7 @@ def keras3_weights(kf: KerasFile, model: Model, groups: dict[str, str]) -> dict[
         if f"layers/{g}" not in used and kf.members(f"layers/{g}/vars") and not g.startswith("input_layer")
     ]
     problems += [f"the file's {g} holds weights for a layer the model lacks" for g in extra]
-    try:
-        out = fit_weights(model, found, where)
-    except WeightsMismatch as exc:
-        raise WeightsMismatch(problems + exc.problems) from None
-    if problems:
-        raise WeightsMismatch(problems)
-    return out
+    return fit_weights(model, found, where, problems)
 
 
 def _legacy_root(kf: KerasFile) -> str:
@@ -674,13 +672,7 @@ def legacy_weights(kf: KerasFile, model: Model, by_name: bool) -> dict[str, np.n
         for w in model.node(name).layer.weight_specs:
             found[f"{name}/{w.name}"] = weights.get(w.name)
             where[f"{name}/{w.name}"] = f"{name}/{w.name}"
-    try:
-        out = fit_weights(model, found, where)
-    except WeightsMismatch as exc:
-        raise WeightsMismatch(problems + exc.problems) from None
-    if problems:
-        raise WeightsMismatch(problems)
-    return out
+    return fit_weights(model, found, where, problems)
 
 
 def file_groups(plan: Plan) -> dict[str, str]:

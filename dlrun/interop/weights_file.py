@@ -18,8 +18,8 @@ import numpy as np
 from dlrun.config.schema import Config, section_node
 from dlrun.errors import CheckpointError, DlrunError
 from dlrun.graph.model import Model
-from dlrun.interop.keras_format import keras_weight_paths
-from dlrun.interop.keras_reader import KerasFile, WeightsMismatch, fit_weights, legacy_weights, open_keras_file
+from dlrun.interop.keras_format import keras_groups
+from dlrun.interop.keras_reader import WeightsMismatch, fit_weights, keras3_weights, legacy_weights, open_keras_file
 from dlrun.runs import checkpoint as ckpt_mod
 
 
@@ -83,7 +83,7 @@ def _read(path: Path, model: Model) -> dict[str, np.ndarray]:
                 raise
     with open_keras_file(path) as kf:
         if kf.kind in ("keras", "weights.h5"):
-            return _keras3_weights(kf, model)
+            return keras3_weights(kf, model, keras_groups(model))
         return legacy_weights(kf, model, by_name=False)
 
 
@@ -92,37 +92,7 @@ def _checkpoint_weights(weights: dict[str, np.ndarray], model: Model) -> dict[st
     expected = {f"{n.name}/{w.name}" for n in model.nodes for w in n.layer.weight_specs}
     extra = sorted({k.split("/")[0] for k in weights if k not in expected})
     problems = [f"the file has weights for layer {layer!r}, which the model lacks" for layer in extra]
-    try:
-        out = fit_weights(model, found, {})
-    except WeightsMismatch as exc:
-        raise WeightsMismatch(problems + exc.problems) from None
-    if problems:
-        raise WeightsMismatch(problems)
-    return out
-
-
-def _keras3_weights(kf: KerasFile, model: Model) -> dict[str, np.ndarray]:
-    """By weight group and variable index, as Keras 3's load_weights matches them."""
-    paths = keras_weight_paths(model)
-    found = {key: kf.dataset(p) for key, p in paths.items()}
-    groups = {p.rsplit("/vars/", 1)[0] for p in paths.values()}
-    problems = []
-    for name in kf.members("layers"):
-        group = f"layers/{name}"
-        held = kf.members(f"{group}/vars")
-        if group not in groups and held:
-            problems.append(f"the file's {group} holds {len(held)} weights for a layer the model lacks")
-        elif group in groups:
-            want = sum(1 for p in paths.values() if p.startswith(group + "/vars/"))
-            if len(held) > want:
-                problems.append(f"the file's {group} holds {len(held)} weights, the model's layer {want}")
-    try:
-        out = fit_weights(model, found, paths)
-    except WeightsMismatch as exc:
-        raise WeightsMismatch(problems + exc.problems) from None
-    if problems:
-        raise WeightsMismatch(problems)
-    return out
+    return fit_weights(model, found, {}, problems)
 
 
 __all__ = ["load_initial_weights", "weights_path"]
