@@ -64,12 +64,12 @@ def import_model(
             raise UsageError(f"{target} is a folder; give a file name", hint=f"e.g. {target / 'model.npz'}")
     imported = import_keras(source)
     notes = list(imported.compiled.notes)
-    data: dict[str, Any] = {"dataset": dataset or "synthetic", "normalize": normalize}
+    data: dict[str, Any] = {"dataset": dataset, "normalize": normalize}
     if data_path is not None:
         data["path"] = data_path
     if dataset is None:
-        data.update(_synthetic_placeholder(imported))
-        notes.append("no --dataset: the data section is a synthetic placeholder; pass --dataset for real data")
+        data.update(_placeholder(imported))
+        notes.append(f"no --dataset: the data section is a {data['dataset']} placeholder; pass --dataset for real data")
     config = {"name": run_name(source.stem), **imported.config(data)}
     setup = prepare(config, device="cpu")  # the checkpoint's config must be one dlrun reads back
     setup.model.set_weights(imported.model.get_weights())
@@ -111,16 +111,18 @@ def import_model(
     )
 
 
-def _synthetic_placeholder(imported: Any) -> dict[str, Any]:
+def _placeholder(imported: Any) -> dict[str, Any]:
+    """A generated dataset (the registry's first) shaped like the model where its keys allow."""
+    name = next(n for n in DATASETS.names() if DATASETS.get(n).kind == "generated")
+    keys = DATASETS.get(name).keys
     shape = next(iter(imported.plan.inputs.values()))
-    outputs = imported.model.output_node.output_shape[-1]
     regression = imported.compiled.loss in ("mean_squared_error", "mean_absolute_error")
-    keys: dict[str, Any] = {"features": math.prod(shape)}
-    if regression:
-        keys["task"] = "regression"
-    else:
-        keys["classes"] = max(2, outputs)
-    return keys
+    wanted = {
+        "features": math.prod(shape),
+        "task": "regression" if regression else "classification",
+        "classes": max(2, imported.model.output_node.output_shape[-1]),
+    }
+    return {"dataset": name, **{k: v for k, v in wanted.items() if k in keys}}
 
 
 __all__ = ["ImportResult", "import_model"]
