@@ -233,7 +233,7 @@ _REGULARIZERS = {"L1": "l1", "L2": "l2", "L1L2": "l1_l2"}
 _REGULARIZERS_BACK = {v: k for k, v in _REGULARIZERS.items()}
 
 
-def _builtin(spec: dict[str, Any]) -> bool:
+def builtin(spec: dict[str, Any]) -> bool:
     """A Keras built-in object, not a custom registered one (`registered_name` "package>Name")."""
     module = spec.get("module")
     registered = spec.get("registered_name")
@@ -248,7 +248,7 @@ def initializer_from_keras(value: Any) -> Any:
 
     if isinstance(value, str):
         spec: Any = value
-    elif isinstance(value, dict) and isinstance(value.get("class_name"), str) and _builtin(value):
+    elif isinstance(value, dict) and isinstance(value.get("class_name"), str) and builtin(value):
         name = snake_case(value["class_name"])
         config = dict(value.get("config") or {})
         config.pop("seed", None)
@@ -272,7 +272,7 @@ def regularizer_from_keras(value: Any) -> Any:
 
     if value is None:
         return None
-    if isinstance(value, dict) and value.get("class_name") in _REGULARIZERS and _builtin(value):
+    if isinstance(value, dict) and value.get("class_name") in _REGULARIZERS and builtin(value):
         config = {k: float(v) for k, v in (value.get("config") or {}).items() if isinstance(v, (int, float))}
         spec: Any = {"type": _REGULARIZERS[value["class_name"]], **config}
     elif isinstance(value, str):
@@ -383,6 +383,7 @@ __all__ = [
     "TO_KERAS",
     "LayerMap",
     "Unsupported",
+    "builtin",
     "dtype_ok",
     "dtype_policy",
     "float32_value",

@@ -34,12 +34,11 @@ from dlrun.interop.keras_format import (
     FROM_KERAS,
     TABLE,
     Unsupported,
+    builtin,
     dtype_ok,
     float32_value,
     group_names,
-    keras_groups,
     keras_weight_order,
-    keras_weight_paths,
 )
 from dlrun.registry import check_kwargs
 
@@ -241,10 +240,8 @@ def _open_h5(path: Path, h5py: Any) -> KerasFile:
     keras_file = KerasFile(path, "h5", None, None, None, h5)
     raw = keras_file.attribute("", "model_config")
     if raw is None:
-        if "layers" in h5 or "vars" in h5:
-            keras_file.kind = "weights.h5"
-            return keras_file
-        keras_file.kind = "legacy-weights"  # Keras 2 save_weights('x.h5'): layer_names at the root
+        # Keras 3 save_weights ("layers/..."), else Keras 2 save_weights (layer_names at the root)
+        keras_file.kind = "weights.h5" if "layers" in h5 or "vars" in h5 else "legacy-weights"
         return keras_file
     keras_file.config = _json(path, "the model_config attribute", raw)
     training = keras_file.attribute("", "training_config")
@@ -680,25 +677,6 @@ def file_groups(plan: Plan) -> dict[str, str]:
     return dict(zip([n for n, _ in plan.order], group_names([c for _, c in plan.order])))
 
 
-__all__ = [
-    "Issues",
-    "KerasFile",
-    "KerasFileError",
-    "Plan",
-    "WeightsMismatch",
-    "build",
-    "file_groups",
-    "fit_weights",
-    "h5py_module",
-    "keras3_weights",
-    "keras_groups",
-    "keras_weight_paths",
-    "legacy_weights",
-    "open_keras_file",
-    "translate",
-]
-
-
 # -- the compile config --------------------------------------------------------------------------------
 #: Keras-only optimizer and loss arguments at the values whose behaviour dlrun has.
 _OPTIMIZER_FIXED: dict[str, Any] = {
@@ -739,7 +717,7 @@ def _keras_object(value: Any, fixed: dict[str, Any], what: str, issues: Issues) 
     if not (isinstance(value, dict) and isinstance(value.get("class_name"), str)):
         issues.add("the compile config", f"{what} {short(value)}")
         return None
-    if not _builtin_object(value):
+    if not builtin(value):
         issues.add(
             "the compile config",
             f"custom {what} {value['class_name']} (registered as {value.get('registered_name')!r})",
@@ -753,11 +731,6 @@ def _keras_object(value: Any, fixed: dict[str, Any], what: str, issues: Issues) 
         else:
             args[key] = v
     return value["class_name"], args
-
-
-def _builtin_object(value: dict[str, Any]) -> bool:
-    module, registered = value.get("module"), value.get("registered_name")
-    return (module is None or str(module).split(".")[0] == "keras") and registered in (None, value["class_name"])
 
 
 def translate_compile(config: dict[str, Any] | None, model: Model | None, issues: Issues) -> Compiled:
@@ -936,3 +909,23 @@ def import_keras(path: str | Path) -> ImportedModel:
             ) from None
         model.set_weights(weights)
         return ImportedModel(path, kf.kind, kf.keras_version, plan, model, compiled)
+
+
+__all__ = [
+    "ImportedModel",
+    "Issues",
+    "KerasFile",
+    "KerasFileError",
+    "Plan",
+    "WeightsMismatch",
+    "build",
+    "file_groups",
+    "fit_weights",
+    "h5py_module",
+    "import_keras",
+    "keras3_weights",
+    "legacy_weights",
+    "open_keras_file",
+    "translate",
+    "translate_compile",
+]
