@@ -141,7 +141,10 @@ def framework_command(framework: str, python: str, job_file: Path) -> list[str]:
 
 def can_import(python: str, module: str) -> bool:
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True, env=env)
+    try:
+        probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True, env=env)
+    except OSError:  # no such interpreter
+        return False
     return probe.returncode == 0
 
 
