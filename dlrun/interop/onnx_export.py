@@ -47,6 +47,7 @@ import numpy as np
 from dlrun import __version__
 from dlrun.data.normalize import Normalization
 from dlrun.engine import activations as acts
+from dlrun.engine.conv_ops import padding_amounts
 from dlrun.errors import DlrunError
 from dlrun.graph.layer import Layer
 from dlrun.graph.model import Model, Node
@@ -194,13 +195,13 @@ _ACTIVATIONS += (acts.Swish, acts.GELU)
 # Each emitter gets the graph, the node, its input values, and the name its NHWC output should carry;
 # it returns the output value.
 Emitter = Callable[[_Graph, Node, list[_Value], str], _Value]
-_EMITTERS: dict[str, Emitter] = {}
+EMITTERS: dict[str, Emitter] = {}
 
 
 def _emits(*type_names: str) -> Callable[[Emitter], Emitter]:
     def register(fn: Emitter) -> Emitter:
         for t in type_names:
-            _EMITTERS[t] = fn
+            EMITTERS[t] = fn
         return fn
 
     return register
@@ -229,7 +230,7 @@ def _elementwise(op_type: str, **attrs: Any) -> Emitter:
     return emit
 
 
-_EMITTERS["Dropout"] = _EMITTERS["SpatialDropout2D"] = _elementwise("Identity")
+EMITTERS["Dropout"] = EMITTERS["SpatialDropout2D"] = _elementwise("Identity")
 
 
 @_emits("LeakyReLU")
@@ -302,9 +303,18 @@ def _conv(g: _Graph, node: Node, srcs: list[_Value], out: str) -> _Value:
         kernel_shape=list(layer.kernel_size),
         strides=list(layer.strides),
         dilations=list(layer.dilation_rate),
-        **_padding(layer.padding),
+        **_conv_padding(layer),
     )
     return _Value(4, {NCHW: _activation(g, layer.activation, z, 4, NCHW, node.name)})
+
+
+def _conv_padding(layer: Layer) -> dict[str, Any]:
+    if layer.padding == "same" and max(layer.dilation_rate) > 1:
+        # onnxruntime refuses auto_pad with dilations: dlrun's own amounts, written out.
+        (h, w, _), (kh, kw), (sh, sw), (dh, dw) = layer.input_shape, layer.kernel_size, layer.strides, layer.dilation_rate
+        (top, bottom), (left, right) = padding_amounts(h, kh, sh, "same", dh), padding_amounts(w, kw, sw, "same", dw)
+        return {"pads": [top, left, bottom, right]}
+    return _padding(layer.padding)
 
 
 def _padding(padding: str) -> dict[str, Any]:
@@ -395,12 +405,12 @@ def _merge(op_type: str, chained: bool, scale_by_count: bool = False) -> Emitter
     return emit
 
 
-_EMITTERS["Add"] = _merge("Add", chained=True)
-_EMITTERS["Subtract"] = _merge("Sub", chained=True)
-_EMITTERS["Multiply"] = _merge("Mul", chained=True)
-_EMITTERS["Average"] = _merge("Add", chained=True, scale_by_count=True)
-_EMITTERS["Maximum"] = _merge("Max", chained=False)
-_EMITTERS["Minimum"] = _merge("Min", chained=False)
+EMITTERS["Add"] = _merge("Add", chained=True)
+EMITTERS["Subtract"] = _merge("Sub", chained=True)
+EMITTERS["Multiply"] = _merge("Mul", chained=True)
+EMITTERS["Average"] = _merge("Add", chained=True, scale_by_count=True)
+EMITTERS["Maximum"] = _merge("Max", chained=False)
+EMITTERS["Minimum"] = _merge("Min", chained=False)
 
 
 @_emits("Concatenate")
@@ -459,7 +469,7 @@ def unsupported(model: Model) -> list[str]:
     problems = []
     for node in model.nodes:
         layer = node.layer
-        if layer.type_name not in _EMITTERS:
+        if layer.type_name not in EMITTERS:
             problems.append(f"{node.name} ({layer.type_name})")
         elif hasattr(layer, "activation") and not isinstance(layer.activation, _ACTIVATIONS):
             problems.append(f"{node.name} ({layer.type_name} with activation {layer.activation_name})")
@@ -514,7 +524,7 @@ def to_onnx(
         rank = len(shape) + 1
         values[name] = _Value(rank, {_identity(rank): _normalized_input(g, name, normalization, uint8_input)})
     for node in model.nodes:
-        values[node.name] = _EMITTERS[node.layer.type_name](g, node, [values[i] for i in node.inputs], node.name)
+        values[node.name] = EMITTERS[node.layer.type_name](g, node, [values[i] for i in node.inputs], node.name)
         values[node.name].name = node.name
     result = values[model.output]
     out = g.view(result, _identity(result.rank), model.output)
