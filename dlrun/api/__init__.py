@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dlrun.api.datasets import dataset, datasets, fetch_dataset
 from dlrun.api.exporting import export
+from dlrun.api.importing import ImportResult, import_model
 from dlrun.api.inference import evaluate, evaluate_report, predict
 from dlrun.api.runfolders import load_run, plot, runs, tracking_hints
 from dlrun.api.schema import json_schema
@@ -19,6 +20,7 @@ from dlrun.runs.compare import config_diff, yaml_text
 from dlrun.training.loop import SilentListener
 
 __all__ = [
+    "ImportResult",
     "RunResult",
     "Setup",
     "SilentListener",
@@ -36,6 +38,7 @@ __all__ = [
     "export",
     "fetch_dataset",
     "graph",
+    "import_model",
     "json_schema",
     "load_run",
     "plot",

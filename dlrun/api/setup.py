@@ -17,6 +17,7 @@ from dlrun.errors import CheckpointError, ConfigError, UsageError
 from dlrun.graph import summary as summaries
 from dlrun.graph.builder import build_model
 from dlrun.graph.model import Model
+from dlrun.interop.weights_file import load_initial_weights
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.training.setup import make_callbacks, make_loss, make_metrics, make_optimizer
 from dlrun.training.targets import check_input_shape, check_targets
@@ -104,7 +105,7 @@ def validate(source: str | Path, overrides: list[str] | None = None) -> Setup:
     """Every check `train` runs that needs no data loaded: the config (run name, callbacks and the
     paths they write), the model, and where the dataset tells without loading (fashion_mnist and
     cifar10 always, synthetic from its keys, npz and csv from the file's header) that its sample
-    shape is the model's input shape and that output, loss and targets agree."""
+    shape is the model's input shape and that output, loss and targets agree; and that `model.weights` fits the model."""
     setup = prepare(source, device="cpu", overrides=overrides)
     cfg = setup.config
     data = cfg.resolved["data"]
@@ -115,4 +116,7 @@ def validate(source: str | Path, overrides: list[str] | None = None) -> Setup:
     targets = known_targets(data)
     if targets is not None:
         check_targets(cfg, setup.model, setup.loss, data["dataset"], targets)
+    if cfg.resolved["model"].get("weights"):  # the file exists and fits the model
+        setup.model.allocate()
+        load_initial_weights(cfg, setup.model)
     return setup

@@ -21,6 +21,7 @@ from dlrun.data.sources import ProgressFn
 from dlrun.engine.random import streams
 from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.graph.summary import summary_text
+from dlrun.interop.weights_file import load_initial_weights
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
 from dlrun.runs.folder import (
@@ -77,6 +78,7 @@ def train(
     check_memory(setup, "this run", cfg.file)
     # Data errors surface here, before any run folder exists.
     data, trainer = _make_trainer(setup, listener, download_progress)
+    initial = load_initial_weights(cfg, setup.model)  # model.weights: only a new run (resume restores)
     if run_dir is None:
         remove_stale_temporaries(Path(runs_dir) / cfg.name)  # what kills of earlier runs left behind
         run_dir = new_run_dir(runs_dir, cfg.name)
@@ -89,14 +91,19 @@ def train(
         remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
         raise
     try:
-        _start_run_folder(setup, data, run_dir, overrides, context)
+        _start_run_folder(setup, data, run_dir, overrides, context, initial)
         return _fit_and_finish(setup, data, trainer, run_dir)
     finally:
         lock.__exit__(None, None, None)
 
 
 def _start_run_folder(
-    setup: Setup, data: Dataset, run_dir: Path, overrides: list[str] | None, context: dict[str, Any] | None
+    setup: Setup,
+    data: Dataset,
+    run_dir: Path,
+    overrides: list[str] | None,
+    context: dict[str, Any] | None,
+    initial_weights: Path | None = None,
 ) -> None:
     """config.yaml, summary.txt, manifest.json and an empty history; on any failure, no folder."""
     cfg = setup.config
@@ -116,6 +123,7 @@ def _start_run_folder(
                 config_file=cfg.file,
                 overrides=overrides,
                 context=context,
+                initial_weights=initial_weights,
             ),
         )
     except BaseException as exc:

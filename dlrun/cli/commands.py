@@ -537,4 +537,51 @@ def sweep(
     output.guard(body, debug)
 
 
+@app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="A Keras model file: .keras (Keras 3) or .h5 (legacy).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The dlrun checkpoint (.npz) to write.")],
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Also write the equivalent YAML config (its model.weights: OUT).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="The data section's dataset, e.g. fashion_mnist.")
+    ] = None,
+    data_path: Annotated[
+        str | None, typer.Option("--data-path", help="The dataset's data.path (npz, csv, ...).")
+    ] = None,
+    normalize: Annotated[
+        str,
+        typer.Option(
+            help="Input normalization in the config: none (Keras's outputs on the same arrays), auto, scale, standardize."
+        ),
+    ] = "none",
+    debug: output.DebugOption = False,
+) -> None:
+    """Import a Keras model (h5py and json only; no Keras needed) as a dlrun checkpoint.
+
+    [bold]Example:[/] dlrun import model.keras -o model.npz --config model.yaml --dataset fashion_mnist
+    """
+
+    def body() -> None:
+        from dlrun import api
+
+        result = api.import_model(
+            source, out, config_out=config, dataset=dataset, data_path=data_path, normalize=normalize
+        )
+        trainable, frozen = result.params
+        kind = "Functional" if result.functional else "Sequential"
+        print(
+            f"imported {source} ({result.kind}, Keras {result.keras_version or '?'}): {kind}, "
+            f"{result.layers} layers, {trainable + frozen:,} parameters ({frozen:,} non-trainable)"
+        )
+        print(f"checkpoint: {result.checkpoint}")
+        if result.config is not None:
+            print(f"config: {result.config}")
+        for note in result.notes:
+            print(f"note: {note}")
+
+    output.guard(body, debug)
+
+
 app.add_typer(data_app, name="data")  # dlrun data list|fetch|path

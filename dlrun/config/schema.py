@@ -154,6 +154,14 @@ SCHEMA: dict[str, Any] = {
         "layers": Key((list,), REQUIRED, None, "the layer entries"),
         "inputs": Key((dict,), None, None, "graph models: named inputs and their shapes", nullable=True),
         "outputs": Key((str,), None, None, "graph models: the output layer's name", nullable=True),
+        "weights": Key(
+            (str,),
+            None,
+            None,
+            "initial weights before training: a dlrun checkpoint (.npz), a .keras or a .weights.h5 file "
+            "(relative to this config file)",
+            nullable=True,
+        ),
     },
     "loss": Key(SPEC, REQUIRED, None, "a Keras loss name or {type: ..., from_logits: ...}"),
     "optimizer": Key(SPEC, "rmsprop", None, "a Keras optimizer name or {type: ..., learning_rate: ...}"),

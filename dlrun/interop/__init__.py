@@ -1,5 +1,5 @@
-"""Model files of other tools, in and out: Keras (.keras, .h5), ONNX, safetensors.
+"""Other frameworks' files in and out: Keras (.keras, .h5), and the export formats.
 
-Sits above graph/ and runs/, below api/. The libraries each format needs are optional and imported
-inside the functions that use them.
+Optional libraries (h5py, onnx, safetensors) are imported inside the functions that need them;
+a missing one is a DlrunError naming `pip install 'dlrun[interop]'`.
 """

@@ -81,6 +81,7 @@ def build(
     config_file: str | None,
     overrides: list[str] | None,
     context: dict[str, Any] | None = None,
+    initial_weights: Path | None = None,
 ) -> dict[str, Any]:
     return {
         "created": _now(),
@@ -95,6 +96,8 @@ def build(
         "config_file": str(Path(config_file).resolve()) if config_file else None,
         "git_commit": git_commit(config_file),
         **({"context": dict(context)} if context else {}),
+        # model.weights: the file the run started from, as the dataset files are recorded
+        **({"initial_weights": dataset_files([initial_weights])} if initial_weights else {}),
     }
 
 
