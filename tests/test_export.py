@@ -7,12 +7,15 @@ too), so the tests need no training and no dataset files.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from dlrun import api
+from dlrun.api.inference import load_model
 from dlrun.cli import app
 from dlrun.errors import DlrunError
 from dlrun.graph.layer import Layer
@@ -433,7 +436,7 @@ def test_a_trained_run_folder_exports(tmp_path, synth_config):
     x = np.random.default_rng(5).normal(2.0, 3.0, (40, 12)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
     api.predict(run, tmp_path / "x.npz", output=tmp_path / "o.npy")
-    assert api.export(run, tmp_path / "run.onnx") == tmp_path / "run.onnx"
+    assert api.export(run, tmp_path / "run.onnx").path == tmp_path / "run.onnx"
     sess = ort.InferenceSession(str(tmp_path / "run.onnx"), providers=["CPUExecutionProvider"])
     assert np.abs(_run(sess, x) - np.load(tmp_path / "o.npy")).max() < TOL
 
@@ -460,3 +463,42 @@ def test_export_leaves_the_checkpoint_untouched(tmp_path):
     before = path.read_bytes()
     api.export(path, tmp_path / "r.onnx")
     assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["seed_cnn", "residual"])
+def test_keras_export_reads_back_with_the_same_outputs(tmp_path, name):
+    """`--format keras` writes through the Keras writer; dlrun's Keras reader gives the same predictions."""
+    pytest.importorskip("h5py")
+    setup = _setup(name)
+    path = _save(tmp_path / "m.npz", setup)
+    res = runner.invoke(app, ["export", str(path), "--format", "keras", "-o", str(tmp_path / "m.keras")])
+    assert res.exit_code == 0, res.output
+    api.import_model(tmp_path / "m.keras", tmp_path / "back.npz")
+    x = _inputs(setup.model, 4)
+    np.savez(tmp_path / "x.npz", x=x)
+    api.predict(tmp_path / "back.npz", tmp_path / "x.npz", output=tmp_path / "o.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "o.npy"), setup.model.forward(x), rtol=0, atol=1e-6)
+
+
+def test_keras_and_safetensors_exports_say_the_inputs_need_standardising(tmp_path):
+    pytest.importorskip("h5py")
+    cfg = _config("mlp")
+    cfg["data"].update(normalize="standardize", statistics={"mean": [1] * 6, "std": [2] * 6})
+    path = _save(tmp_path / "std.npz", _setup("mlp", cfg))
+    for fmt, out in (("keras", "m.keras"), ("safetensors", "w.safetensors")):
+        res = runner.invoke(app, ["export", str(path), "--format", fmt, "-o", str(tmp_path / out)])
+        assert res.exit_code == 0 and "standardised inputs" in res.stderr and "mean=[1.0," in res.stderr, res.output
+    res = runner.invoke(app, ["export", str(path), "--format", "onnx", "-o", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0 and not res.stderr  # the graph standardises them itself
+
+
+def test_an_imported_keras_model_exports_to_onnx(tmp_path):
+    """A self-contained checkpoint from `dlrun import` (no input normalization) exports as any other."""
+    pytest.importorskip("h5py")
+    fixtures = Path(__file__).parent / "fixtures" / "keras" / "import"
+    api.import_model(fixtures / "functional.keras", tmp_path / "imported.npz")
+    setup, _ = load_model(tmp_path / "imported.npz")
+    api.export(tmp_path / "imported.npz", tmp_path / "imported.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "imported.onnx"), providers=["CPUExecutionProvider"])
+    x = _inputs(setup.model, 6)
+    assert np.abs(_run(sess, x) - setup.model.forward(x)).max() < TOL

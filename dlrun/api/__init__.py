@@ -7,7 +7,7 @@ Nothing here prints; progress goes to a listener the caller provides, errors are
 from __future__ import annotations
 
 from dlrun.api.datasets import dataset, datasets, fetch_dataset
-from dlrun.api.exporting import export
+from dlrun.api.exporting import ExportResult, export
 from dlrun.api.importing import ImportResult, import_model
 from dlrun.api.inference import evaluate, evaluate_report, predict
 from dlrun.api.runfolders import load_run, plot, runs, tracking_hints
@@ -20,6 +20,7 @@ from dlrun.runs.compare import config_diff, yaml_text
 from dlrun.training.loop import SilentListener
 
 __all__ = [
+    "ExportResult",
     "ImportResult",
     "RunResult",
     "Setup",

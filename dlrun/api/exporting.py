@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlrun.api.inference import load_model, output_target, written
+from dlrun.api.inference import load_model, output_target, writing, written
 from dlrun.data.dataset import input_normalization, known_class_names
-from dlrun.errors import DlrunError, UsageError
+from dlrun.data.normalize import Normalization
+from dlrun.errors import UsageError
 
 FORMATS = ("onnx", "keras", "safetensors")
 
 
-def export(checkpoint: str | Path, output: str | Path, *, format: str = "onnx", uint8_input: bool = False) -> Path:
+@dataclass
+class ExportResult:
+    path: Path
+    #: What a user of the file must know (inputs to normalise first), or None.
+    note: str | None = None
+
+
+def export(
+    checkpoint: str | Path, output: str | Path, *, format: str = "onnx", uint8_input: bool = False
+) -> ExportResult:
     """Write the model of `checkpoint` (a checkpoint file, a run folder, or an imported model) to
-    `output` in `format`; returns the file written. Nothing is left at `output` on failure.
+    `output` in `format`. Nothing is left at `output` on failure (an existing file stays as it was).
 
     ONNX graphs take the inputs `dlrun predict` takes and give its outputs: the input normalization
     the model was trained with is part of the graph. By default the input is float32 (normalised as
     predict normalises float inputs); `uint8_input` makes it uint8 pixels (as predict treats uint8).
+    .keras and safetensors files hold no normalization: the result's note says what inputs need.
     """
     if format not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, got {format!r:.40}")
@@ -30,11 +42,11 @@ def export(checkpoint: str | Path, output: str | Path, *, format: str = "onnx", 
     setup, path = load_model(checkpoint)
     if target.exists() and target.samefile(path):
         raise UsageError(f"{target} is the checkpoint being exported; write the export to another file")
+    data = setup.config.resolved["data"]
+    normalization = input_normalization(data, np.uint8 if uint8_input else np.float32)
     if format == "onnx":
         from dlrun.interop import onnx_export
 
-        data = setup.config.resolved["data"]
-        normalization = input_normalization(data, np.uint8 if uint8_input else np.float32)
         metadata = {"dlrun_checkpoint": path.name, "input_normalization": repr(normalization)}
         names = known_class_names(data)
         if names:
@@ -52,9 +64,21 @@ def export(checkpoint: str | Path, output: str | Path, *, format: str = "onnx", 
 
         payload = safetensors_export.to_bytes(setup.model)
     else:
-        raise DlrunError(
-            "--format keras is not available in this build yet", hint="use --format onnx or --format safetensors"
-        )
+        from dlrun.interop.keras_writer import write_keras
+
+        with writing(target, "the .keras file"):
+            write_keras(setup.model, target, config=setup.config.resolved)
+        return ExportResult(target, _normalization_note(normalization, ".keras file"))
     with written(target, f"the {format} file") as f:
         f.write(payload)
-    return target
+    return ExportResult(target, None if format == "onnx" else _normalization_note(normalization, "weights file"))
+
+
+def _normalization_note(normalization: Normalization, what: str) -> str | None:
+    """For the formats without the input normalization: what the model's inputs must be."""
+    if normalization.kind != "standardize":
+        return None
+    return (
+        f"the model was trained on standardised inputs, which the {what} leaves to its user: "
+        f"feed (x - mean) / std with mean={normalization.mean}, std={normalization.std} (data.statistics)"
+    )

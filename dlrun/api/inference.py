@@ -10,8 +10,8 @@ from typing import IO, Any
 import numpy as np
 
 from dlrun.api import memory
-from dlrun.atomic import atomic_open
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
+from dlrun.atomic import atomic_open
 from dlrun.data.dataset import input_normalization, known_class_names, load_dataset
 from dlrun.data.inputs import load_inputs
 from dlrun.data.registry import DATASETS
@@ -144,11 +144,17 @@ def output_target(path: str | Path, *reads: str | Path) -> Path:
 
 
 @contextmanager
-def written(target: Path, what: str) -> Iterator[IO[bytes]]:
-    """A binary file to fill, put in place atomically once complete; an OSError (disk full, no
-    permission) is one DlrunError, and `target` is left as it was (absent, or the previous file)."""
+def writing(target: Path, what: str) -> Iterator[None]:
+    """An OSError (disk full, no permission) while writing `target` as one DlrunError."""
     try:
-        with atomic_open(target, "wb") as f:
-            yield f
+        yield
     except OSError as exc:
         raise DlrunError(f"cannot write {what} ({exc.strerror or exc})", path=str(target)) from None
+
+
+@contextmanager
+def written(target: Path, what: str) -> Iterator[IO[bytes]]:
+    """A binary file to fill, put in place atomically once complete; on an OSError `target` is left
+    as it was (absent, or the previous file)."""
+    with writing(target, what), atomic_open(target, "wb") as f:
+        yield f

@@ -316,7 +316,9 @@ def export(
     output_: Annotated[Path, typer.Option("--output", "-o", help="The file to write (replaced if it exists).")],
     uint8_input: Annotated[
         bool,
-        typer.Option("--uint8-input", help="ONNX: take uint8 pixels, normalised inside as predict does (else float32)."),
+        typer.Option(
+            "--uint8-input", help="ONNX: take uint8 pixels, normalised inside as predict does (else float32)."
+        ),
     ] = False,
     debug: output.DebugOption = False,
 ) -> None:
@@ -328,7 +330,10 @@ def export(
     def body() -> None:
         from dlrun import api
 
-        print(f"{format_}: {api.export(checkpoint, output_, format=format_, uint8_input=uint8_input)}")
+        result = api.export(checkpoint, output_, format=format_, uint8_input=uint8_input)
+        print(f"{format_}: {result.path}")
+        if result.note:
+            print(f"note: {result.note}", file=sys.stderr)
 
     output.guard(body, debug)
 

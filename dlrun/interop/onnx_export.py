@@ -123,7 +123,9 @@ class _Graph:
         """One node with one output (named `out`, else a fresh name from `hint`)."""
         output = out if out is not None else self.fresh(hint)
         self.claimed.add(output)
-        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=self.fresh(f"{hint}/{op_type}"), **attrs))
+        self.nodes.append(
+            self.helper.make_node(op_type, inputs, [output], name=self.fresh(f"{hint}/{op_type}"), **attrs)
+        )
         return output
 
     def view(self, value: _Value, perm: Perm, name_hint: str) -> str:
@@ -133,7 +135,9 @@ class _Graph:
             # dlrun.transpose(perm) == (dlrun.transpose(src_perm)).transpose(r), r[i] = src_perm.index(perm[i])
             r = [src_perm.index(p) for p in perm]
             own = value.name and perm == _identity(value.rank) and value.name not in self.claimed
-            value.views[perm] = self.op("Transpose", [src], f"{name_hint}/transpose", out=value.name if own else None, perm=r)
+            value.views[perm] = self.op(
+                "Transpose", [src], f"{name_hint}/transpose", out=value.name if own else None, perm=r
+            )
         return value.views[perm]
 
 
@@ -276,7 +280,9 @@ def _dense(g: _Graph, node: Node, srcs: list[_Value], out: str) -> _Value:
         z = g.op("Gemm", [xin, kernel, bias], node.name, _final(layer, out))
     else:
         z = g.op("MatMul", [xin, kernel], node.name, _final(layer, out))
-    return _Value(2, {_identity(2): _activation(g, layer.activation, z, 2, _identity(2), node.name, _out_if(layer, out))})
+    return _Value(
+        2, {_identity(2): _activation(g, layer.activation, z, 2, _identity(2), node.name, _out_if(layer, out))}
+    )
 
 
 def _final(layer: Layer, out: str | None) -> str | None:
@@ -311,7 +317,12 @@ def _conv(g: _Graph, node: Node, srcs: list[_Value], out: str) -> _Value:
 def _conv_padding(layer: Layer) -> dict[str, Any]:
     if layer.padding == "same" and max(layer.dilation_rate) > 1:
         # onnxruntime refuses auto_pad with dilations: dlrun's own amounts, written out.
-        (h, w, _), (kh, kw), (sh, sw), (dh, dw) = layer.input_shape, layer.kernel_size, layer.strides, layer.dilation_rate
+        (h, w, _), (kh, kw), (sh, sw), (dh, dw) = (
+            layer.input_shape,
+            layer.kernel_size,
+            layer.strides,
+            layer.dilation_rate,
+        )
         (top, bottom), (left, right) = padding_amounts(h, kh, sh, "same", dh), padding_amounts(w, kw, sw, "same", dw)
         return {"pads": [top, left, bottom, right]}
     return _padding(layer.padding)

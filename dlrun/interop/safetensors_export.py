@@ -6,35 +6,23 @@ can be written: the architecture stays in the dlrun config or travels in an ONNX
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from dlrun import __version__
 from dlrun.errors import DlrunError
 from dlrun.graph.model import Model
+from dlrun.interop.keras_format import keras_weight_names
 
 INSTALL_HINT = "pip install 'dlrun[interop]'"
 
 
 def to_bytes(model: Model) -> bytes:
     """Every weight (BatchNormalization's moving statistics too) as safetensors bytes, each under
-    its Keras name, with the dlrun name of each in the metadata."""
+    its Keras variable path (`dense/kernel`), in Keras's order."""
     try:
         from safetensors.numpy import save
     except ImportError:
         raise DlrunError("exporting to safetensors needs the safetensors package", hint=INSTALL_HINT) from None
-    names = _keras_names(model)
-    tensors = {names[key]: np.ascontiguousarray(value) for key, value in model.get_weights().items()}
-    metadata = {"format": "np", "producer": f"dlrun {__version__}"}
-    metadata.update({f"dlrun:{names[key]}": key for key in model.get_weights()})
-    return save(tensors, metadata=metadata)
-
-
-def _keras_names(model: Model) -> dict[str, Any]:
-    """dlrun weight name (`layer/weight`) -> Keras name, from the Keras interop's naming."""
-    try:
-        from dlrun.interop.keras_format import keras_weight_names
-    except ImportError:
-        raise DlrunError("--format safetensors needs dlrun's Keras naming, which this build lacks") from None
-    return keras_weight_names(model)
+    weights = model.get_weights()
+    tensors = {keras: np.ascontiguousarray(weights[key]) for key, keras in keras_weight_names(model).items()}
+    return save(tensors, metadata={"format": "np", "producer": f"dlrun {__version__}"})
