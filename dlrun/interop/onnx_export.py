@@ -53,9 +53,10 @@ from dlrun.graph.layer import Layer
 from dlrun.graph.model import Model, Node
 
 OPSET = 17
-# The IR version the onnx release that introduced opset 17 (1.12) writes. onnx >= 1.16 stamps
-# IR 10 and newer by default, which ONNX Runtime releases before 1.17 refuse ("Unsupported model IR
-# version"); IR 8 loads in every ONNX Runtime that implements opset 17 (1.13, October 2022, and later).
+# The IR version of the onnx release that introduced opset 17 (1.12), set explicitly: onnx stamps its
+# own, newest IR by default (onnx.IR_VERSION), which older runtimes refuse; ONNX Runtime 1.16.3, for
+# one, says "Unsupported model IR version: ..., max supported IR version: 9" to an onnx 1.23 default.
+# IR 8 loads in every ONNX Runtime that implements opset 17 (1.13, October 2022, and later).
 IR_VERSION = 8
 BATCH = "batch"  # the name of the dynamic batch dimension
 
