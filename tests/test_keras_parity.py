@@ -1,5 +1,6 @@
 """Keras parity, measured: six Keras 3 models (tests/fixtures/keras/, made by make.py there with
-Keras's JAX backend) imported with `dlrun import` give Keras's parameter counts and predictions,
+Keras's JAX backend) imported with `dlrun import` give Keras's parameter counts and predictions
+(also exported to ONNX, in onnxruntime),
 the same layer outputs, gradients and first optimizer step on one batch, and, trained with
 `dlrun train` on the same 2,000 Fashion-MNIST images in the same order, the same loss every epoch.
 Keras itself is never needed: the fixtures hold what it computed."""
@@ -106,6 +107,19 @@ def test_imported_predictions_match_keras(name, fmt, imported):
     exp = expected(name)
     setup = load_model(imported(name, fmt)[0])
     probs = predict_outputs(setup.model, pixels(exp["pred_x"]))
+    assert probs.shape == exp["pred_y"].shape
+    assert np.abs(probs - exp["pred_y"]).max() <= PREDICTION_TOL
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_onnx_export_in_onnxruntime_matches_keras(name, imported, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    exp = expected(name)
+    onnx_file = tmp_path / f"{name}.onnx"
+    res = runner.invoke(app, ["export", str(imported(name, "keras")[0]), "--format", "onnx", "-o", str(onnx_file)])
+    assert res.exit_code == 0, res.output
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (probs,) = sess.run(None, {sess.get_inputs()[0].name: pixels(exp["pred_x"])})
     assert probs.shape == exp["pred_y"].shape
     assert np.abs(probs - exp["pred_y"]).max() <= PREDICTION_TOL
 
