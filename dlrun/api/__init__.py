@@ -1,5 +1,5 @@
 """The library API the CLI is a thin shell over: load, summarize, validate, train, resume, evaluate,
-predict, and read run folders back.
+predict, export, and read run folders back.
 
 Nothing here prints; progress goes to a listener the caller provides, errors are DlrunError.
 """
@@ -7,6 +7,7 @@ Nothing here prints; progress goes to a listener the caller provides, errors are
 from __future__ import annotations
 
 from dlrun.api.datasets import dataset, datasets, fetch_dataset
+from dlrun.api.exporting import ExportResult, export
 from dlrun.api.importing import ImportResult, import_model
 from dlrun.api.inference import evaluate, evaluate_report, predict
 from dlrun.api.runfolders import load_run, plot, runs, tracking_hints
@@ -19,6 +20,7 @@ from dlrun.runs.compare import config_diff, yaml_text
 from dlrun.training.loop import SilentListener
 
 __all__ = [
+    "ExportResult",
     "ImportResult",
     "RunResult",
     "Setup",
@@ -34,6 +36,7 @@ __all__ = [
     "direction",
     "evaluate",
     "evaluate_report",
+    "export",
     "fetch_dataset",
     "graph",
     "import_model",

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from dlrun.api import memory
 from dlrun.api.setup import Setup, config_from_checkpoint, prepare
+from dlrun.atomic import atomic_open
 from dlrun.data.dataset import input_normalization, known_class_names, load_dataset
 from dlrun.data.inputs import load_inputs
 from dlrun.data.registry import DATASETS
 from dlrun.engine.random import streams
 from dlrun.engine.threads import cpu_threads
-from dlrun.errors import CheckpointError, UsageError
+from dlrun.errors import CheckpointError, DlrunError, UsageError
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.training.evaluation import Evaluator, confusion_matrix, per_class_accuracy, predict_outputs
 
@@ -101,16 +104,70 @@ def _evaluate_report(
 
 
 def predict(
-    checkpoint: str | Path, inputs: str | Path, *, top_k: int = 3, device: str | None = "cpu"
+    checkpoint: str | Path,
+    inputs: str | Path,
+    *,
+    top_k: int = 3,
+    device: str | None = "cpu",
+    output: str | Path | None = None,
+    threads: int | None = None,
 ) -> list[list[tuple[str, float]]]:
-    """Top-k (class name, probability) for every input sample."""
-    setup, _ = _load_for_inference(checkpoint, device, with_data=False)
+    """Top-k (class name, probability) for every input sample; with `output`, the model's outputs
+    for every input are also saved there as one .npy array (N, *output shape). `threads` as for
+    `evaluate_report`."""
+    target = output_target(output, checkpoint, inputs) if output is not None else None
+    setup, path = _load_for_inference(checkpoint, device, with_data=False)
     x, _ = load_inputs(inputs, next(iter(setup.model.inputs.values())))
     normalization = input_normalization(setup.config.resolved["data"], x.dtype)  # as in training
     names = known_class_names(setup.config.resolved["data"])
-    probs = predict_outputs(setup.model, x, normalization).reshape(len(x), -1)
+    with cpu_threads(threads):
+        outputs = predict_outputs(setup.model, x, normalization)  # in inference batches
+    if target is not None:
+        if target.exists() and target.samefile(path):  # a run folder's checkpoint, known only now
+            raise UsageError(f"--output {target} is the checkpoint this command reads")
+        with written(target, "the outputs") as f:
+            np.save(f, outputs)
+    probs = outputs.reshape(len(x), -1)
     if probs.shape[1] == 1:  # a sigmoid output: two classes
         probs = np.concatenate([1 - probs, probs], axis=1)
     names = names if names and len(names) == probs.shape[1] else [str(i) for i in range(probs.shape[1])]
     order = np.argsort(-probs, axis=1)[:, :top_k]
     return [[(names[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+
+def load_model(checkpoint: str | Path, device: str | None = "cpu") -> tuple[Setup, Path]:
+    """A checkpoint's (or a run folder's) model with its weights, ready for inference or export, and
+    the checkpoint file it came from; no data is loaded."""
+    return _load_for_inference(checkpoint, device, with_data=False)
+
+
+def output_target(path: str | Path, *reads: str | Path) -> Path:
+    """A file a command is about to write (replacing an existing one atomically, as every dlrun
+    output does), checked first: not a folder, and none of the files the command reads."""
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder; give the name of a file to write")
+    for src in reads:
+        src_path = Path(src)
+        if src_path.is_file() and target.exists() and target.samefile(src_path):
+            raise UsageError(f"{target} is a file this command reads; write the result to another file")
+    if target.parent.exists() and not target.parent.is_dir():
+        raise DlrunError(f"cannot write {target}: {target.parent} is not a folder")
+    return target
+
+
+@contextmanager
+def writing(target: Path, what: str) -> Iterator[None]:
+    """An OSError (disk full, no permission) while writing `target` as one DlrunError."""
+    try:
+        yield
+    except OSError as exc:
+        raise DlrunError(f"cannot write {what} ({exc.strerror or exc})", path=str(target)) from None
+
+
+@contextmanager
+def written(target: Path, what: str) -> Iterator[IO[bytes]]:
+    """A binary file to fill, put in place atomically once complete; on an OSError `target` is left
+    as it was (absent, or the previous file)."""
+    with writing(target, what), atomic_open(target, "wb") as f:
+        yield f

@@ -291,6 +291,10 @@ def predict(
     ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many classes to show per sample.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    output_: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Also save the model's outputs for every input to this .npy file."),
+    ] = None,
     debug: output.DebugOption = False,
 ) -> None:
     """Print the top-k classes with probabilities for each input.
@@ -301,12 +305,45 @@ def predict(
     def body() -> None:
         from dlrun import api
 
-        rows = api.predict(checkpoint, input_, top_k=top_k)
+        rows = api.predict(checkpoint, input_, top_k=top_k, output=output_)
+        if output_ is not None:  # stderr: stdout stays the rows (or the JSON) alone
+            print(f"outputs: {output_} ({len(rows):,} samples)", file=sys.stderr)
         if as_json:
             print(jsonio.dumps([[{"class": c, "probability": p} for c, p in row] for row in rows]))
             return
         for i, row in enumerate(rows):
             print(f"{i}: " + "  ".join(f"{c} {p:.3f}" for c, p in row))
+
+    output.guard(body, debug)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint file, a run folder (its best checkpoint), or an imported model.")
+    ],
+    format_: Annotated[str, typer.Option("--format", "-f", help="onnx, keras or safetensors.")],
+    output_: Annotated[Path, typer.Option("--output", "-o", help="The file to write (replaced if it exists).")],
+    uint8_input: Annotated[
+        bool,
+        typer.Option(
+            "--uint8-input", help="ONNX: take uint8 pixels, normalised inside as predict does (else float32)."
+        ),
+    ] = False,
+    debug: output.DebugOption = False,
+) -> None:
+    """Write a saved model as ONNX (for serving), a .keras file, or its weights as safetensors.
+
+    [bold]Example:[/] dlrun export runs/fashion_mnist_cnn/20260101-120000 --format onnx -o model.onnx
+    """
+
+    def body() -> None:
+        from dlrun import api
+
+        result = api.export(checkpoint, output_, format=format_, uint8_input=uint8_input)
+        print(f"{format_}: {result.path}")
+        if result.note:
+            print(f"note: {result.note}", file=sys.stderr)
 
     output.guard(body, debug)
 
