@@ -124,6 +124,16 @@ MODELS = {
         """,
         "binary_crossentropy",
     ),
+    # an image out: the output is made in NCHW and transposed back under the output layer's name
+    "conv_output": (
+        """
+        input_shape: [8, 8, 3]
+        layers:
+          - Conv2D: {filters: 4, kernel_size: 3, padding: same, activation: relu}
+          - Conv2D: {name: pixels, filters: 3, kernel_size: 1, activation: softmax}
+        """,
+        "categorical_crossentropy",
+    ),
     # every other layer, activation and option, on one graph (same pooling counts no padded pixel)
     "zoo": (
         """
@@ -239,6 +249,15 @@ def test_graph_versions_names_and_dynamic_batch():
     dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
     assert dims == ["batch", 10, 10, 3]  # NHWC, as the model takes it
     assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 3]
+    image = onnx_export.to_onnx(_setup("conv_output").model)
+    [out] = image.graph.output
+    assert out.name == "pixels" and [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == [
+        "batch",
+        8,
+        8,
+        3,
+    ]
+    assert image.graph.node[-1].op_type == "Transpose"  # back to NHWC, no Identity after it
 
 
 @pytest.mark.parametrize("name", ["seed_cnn", "lenet", "residual", "zoo"])
