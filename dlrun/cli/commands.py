@@ -295,6 +295,7 @@ def predict(
         Path | None,
         typer.Option("--output", "-o", help="Also save the model's outputs for every input to this .npy file."),
     ] = None,
+    threads: output.ThreadsOption = None,
     debug: output.DebugOption = False,
 ) -> None:
     """Print the top-k classes with probabilities for each input.
@@ -305,7 +306,7 @@ def predict(
     def body() -> None:
         from dlrun import api
 
-        rows = api.predict(checkpoint, input_, top_k=top_k, output=output_)
+        rows = api.predict(checkpoint, input_, top_k=top_k, output=output_, threads=threads)
         if output_ is not None:  # stderr: stdout stays the rows (or the JSON) alone
             print(f"outputs: {output_} ({len(rows):,} samples)", file=sys.stderr)
         if as_json:
