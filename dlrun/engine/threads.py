@@ -60,6 +60,25 @@ def _openblas() -> tuple[Any, Any] | None:
     return None
 
 
+_share = 1  # ranks of a data-parallel run on this host, which split its cores
+
+
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // _share)
+
+
+def share_cores(ranks: int) -> None:
+    """`ranks` processes share this host: each takes cores / ranks threads (BLAS's and the CPU
+    workers'), unless OPENBLAS_NUM_THREADS or OMP_NUM_THREADS says otherwise. Call before work."""
+    global _share
+    _share = max(1, ranks)
+    if _share > 1 and not (os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")):
+        blas = _openblas()
+        if blas is not None:
+            blas[0](_cores())
+
+
 def cpu_workers() -> int:
     """How many threads `parallel` splits NumPy work over (OpenBLAS's thread count, at most the
     cores); starting them switches OpenBLAS to one thread per call (see above)."""
@@ -68,7 +87,7 @@ def cpu_workers() -> int:
         with _lock:
             if _pool_size is None:
                 blas = _openblas()
-                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+                cores = _cores()
                 size = min(cores, max(1, blas[1]())) if blas is not None else 1
                 if size > 1:
                     _pool = ThreadPoolExecutor(size, thread_name_prefix="dlrun-cpu")

@@ -81,6 +81,7 @@ def build(
     config_file: str | None,
     overrides: list[str] | None,
     context: dict[str, Any] | None = None,
+    processes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "created": _now(),
@@ -95,6 +96,7 @@ def build(
         "config_file": str(Path(config_file).resolve()) if config_file else None,
         "git_commit": git_commit(config_file),
         **({"context": dict(context)} if context else {}),
+        **({"processes": dict(processes)} if processes else {}),
     }
 
 
@@ -102,7 +104,15 @@ def write(run_dir: Path, manifest: dict[str, Any]) -> None:
     write_json(run_dir / MANIFEST, manifest)
 
 
-def add_resume(run_dir: Path, *, backend: Any, device: str, from_epoch: int, from_batch: int | None) -> None:
+def add_resume(
+    run_dir: Path,
+    *,
+    backend: Any,
+    device: str,
+    from_epoch: int,
+    from_batch: int | None,
+    processes: dict[str, Any] | None = None,
+) -> None:
     """Record a resume: when, with what, from where (a missing or unreadable manifest is recreated)."""
     path = run_dir / MANIFEST
     try:
@@ -119,6 +129,7 @@ def add_resume(run_dir: Path, *, backend: Any, device: str, from_epoch: int, fro
             "device": device,
             "from_epoch": from_epoch,
             "from_batch": from_batch,
+            **({"processes": dict(processes)} if processes else {}),
         }
     )
     write(run_dir, manifest)
