@@ -86,7 +86,7 @@ def train(
     check_memory(setup, "this run", cfg.file)
     # Data errors surface here, before any run folder exists.
     data, trainer = _make_trainer(setup, listener, download_progress, comm)
-    processes = comm.describe()
+    processes = comm.describe() if comm.size > 1 else None  # single-process manifests stay as they were
     if not comm.is_writer:
         return _fit_and_finish(setup, data, trainer, Path(comm.bcast(None)))
     if run_dir is None:
@@ -114,7 +114,7 @@ def _start_run_folder(
     run_dir: Path,
     overrides: list[str] | None,
     context: dict[str, Any] | None,
-    processes: dict[str, Any],
+    processes: dict[str, Any] | None,
 ) -> None:
     """config.yaml, summary.txt, manifest.json and an empty history; on any failure, no folder."""
     cfg = setup.config
@@ -194,7 +194,7 @@ def resume(
             trainer.stop_training = False  # an early stop ended the old budget; the new one starts now
             if comm.is_writer:
                 write_config(run_dir, setup.config.resolved)
-        processes = comm.describe()
+        processes = comm.describe() if comm.size > 1 else None  # single-process manifests stay as they were
         if not comm.is_writer:
             return _fit_and_finish(setup, data, trainer, run_dir)
         for folder in (run_dir, run_dir / "checkpoints"):
@@ -307,12 +307,12 @@ def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path
 
     In a data-parallel run the other ranks only train: rank 0 then scores on its own and writes."""
     trainer.run_dir = run_dir
-    if not trainer.comm.is_writer:
+    recorder = RunRecorder(run_dir, setup.config.resolved, "val_loss" if data.val is not None else "loss")
+    trainer.callbacks.append(recorder)  # last: its checkpoint holds every other callback's state
+    if not trainer.comm.is_writer:  # the recorder is muted there (Trainer.fit), as the checkpoint says
         with graceful_interrupts(trainer):
             history = trainer.fit()
         return RunResult(run_dir, history, {}, None, setup.backend.describe())
-    recorder = RunRecorder(run_dir, setup.config.resolved, "val_loss" if data.val is not None else "loss")
-    trainer.callbacks.append(recorder)  # last: its checkpoint holds every other callback's state
     try:
         return _fit(setup, data, trainer, recorder, run_dir)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile

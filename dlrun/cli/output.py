@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -12,6 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+#: Seconds a rank other than 0 waits, on an error every rank should have met, for rank 0 to report
+#: it and end the job, before it reports it itself.
+RANK_ZERO_GRACE = 5.0
 
 #: Set by the `--debug` option of the main command.
 state = {"debug": False}
@@ -43,8 +48,12 @@ def guard(fn: Callable[[], Any], debug: bool = False) -> Any:
         comm = active()
         rank = comm.rank if comm is not None else 0
         # Every rank of a data-parallel run finds the same config or usage error, and stops together
-        # on a signal: rank 0 says it once. Another error may be this rank's alone: it says it.
-        if rank == 0 or not isinstance(exc, (ConfigError, UsageError, TrainingInterrupted)):
+        # on a signal: rank 0 says it once (and its MPI_Abort ends the others while they wait here).
+        # Another error may be this rank's alone: it says it.
+        shared = isinstance(exc, (ConfigError, UsageError, TrainingInterrupted))
+        if rank > 0 and shared and not isinstance(exc, TrainingInterrupted):
+            time.sleep(RANK_ZERO_GRACE)  # still alive: rank 0 did not stop, so say it here
+        if rank == 0 or not shared or not isinstance(exc, TrainingInterrupted):
             console = stderr()
             if state["debug"] or debug:  # the traceback as well, with the same message and exit code
                 console.print_exception()
