@@ -22,6 +22,7 @@ from dlrun.data.sources import ProgressFn
 from dlrun.engine.random import streams
 from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.graph.summary import summary_text
+from dlrun.parallel.communicator import Communicator
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
 from dlrun.runs.folder import (
@@ -33,7 +34,6 @@ from dlrun.runs.folder import (
     write_config,
     write_metrics,
 )
-from dlrun.parallel.communicator import Communicator
 from dlrun.runs.plot import plot_history
 from dlrun.training import distributed
 from dlrun.training.interrupt import graceful_interrupts
@@ -293,6 +293,7 @@ def _make_trainer(
         batch_size=tcfg["batch_size"],
         epochs=tcfg["epochs"],
         shuffle=tcfg["shuffle"],
+        warmup_epochs=tcfg.get("warmup_epochs", 0),
         shuffle_rng=rngs.shuffle,
         callbacks=list(setup.callbacks),
         listener=listener,

@@ -37,9 +37,7 @@ def stdout() -> Console:
 
 def guard(fn: Callable[[], Any], debug: bool = False) -> Any:
     """Run a command body: DlrunError -> one message and its exit code; no traceback unless --debug."""
-    from dlrun.errors import DlrunError
-
-    from dlrun.errors import ConfigError, TrainingInterrupted, UsageError
+    from dlrun.errors import ConfigError, DlrunError, TrainingInterrupted, UsageError
     from dlrun.parallel import active
 
     try:

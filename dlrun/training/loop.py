@@ -81,6 +81,9 @@ class Trainer:
     #: is the global batch: each rank trains on its part of every batch, and the gradients, loss
     #: and metric sums are summed over the ranks, so N ranks compute what one would.
     comm: Communicator = field(default_factory=Communicator)
+    #: Goyal et al.'s gradual warm-up for large global batches: over this many epochs' steps the
+    #: rate each step uses rises linearly to the optimizer's (scheduled) rate, which history logs.
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         self.backend = self.model.backend
@@ -123,7 +126,7 @@ class Trainer:
         self.model.backward(dout)
         self.comm.allreduce(self.model.flat_grads)
         loss = loss + self.model.regularization(add_grads=True)
-        self.optimizer.apply(self.model.flat_params, self.model.flat_grads)
+        self._apply_update()
         batch = self.backend.xp.zeros_like(sums)
         batch[0] += loss * n
         ev.add_metric_sums(batch, out, yb)
@@ -234,6 +237,19 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, logs)
         self.listener.on_epoch_end(epoch, logs, seconds)
+
+    def _apply_update(self) -> None:
+        opt = self.optimizer
+        ramp = self.warmup_epochs * len(self.train_batches)
+        if opt.iterations >= ramp:
+            opt.apply(self.model.flat_params, self.model.flat_grads)
+            return
+        rate = opt.learning_rate  # the step count is in checkpoints: a resumed ramp goes on exactly
+        opt.learning_rate = rate * (opt.iterations + 1) / ramp
+        try:
+            opt.apply(self.model.flat_params, self.model.flat_grads)
+        finally:
+            opt.learning_rate = rate
 
     def _agree_on_stopping(self) -> None:
         """Every rank stops after the same batch: a signal or a callback's stop on any rank counts
