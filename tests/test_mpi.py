@@ -407,3 +407,24 @@ def test_warmup_ramps_the_rate_of_each_step(tmp_path):
     assert warm.history["loss"][0] != cold.history["loss"][0]
     with pytest.raises(ConfigError, match="warmup_epochs"):
         api.train({**cfg, "training": {**cfg["training"], "warmup_epochs": -1}}, runs_dir=tmp_path / "x")
+
+
+def _gpus() -> int:
+    from dlrun.engine import backend as backend_mod
+
+    if backend_mod.gpu_unavailable_reason() is not None:
+        return 0
+    import cupy  # type: ignore[import-not-found]
+
+    return int(cupy.cuda.runtime.getDeviceCount())
+
+
+@needs_mpi
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus() < 2, reason="needs two GPUs (NCCL takes one device per rank)")
+def test_two_gpu_processes_with_nccl_train_what_one_does(tmp_path):
+    cfg = {**SYNTHETIC, "name": "gpu", "device": "gpu"}
+    _, h1 = _train(tmp_path, cfg, 1, "g1")
+    run2, h2 = _train(tmp_path, cfg, 2, "g2")
+    _close(h2, h1, rtol=1e-4)
+    assert json.loads((run2 / "manifest.json").read_text())["processes"]["world_size"] == 2

@@ -96,9 +96,10 @@ def train(
         from dlrun.parallel import world
 
         if not world().is_writer:  # rank 0 alone prints; the others train silently
-            api.resume(resume) if resume is not None else api.train(
-                config, runs_dir=runs_dir, device=device, overrides=set_
-            )
+            if resume is not None:
+                api.resume(resume, device=device, overrides=set_)
+            else:
+                api.train(config, runs_dir=runs_dir, device=device, overrides=set_)
             return
         listener = output.make_listener(progress, quiet)
         bar = None if quiet or progress == output.ProgressMode.json else DownloadBar(output.stderr(), "dataset")
