@@ -41,7 +41,7 @@ def test_defaults_are_filled_and_name_defaults_to_file_stem(tmp_path):
     cfg = load_config(write(tmp_path, BASE, "my_exp.yaml"))
     r = cfg.resolved
     assert r["name"] == "my_exp" and r["seed"] == 42 and r["device"] == "auto"
-    assert r["training"] == {"epochs": 1, "batch_size": 32, "shuffle": True}
+    assert r["training"] == {"epochs": 1, "batch_size": 32, "shuffle": True, "warmup_epochs": 0}
     assert r["optimizer"] == "rmsprop" and r["metrics"] == [] and r["callbacks"] == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from dlrun.engine.threads import cpu_threads
 from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.graph.summary import summary_text
 from dlrun.interop.weights_file import load_initial_weights
+from dlrun.parallel.communicator import Communicator
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.runs import manifest as manifest_mod
 from dlrun.runs.folder import (
@@ -35,6 +37,7 @@ from dlrun.runs.folder import (
     write_metrics,
 )
 from dlrun.runs.plot import plot_history
+from dlrun.training import distributed
 from dlrun.training.interrupt import graceful_interrupts
 from dlrun.training.loop import SilentListener, Trainer
 from dlrun.training.recorder import RunRecorder
@@ -71,14 +74,19 @@ def train(
     sweep's name and trial number) goes into manifest.json, where trackers read their tags.
 
     SIGINT/SIGTERM stop after the current batch with a resumable checkpoint: TrainingInterrupted.
-    `threads`: CPU threads to compute on (default: OMP_NUM_THREADS etc. if set, else every core);
-    the results are the same bits whatever the count.
+    `threads`: CPU threads to compute on (default: OMP_NUM_THREADS etc. if set, else every core,
+    or this rank's share of them); the results are the same bits whatever the count.
+
+    Started by mpiexec (or srun) as one of several processes, it trains data-parallel: every rank
+    runs this, rank 0 alone reports to `listener` and writes the run folder.
     """
+    comm = distributed.start()  # before the thread count: ranks on one host share its cores
     with cpu_threads(threads):
-        return _train(source, runs_dir, listener, device, download_progress, overrides, run_dir, context)
+        return _train(comm, source, runs_dir, listener, device, download_progress, overrides, run_dir, context)
 
 
 def _train(
+    comm: Communicator,
     source: str | Path | Config | dict[str, Any],
     runs_dir: str | Path,
     listener: Any,
@@ -88,15 +96,20 @@ def _train(
     run_dir: str | Path | None,
     context: dict[str, Any] | None,
 ) -> RunResult:
-    listener = listener or SilentListener()
+    listener = listener if listener is not None and comm.is_writer else SilentListener()
     setup = prepare(source, device=device, overrides=overrides)
     cfg = setup.config
+    distributed.check_batch_split(cfg, comm.size)
+    distributed.use_gpu(comm, setup.backend)
     if setup.device_note:
         listener.message(setup.device_note)
     check_memory(setup, "this run", cfg.file)
     # Data errors surface here, before any run folder exists.
-    data, trainer = _make_trainer(setup, listener, download_progress)
+    data, trainer = _make_trainer(setup, listener, download_progress, comm)
     initial = load_initial_weights(cfg, setup.model)  # model.weights: only a new run (resume restores)
+    processes = comm.describe() if comm.size > 1 else None  # single-process manifests stay as they were
+    if not comm.is_writer:
+        return _fit_and_finish(setup, data, trainer, Path(comm.bcast(None)))
     if run_dir is None:
         remove_stale_temporaries(Path(runs_dir) / cfg.name)  # what kills of earlier runs left behind
         run_dir = new_run_dir(runs_dir, cfg.name)
@@ -109,7 +122,8 @@ def _train(
         remove_new_run_dir(run_dir)  # nothing trained yet: leave no folder that looks like a run
         raise
     try:
-        _start_run_folder(setup, data, run_dir, overrides, context, initial)
+        _start_run_folder(setup, data, run_dir, overrides, context, initial, processes)
+        comm.bcast(str(run_dir))
         return _fit_and_finish(setup, data, trainer, run_dir)
     finally:
         lock.__exit__(None, None, None)
@@ -122,6 +136,7 @@ def _start_run_folder(
     overrides: list[str] | None,
     context: dict[str, Any] | None,
     initial_weights: Path | None = None,
+    processes: dict[str, Any] | None = None,
 ) -> None:
     """config.yaml, summary.txt, manifest.json and an empty history; on any failure, no folder."""
     cfg = setup.config
@@ -142,6 +157,7 @@ def _start_run_folder(
                 overrides=overrides,
                 context=context,
                 initial_weights=initial_weights,
+                processes=processes,
             ),
         )
     except BaseException as exc:
@@ -168,38 +184,39 @@ def resume(
     folder. The result is bit-identical to a run that was never interrupted (same machine).
 
     `overrides` may only set `training.epochs`: a finished or interrupted run then trains on to that
-    many epochs (what `fit` again on the same model does in Keras). `threads` as for `train`."""
+    many epochs (what `fit` again on the same model does in Keras). `threads` as for `train`.
+
+    Under mpiexec every rank resumes, with any number of processes that divides the global batch:
+    rank 0 reads the checkpoint and hands it to the others (their hosts need not see the folder)."""
+    comm = distributed.start()
     with cpu_threads(threads):
-        return _resume(run_dir, listener, device, download_progress, overrides)
+        return _resume(comm, run_dir, listener, device, download_progress, overrides)
 
 
 def _resume(
+    comm: Communicator,
     run_dir: str | Path,
     listener: Any,
     device: str | None,
     download_progress: ProgressFn | None,
     overrides: list[str] | None,
 ) -> RunResult:
-    listener = listener or SilentListener()
+    listener = listener if listener is not None and comm.is_writer else SilentListener()
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    if comm.is_writer and not run_dir.is_dir():
         raise DlrunError(f"no run folder at {run_dir}", hint="pass a run folder such as runs/<name>/<timestamp>")
-    with run_lock(run_dir):  # one process per run folder
+    # One process per run folder: rank 0 holds the lock for its ranks.
+    with run_lock(run_dir) if comm.is_writer else contextlib.nullcontext():
         path = run_dir / "checkpoints" / "last.npz"
-        if not path.is_file():
-            raise CheckpointError(
-                f"{run_dir} has no checkpoint to resume from ({path} is missing)",
-                hint="the run stopped before its first epoch ended: train it again from its config",
-            )
-        ckpt = ckpt_mod.load(path)
-        if not ckpt.resumable:
-            raise CheckpointError(f"{path} holds weights only and cannot resume a run")
+        ckpt = comm.bcast(_resumable_checkpoint(run_dir, path) if comm.is_writer else None)
         extended = _extend_epochs(ckpt, overrides or [])
         setup = prepare(config_from_checkpoint(path, ckpt), device=device)
+        distributed.check_batch_split(setup.config, comm.size)
+        distributed.use_gpu(comm, setup.backend)
         if setup.device_note:
             listener.message(setup.device_note)
         check_memory(setup, "resuming this run", str(path))
-        data, trainer = _make_trainer(setup, listener, download_progress)
+        data, trainer = _make_trainer(setup, listener, download_progress, comm)
         try:
             trainer.restore(ckpt.weights, ckpt.optimizer, ckpt.meta)
         except (ValueError, KeyError, TypeError) as exc:
@@ -211,7 +228,11 @@ def _resume(
                     hint=f"pass --set training.epochs={trainer.epoch + 1} or more",
                 )
             trainer.stop_training = False  # an early stop ended the old budget; the new one starts now
-            write_config(run_dir, setup.config.resolved)
+            if comm.is_writer:
+                write_config(run_dir, setup.config.resolved)
+        processes = comm.describe() if comm.size > 1 else None  # single-process manifests stay as they were
+        if not comm.is_writer:
+            return _fit_and_finish(setup, data, trainer, run_dir)
         for folder in (run_dir, run_dir / "checkpoints"):
             remove_temporaries(folder)  # left by writes that a kill cut short
         write_json(run_dir / "history.json", trainer.history)  # a kill may have left it one epoch behind
@@ -222,6 +243,7 @@ def _resume(
             device=setup.backend.describe(),
             from_epoch=trainer.epoch,
             from_batch=partial["batch"] if partial else None,
+            processes=processes,
         )
         if trainer.epoch >= trainer.epochs or trainer.stop_training:
             listener.message(
@@ -233,6 +255,18 @@ def _resume(
                 where += f", batch {partial['batch'] + 1}"
             listener.message(f"Resuming {run_dir} at {where}")
         return _fit_and_finish(setup, data, trainer, run_dir)
+
+
+def _resumable_checkpoint(run_dir: Path, path: Path) -> ckpt_mod.Checkpoint:
+    if not path.is_file():
+        raise CheckpointError(
+            f"{run_dir} has no checkpoint to resume from ({path} is missing)",
+            hint="the run stopped before its first epoch ended: train it again from its config",
+        )
+    ckpt = ckpt_mod.load(path)
+    if not ckpt.resumable:
+        raise CheckpointError(f"{path} holds weights only and cannot resume a run")
+    return ckpt
 
 
 def _extend_epochs(ckpt: ckpt_mod.Checkpoint, overrides: list[str]) -> bool:
@@ -271,7 +305,9 @@ def check_memory(setup: Setup, what: str, file: str | None) -> None:
     memory.check(need, what=what, file=file, backend=setup.backend)
 
 
-def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | None) -> tuple[Dataset, Trainer]:
+def _make_trainer(
+    setup: Setup, listener: Any, download_progress: ProgressFn | None, comm: Communicator | None = None
+) -> tuple[Dataset, Trainer]:
     """Load the data (seeded split), allocate the weights and build the Trainer with the config's
     callbacks. The caller has checked the memory this needs (check_memory)."""
     cfg = setup.config
@@ -293,19 +329,27 @@ def _make_trainer(setup: Setup, listener: Any, download_progress: ProgressFn | N
         batch_size=tcfg["batch_size"],
         epochs=tcfg["epochs"],
         shuffle=tcfg["shuffle"],
+        warmup_epochs=tcfg.get("warmup_epochs", 0),
         shuffle_rng=rngs.shuffle,
         callbacks=list(setup.callbacks),
         listener=listener,
         config=cfg.resolved,
+        comm=comm or Communicator(),
     )
     return data, trainer
 
 
 def _fit_and_finish(setup: Setup, data: Dataset, trainer: Trainer, run_dir: Path) -> RunResult:
-    """Train (checkpointing every epoch into `run_dir`), then score and write metrics.json."""
+    """Train (checkpointing every epoch into `run_dir`), then score and write metrics.json.
+
+    In a data-parallel run the other ranks only train: rank 0 then scores on its own and writes."""
     trainer.run_dir = run_dir
     recorder = RunRecorder(run_dir, setup.config.resolved, "val_loss" if data.val is not None else "loss")
     trainer.callbacks.append(recorder)  # last: its checkpoint holds every other callback's state
+    if not trainer.comm.is_writer:  # the recorder is muted there (Trainer.fit), as the checkpoint says
+        with graceful_interrupts(trainer):
+            history = trainer.fit()
+        return RunResult(run_dir, history, {}, None, setup.backend.describe())
     try:
         return _fit(setup, data, trainer, recorder, run_dir)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile
@@ -332,6 +376,7 @@ def _fit(setup: Setup, data: Dataset, trainer: Trainer, recorder: RunRecorder, r
     try:
         with graceful_interrupts(trainer):
             history = trainer.fit()
+        trainer.evaluator.comm = Communicator()  # the final scores are rank 0's alone
     except TrainingInterrupted as exc:
         exc.message = f"{exc.message}; the run's state after it is saved in {run_dir / 'checkpoints' / 'last.npz'}"
         exc.args = (exc.message,)

@@ -63,11 +63,16 @@ def train(
         list[str] | None, typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (YAML), repeatable.")
     ] = None,
     threads: output.ThreadsOption = None,
+    processes: Annotated[
+        int | None,
+        typer.Option("--processes", min=1, help="Train data-parallel on this many processes (runs mpiexec for you)."),
+    ] = None,
     debug: output.DebugOption = False,
 ) -> None:
     """Train a model described by a YAML config and write a run folder.
 
     Ctrl-C (or SIGTERM) stops after the current batch and saves a checkpoint to resume from.
+    Data-parallel: mpiexec -n 4 dlrun train config.yaml, or dlrun train config.yaml --processes 4.
 
     [bold]Example:[/] dlrun train configs/fashion_mnist_mlp.yaml
     [bold]Resume:[/] dlrun train --resume runs/fashion_mnist_mlp/20260101-120000
@@ -85,6 +90,18 @@ def train(
                 "pass a config to train, or --resume RUN_DIR to continue a run (not both)",
                 hint="dlrun train configs/fashion_mnist_mlp.yaml, or dlrun train --resume runs/<name>/<time>",
             )
+        if processes is not None:
+            from dlrun.parallel.launch import relaunch
+
+            relaunch(processes)  # replaces this process with mpiexec, unless already under one
+        from dlrun.parallel import world
+
+        if not world().is_writer:  # rank 0 alone prints; the others train silently
+            if resume is not None:
+                api.resume(resume, device=device, overrides=set_, threads=threads)
+            else:
+                api.train(config, runs_dir=runs_dir, device=device, overrides=set_, threads=threads)
+            return
         listener = output.make_listener(progress, quiet)
         bar = None if quiet or progress == output.ProgressMode.json else DownloadBar(output.stderr(), "dataset")
         try:

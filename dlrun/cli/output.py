@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -12,6 +13,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+#: Seconds a rank other than 0 waits, on an error every rank should have met, for rank 0 to report
+#: it and end the job, before it reports it itself.
+RANK_ZERO_GRACE = 5.0
 
 #: Set by the `--debug` option of the main command.
 state = {"debug": False}
@@ -41,22 +46,46 @@ def stdout() -> Console:
 
 def guard(fn: Callable[[], Any], debug: bool = False) -> Any:
     """Run a command body: DlrunError -> one message and its exit code; no traceback unless --debug."""
-    from dlrun.errors import DlrunError
+    from dlrun.errors import ConfigError, DlrunError, TrainingInterrupted, UsageError
+    from dlrun.parallel import active
 
     try:
         return fn()
     except DlrunError as exc:
-        console = stderr()
-        if state["debug"] or debug:  # the traceback as well, with the same message and exit code
-            console.print_exception()
-        console.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
-        snippet = source_snippet(exc.file, exc.line, exc.column)
-        if snippet:
-            console.print(escape(snippet), markup=True, soft_wrap=True, style="dim")
+        comm = active()
+        rank = comm.rank if comm is not None else 0
+        # Every rank of a data-parallel run finds the same config or usage error, and stops together
+        # on a signal: rank 0 says it once (and its MPI_Abort ends the others while they wait here).
+        # Another error may be this rank's alone: it says it.
+        shared = isinstance(exc, (ConfigError, UsageError, TrainingInterrupted))
+        if rank > 0 and shared and not isinstance(exc, TrainingInterrupted):
+            time.sleep(RANK_ZERO_GRACE)  # still alive: rank 0 did not stop, so say it here
+        if rank == 0 or not shared or not isinstance(exc, TrainingInterrupted):
+            console = stderr()
+            if state["debug"] or debug:  # the traceback as well, with the same message and exit code
+                console.print_exception()
+            where = f"rank {rank} of {comm.size}: " if comm is not None and comm.size > 1 else ""
+            console.print(f"[bold red]error:[/] {where}{escape(str(exc))}", markup=True, soft_wrap=True)
+            snippet = source_snippet(exc.file, exc.line, exc.column)
+            if snippet:
+                console.print(escape(snippet), markup=True, soft_wrap=True, style="dim")
+        if not isinstance(exc, TrainingInterrupted):  # the ranks agreed on that stop; not on others
+            end_all_ranks(exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr().print("[yellow]interrupted[/]")
+        end_all_ranks(130)
         raise typer.Exit(130) from None
+
+
+def end_all_ranks(code: int) -> None:
+    """In a data-parallel run, one rank's error ends every rank now (MPI_Abort), not at their next
+    all-reduce, which would wait forever; outside one, nothing."""
+    from dlrun.parallel import active
+
+    comm = active()
+    if comm is not None and comm.size > 1:
+        comm.abort(code)
 
 
 SNIPPET_WIDTH = 100

@@ -170,6 +170,9 @@ SCHEMA: dict[str, Any] = {
         "epochs": Key((int,), 1, POSITIVE, "number of epochs"),
         "batch_size": Key((int,), 32, POSITIVE, "mini-batch size"),
         "shuffle": Key((bool,), True, None, "shuffle the training set every epoch"),
+        "warmup_epochs": Key(
+            (int,), 0, NON_NEGATIVE, "ramp the learning rate up linearly over this many epochs (large global batches)"
+        ),
     },
     "callbacks": Key((list,), [], None, "callback entries (EarlyStopping, ModelCheckpoint, ...)"),
 }

@@ -81,9 +81,17 @@ class Dataset:
         return part
 
     def batches(
-        self, split: Split, batch_size: int, backend: Backend, target_transform: Any = None, *, training: bool = False
+        self,
+        split: Split,
+        batch_size: int,
+        backend: Backend,
+        target_transform: Any = None,
+        *,
+        training: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> Batches:
-        """Batches of `split`: normalised, prefetched, and augmented when `training`."""
+        """Batches of `split`: normalised, prefetched, and augmented when `training`; this rank's
+        part of each (see Batches)."""
         return Batches(
             split,
             batch_size,
@@ -92,6 +100,7 @@ class Dataset:
             target_transform,
             augmenter=self.augmenter if training else None,
             prefetch=self.prefetch,
+            shard=shard,
         )
 
 

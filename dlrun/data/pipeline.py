@@ -165,6 +165,9 @@ class Batches:
         target_transform: applied to each label batch (one-hot, dtype).
         augmenter: augmentation for training batches, or None.
         prefetch: batches made ahead in a background thread; 0 makes them on demand.
+        shard: (rank, ranks) for data-parallel training: every rank walks the same batches of
+            `batch_size` (the global batch) and yields only its contiguous part of each; augmentation
+            is drawn for the whole global batch, so each sample gets what one process would give it.
     """
 
     def __init__(
@@ -177,8 +180,10 @@ class Batches:
         *,
         augmenter: Augmenter | None = None,
         prefetch: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.split, self.batch_size, self.backend = split, batch_size, backend
+        self.shard = shard
         self.normalization = Normalization.of(normalization)
         self.target_transform, self.augmenter, self.prefetch = target_transform, augmenter, prefetch
         self.stats = PipelineStats()
@@ -218,8 +223,24 @@ class Batches:
             receive=lambda item: _gpu_received(item, xp),
         )
 
+    def global_size(self, b: int) -> int:
+        """How many samples batch `b` holds over all ranks."""
+        return min(len(self.split), (b + 1) * self.batch_size) - b * self.batch_size
+
+    def part(self, b: int) -> tuple[int, int]:
+        """This rank's [start, stop) within batch `b`: contiguous, sizes differing by at most one."""
+        n, (rank, ranks) = self.global_size(b), self.shard
+        return n * rank // ranks, n * (rank + 1) // ranks
+
     def _batch(self, order: Any, b: int, epoch: int) -> tuple[Any, Any]:
         lo, hi = b * self.batch_size, min(len(self.split), (b + 1) * self.batch_size)
+        first, last = self.part(b)
+        if self.augmenter is not None and self.shard[1] > 1:  # augment the global batch, keep our part
+            idx = slice(lo, hi) if order is None else order[lo:hi]
+            x = self._convert_x(self._x[idx], epoch, b)[first:last]
+            mine = slice(lo + first, lo + last) if order is None else order[lo + first : lo + last]
+            return x, self._convert_y(self._y[mine])
+        lo, hi = lo + first, lo + last
         idx = slice(lo, hi) if order is None else order[lo:hi]
         return self._convert_x(self._x[idx], epoch, b), self._convert_y(self._y[idx])
 

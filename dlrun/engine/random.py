@@ -33,14 +33,27 @@ class NoiseRNG:
     def __init__(self, backend: Backend, host_gen: np.random.Generator) -> None:
         self.backend = backend
         self.generator = host_gen
+        self._part: tuple[int, int, int] | None = None
+
+    def set_part(self, first: int, last: int, total: int) -> None:
+        """In data-parallel training: the batch has `total` samples over all ranks, this rank holds
+        [first, last). Masks are then drawn for the whole batch (the stream advances as for one
+        process) and this rank keeps its rows: N processes draw what one would."""
+        self._part = None if (first, last) == (0, total) else (first, last, total)
 
     def bernoulli(self, shape: tuple[int, ...], p: float) -> Any:
         """A boolean array, each element True with probability p (to 2^-32), from raw 32-bit draws:
         twice as fast as comparing uniform floats, and a quarter of the bytes to a GPU."""
+        part = self._part
+        rows = None
+        if part is not None and shape and shape[0] == part[1] - part[0]:
+            rows, shape = slice(part[0], part[1]), (part[2], *shape[1:])
         n = math.prod(shape)
         raw = self.generator.bit_generator.random_raw(-(-n // 2)).view(np.uint32)[:n]
         keep = raw < np.uint32(min(round(p * 2.0**32), 2**32 - 1))
         keep = keep.reshape(shape)
+        if rows is not None:
+            keep = keep[rows]
         return self.backend.asarray(keep) if self.backend.is_gpu else keep
 
     def get_state(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ ROW_BLOCK = 64
 
 _workers = 1  # threads `parallel` uses now (1 outside `cpu_threads`)
 _depth = 0  # nesting of `cpu_threads` scopes
+_share = 1  # ranks of a data-parallel run on this host, which split its cores
 _pool: ThreadPoolExecutor | None = None  # the helpers beside the calling thread
 _pool_size = 0
 _lock = threading.Lock()
@@ -47,14 +48,20 @@ def available_cores() -> int:
 
 def default_threads(environ: dict[str, str] | None = None) -> int:
     """The user's OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / MKL_NUM_THREADS if set (the smallest),
-    else every core this process may use."""
+    else every core this process may use (its share of them when several ranks share the host)."""
     env = os.environ if environ is None else environ
     asked = []
     for name in THREAD_VARIABLES:
         value = env.get(name, "").strip().split(",")[0]  # OpenMP allows a list per nesting level
         if value.isdigit() and int(value) > 0:
             asked.append(int(value))
-    return min(asked) if asked else available_cores()
+    return min(asked) if asked else max(1, available_cores() // _share)
+
+
+def share_cores(ranks: int) -> None:
+    """`ranks` processes share this host: by default each computes on cores / ranks threads."""
+    global _share
+    _share = max(1, ranks)
 
 
 def _blas_limits() -> Any:

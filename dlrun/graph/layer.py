@@ -72,6 +72,9 @@ class Layer:
         self.grads: dict[str, Any] = {}
         self.needs_input_grad = True
         self.rng: Any = None
+        #: The processes training together (set by the Model); layers that reduce over the batch
+        #: (a synchronized BatchNormalization) sum through it.
+        self.comm: Any = None
         # Set by `build`; the graph's Node reads them from here.
         self.input_shape: Any = None
         self.output_shape: Shape = ()

@@ -308,11 +308,21 @@ class Model:
                 reg.add_grad(w, g)
         return total
 
+    def use_communicator(self, comm: Any) -> None:
+        """Give every layer the processes' communicator (data-parallel training)."""
+        for node in self.nodes:
+            node.layer.comm = comm
+
     # -- weights -------------------------------------------------------------------------------------
     def weights(self) -> dict[str, Any]:
         """Every weight (trainable and not) by `layer/weight` name, as device arrays."""
         self.allocate()
         return {f"{n.name}/{k}": v for n in self.nodes for k, v in n.layer.params.items()}
+
+    @property
+    def trainable_names(self) -> set[str]:
+        """The `layer/weight` names of the weights in `flat_params`."""
+        return {f"{n.name}/{w.name}" for n in self.nodes for w in n.layer.weight_specs if w.trainable}
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Host copies of every weight: what checkpoints store."""

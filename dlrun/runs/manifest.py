@@ -82,6 +82,7 @@ def build(
     overrides: list[str] | None,
     context: dict[str, Any] | None = None,
     initial_weights: Path | None = None,
+    processes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     return {
         "created": _now(),
@@ -98,6 +99,7 @@ def build(
         **({"context": dict(context)} if context else {}),
         # model.weights: the file the run started from, as the dataset files are recorded
         **({"initial_weights": dataset_files([initial_weights])} if initial_weights else {}),
+        **({"processes": dict(processes)} if processes else {}),
     }
 
 
@@ -105,7 +107,15 @@ def write(run_dir: Path, manifest: dict[str, Any]) -> None:
     write_json(run_dir / MANIFEST, manifest)
 
 
-def add_resume(run_dir: Path, *, backend: Any, device: str, from_epoch: int, from_batch: int | None) -> None:
+def add_resume(
+    run_dir: Path,
+    *,
+    backend: Any,
+    device: str,
+    from_epoch: int,
+    from_batch: int | None,
+    processes: dict[str, Any] | None = None,
+) -> None:
     """Record a resume: when, with what, from where (a missing or unreadable manifest is recreated)."""
     path = run_dir / MANIFEST
     try:
@@ -122,6 +132,7 @@ def add_resume(run_dir: Path, *, backend: Any, device: str, from_epoch: int, fro
             "device": device,
             "from_epoch": from_epoch,
             "from_batch": from_batch,
+            **({"processes": dict(processes)} if processes else {}),
         }
     )
     write(run_dir, manifest)

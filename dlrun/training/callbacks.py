@@ -18,6 +18,9 @@ class Callback:
     """
 
     trainer: Trainer
+    #: Whether the callback's only effect is output (files, a tracking server): in data-parallel
+    #: training rank 0 alone runs it, the others skip it.
+    writes_files = False
 
     def set_trainer(self, trainer: Trainer) -> None:
         self.trainer = trainer

@@ -202,6 +202,8 @@ class ModelCheckpoint(MonitorCallback):
         initial_value_threshold: the value a first save must beat (with save_best_only). Defaults to None.
     """
 
+    writes_files = True
+
     bounds = declare(
         filepath=nullable(NON_EMPTY_STR),
         save_best_only=BOOL,
@@ -528,6 +530,8 @@ class CSVLogger(Callback):
         separator: the field separator. Defaults to ",".
         append: add to an existing file instead of replacing it. Defaults to False.
     """
+
+    writes_files = True
 
     bounds = declare(
         filename=NON_EMPTY_STR,

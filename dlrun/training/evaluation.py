@@ -17,6 +17,7 @@ from dlrun.engine.backend import Backend
 from dlrun.engine.losses import Loss
 from dlrun.engine.metrics import Metric
 from dlrun.graph.model import Model
+from dlrun.parallel.communicator import Communicator
 
 INFERENCE_BATCH = 1024  # no gradients kept, so bigger is faster and gives the same mean
 
@@ -56,12 +57,22 @@ class Evaluator:
 
     The loss reads the logits when it absorbs the output activation (`fused`), the metrics always
     the probabilities; the training step reads the output the same way.
+
+    With a communicator of several ranks, each scores a contiguous part of the split and the sums
+    are added up over the ranks before dividing by the split's size (never a mean of means).
     """
 
     def __init__(
-        self, model: Model, loss: Loss, metrics: list[Metric], data: Dataset, batch_size: int = INFERENCE_BATCH
+        self,
+        model: Model,
+        loss: Loss,
+        metrics: list[Metric],
+        data: Dataset,
+        batch_size: int = INFERENCE_BATCH,
+        comm: Communicator | None = None,
     ) -> None:
         self.model, self.metrics, self.data, self.batch_size = model, metrics, data, batch_size
+        self.comm = comm or Communicator()
         fused = loss_on_logits(model, loss)
         self.fused = fused is not None
         #: The loss as applied to `output(...)`.
@@ -85,10 +96,13 @@ class Evaluator:
         backend = self.model.backend
         xp = backend.xp
         sums = xp.zeros(len(self.names), dtype=xp.float64)
-        for xb, yb in self.data.batches(split, self.batch_size, backend, self.targets).epoch():
+        n, rank, ranks = len(split), self.comm.rank, self.comm.size
+        part = split.take(slice(n * rank // ranks, n * (rank + 1) // ranks))
+        for xb, yb in self.data.batches(part, self.batch_size, backend, self.targets).epoch():
             out = self.output(xb, training=False)
             sums[0] += self.loss.value(out, yb) * xb.shape[0]
             self.add_metric_sums(sums, out, yb)
+        sums = self.comm.allreduce_stats(sums)
         logs = means(backend, sums, len(split), self.names)
         reg = self.model.regularization(add_grads=False)
         if not isinstance(reg, float):

@@ -27,6 +27,7 @@ from dlrun.engine.metrics import Metric
 from dlrun.engine.optimizers import Optimizer
 from dlrun.errors import CheckpointError, TrainingInterrupted
 from dlrun.graph.model import Model
+from dlrun.parallel.communicator import Communicator, checksum
 from dlrun.runs.checkpoint import Checkpoint
 from dlrun.training.callbacks import Callback
 from dlrun.training.evaluation import Evaluator, means
@@ -76,12 +77,20 @@ class Trainer:
     #: checkpoints carry; both optional outside a run.
     run_dir: Path | None = None
     config: dict[str, Any] | None = None
+    #: The processes training together (data-parallel); by default this one alone. `batch_size`
+    #: is the global batch: each rank trains on its part of every batch, and the gradients, loss
+    #: and metric sums are summed over the ranks, so N ranks compute what one would.
+    comm: Communicator = field(default_factory=Communicator)
+    #: Goyal et al.'s gradual warm-up for large global batches: over this many epochs' steps the
+    #: rate each step uses rises linearly to the optimizer's (scheduled) rate, which history logs.
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         self.backend = self.model.backend
         # The validation pass; the training step reads the model's output as it does (the loss
         # on the logits of a softmax/sigmoid output, the metrics on the probabilities).
-        self.evaluator = Evaluator(self.model, self.loss, self.metrics, self.data)
+        self.evaluator = Evaluator(self.model, self.loss, self.metrics, self.data, comm=self.comm)
+        self.model.use_communicator(self.comm)
         self.history: dict[str, list[float]] = {}
         self.epoch = 0  # epochs completed
         self.stop_training = False
@@ -91,34 +100,55 @@ class Trainer:
         self._resume_callbacks: list[dict[str, Any]] | None = None
         self.optimizer.build(self.model.flat_params, self.model.segments)
         self.train_batches = self.data.batches(
-            self.data.train, self.batch_size, self.backend, self.evaluator.targets, training=True
+            self.data.train,
+            self.batch_size,
+            self.backend,
+            self.evaluator.targets,
+            training=True,
+            shard=(self.comm.rank, self.comm.size),
         )
+        self._muted: set[str] = set()  # callbacks that only write files: rank 0 runs them
 
     # -- one step ------------------------------------------------------------------------------------
-    def train_step(self, xb: Any, yb: Any, sums: Any) -> Any:
-        """Forward, backward, update; adds loss and metric sums (device scalars) into `sums`."""
+    def train_step(self, xb: Any, yb: Any, sums: Any, total: int | None = None) -> Any:
+        """Forward, backward, update; adds loss and metric sums (device scalars) into `sums`.
+
+        `xb` may be this rank's part of a batch of `total` samples: its loss gradient is then
+        weighted by its share, and the gradients (and the sums) are summed over the ranks, which
+        gives the gradient of the mean over the whole batch. Weight penalties and their gradients
+        are added after the sum, once."""
         ev = self.evaluator
+        n = xb.shape[0]
         out = ev.output(xb, training=True)
         loss, dout = ev.loss.value_and_grad(out, yb)
+        if total is not None and total != n:
+            dout = dout * dout.dtype.type(n / total)
         self.model.backward(dout)
+        self.comm.allreduce(self.model.flat_grads)
         loss = loss + self.model.regularization(add_grads=True)
-        self.optimizer.apply(self.model.flat_params, self.model.flat_grads)
-        n = xb.shape[0]
-        sums[0] += loss * n
-        ev.add_metric_sums(sums, out, yb)
+        self._apply_update()
+        batch = self.backend.xp.zeros_like(sums)
+        batch[0] += loss * n
+        ev.add_metric_sums(batch, out, yb)
+        sums += self.comm.allreduce_stats(batch)
         return loss
 
     # -- loops ---------------------------------------------------------------------------------------
     def fit(self) -> dict[str, list[float]]:
         """Run the remaining epochs. Raises TrainingInterrupted (after callbacks' `on_interrupt`)
         when `interrupt` gets set: the state after the last finished batch is then `snapshot()`."""
+        if not self.comm.is_writer:  # rank 0 alone writes checkpoints, logs and tracking
+            self._muted = {type(cb).__name__ for cb in self.callbacks if cb.writes_files}
+            self.callbacks = [cb for cb in self.callbacks if type(cb).__name__ not in self._muted]
         for cb in self.callbacks:
             cb.set_trainer(self)
+        self.comm.check_same("initial weights", self._state_checksum())
         self.listener.on_train_begin(self)
         try:
             self._begin_callbacks()
             while self.epoch < self.epochs and not self.stop_training:
                 self._run_epoch()
+                self._agree_on_stopping()
                 if self.interrupt is not None:
                     self._stop_on_interrupt()
         except TrainingInterrupted:
@@ -139,6 +169,8 @@ class Trainer:
     def _begin_callbacks(self) -> None:
         """A fresh run calls `on_train_begin`; a resumed one gives each callback its saved state."""
         states, self._resume_callbacks = self._resume_callbacks, None
+        if states is not None:
+            states = [s for s in states if s.get("type") not in self._muted]
         if states is None:
             for cb in self.callbacks:
                 cb.on_train_begin()
@@ -173,12 +205,16 @@ class Trainer:
         batches = self.train_batches.epoch(rng, first, epoch=epoch)
         try:
             for b, (xb, yb) in enumerate(batches, start=first):
-                loss = self.train_step(xb, yb, sums)
-                seen += xb.shape[0]
+                first_row, last_row = self.train_batches.part(b)
+                total = self.train_batches.global_size(b)
+                self.model.noise.set_part(first_row, last_row, total)
+                loss = self.train_step(xb, yb, sums, total)
+                seen += total
                 self._progress = {"batch": b + 1, "seen": seen, "sums": sums, "shuffle": shuffle_state}
                 for cb in self.callbacks:
                     cb.on_batch_end(b, loss)
                 self.listener.on_batch_end(b, n_batches, seen, lambda s=sums, k=seen: means(self.backend, s, k, names))
+                self._agree_on_stopping()
                 if self.stop_training:
                     break
                 if self.interrupt is not None and b + 1 < n_batches:
@@ -187,7 +223,9 @@ class Trainer:
             close = getattr(batches, "close", None)  # stop a prefetching thread early
             if close is not None:
                 close()
+            self.model.noise.set_part(0, 0, 0)
         self._progress = None
+        self._share_model_state()
         logs = means(self.backend, sums, max(seen, 1), names)
         if self.data.val is not None:
             logs.update({f"val_{k}": v for k, v in self.evaluator.evaluate(self.data.val).items()})
@@ -199,6 +237,41 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_epoch_end(epoch, logs)
         self.listener.on_epoch_end(epoch, logs, seconds)
+
+    def _apply_update(self) -> None:
+        opt = self.optimizer
+        ramp = self.warmup_epochs * len(self.train_batches)
+        if opt.iterations >= ramp:
+            opt.apply(self.model.flat_params, self.model.flat_grads)
+            return
+        rate = opt.learning_rate  # the step count is in checkpoints: a resumed ramp goes on exactly
+        opt.learning_rate = rate * (opt.iterations + 1) / ramp
+        try:
+            opt.apply(self.model.flat_params, self.model.flat_grads)
+        finally:
+            opt.learning_rate = rate
+
+    def _agree_on_stopping(self) -> None:
+        """Every rank stops after the same batch: a signal or a callback's stop on any rank counts
+        for all (one small all-reduce), or the others would wait for it in the next one."""
+        signum, stop = self.comm.agree((self.interrupt or 0, int(self.stop_training)))
+        if signum and self.interrupt is None:
+            self.interrupt = signum
+        self.stop_training = bool(stop)
+
+    def _share_model_state(self) -> None:
+        """Local BatchNormalization leaves each rank its own moving statistics; at the end of each
+        epoch every rank takes rank 0's (what PyTorch DDP does each step), so validation and the
+        checkpoints rank 0 writes see one model, and a resume from an epoch's end is exact."""
+        if self.comm.size == 1:
+            return
+        weights = self.model.get_weights()
+        state = {k: v for k, v in weights.items() if k not in self.model.trainable_names}
+        if state:
+            self.model.set_weights({**weights, **self.comm.bcast(state)})
+
+    def _state_checksum(self) -> str:
+        return checksum(self.model.flat_params, *self.optimizer.state_arrays().values())
 
     def _stop_on_interrupt(self) -> None:
         """Let callbacks save (the run recorder writes a resumable checkpoint), then raise."""

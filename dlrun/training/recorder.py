@@ -22,6 +22,8 @@ class RunRecorder(Callback):
     It must be the last callback, so its checkpoint holds every other callback's end-of-epoch state.
     """
 
+    writes_files = True
+
     def __init__(self, run_dir: Path, config: dict[str, Any], monitor: str) -> None:
         self.run_dir, self.config, self.monitor = run_dir, config, monitor
         self.mode_max = direction(monitor) == "max"

@@ -74,6 +74,8 @@ class TensorBoard(Callback):
             step units (epochs and batches) could not be purged exactly on resume. Defaults to "epoch".
     """
 
+    writes_files = True
+
     bounds = declare(log_dir=nullable(NON_EMPTY_STR), histogram_freq=NON_NEGATIVE_INT, write_graph=BOOL)
 
     def __init__(
@@ -315,6 +317,8 @@ class MLflow(Callback):
         log_checkpoints: "best" (checkpoints/best.npz), "all" (every .npz in checkpoints/) or
             "none". Defaults to "best".
     """
+
+    writes_files = True
 
     bounds = declare(
         tracking_uri=nullable(NON_EMPTY_STR),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dlrun.checks import INT, NUMBER, POSITIVE, Bounds, checked, declare
+from dlrun.checks import BOOL, INT, NUMBER, POSITIVE, Bounds, checked, declare
 from dlrun.engine import initializers, regularizers, workspace
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel
@@ -81,11 +81,15 @@ class BatchNormalization(_Normalization):
         beta_initializer: Defaults to "zeros". gamma_initializer: Defaults to "ones".
         moving_mean_initializer: Defaults to "zeros". moving_variance_initializer: Defaults to "ones".
         beta_regularizer, gamma_regularizer: Default to None.
+        synchronized: in data-parallel training, compute the batch statistics over the global batch
+            (all ranks) instead of each rank's part. Defaults to False (per rank, as Keras's
+            MirroredStrategy and PyTorch DDP do). One all-reduce packs [sum x, sum x^2, count] in
+            forward, one [sum dy, sum dy * x_hat] in backward; with it, N processes compute what one does.
 
     Weights (Keras order): gamma, beta (trainable), moving_mean, moving_variance (non-trainable).
     """
 
-    bounds = declare(axis=INT, momentum=Bounds(NUMBER, minimum=0, maximum=1))
+    bounds = declare(axis=INT, momentum=Bounds(NUMBER, minimum=0, maximum=1), synchronized=BOOL)
 
     def __init__(
         self,
@@ -100,11 +104,13 @@ class BatchNormalization(_Normalization):
         moving_variance_initializer: Any = "ones",
         beta_regularizer: Any = None,
         gamma_regularizer: Any = None,
+        synchronized: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.axis = checked(self, "axis", axis)
         self.momentum = checked(self, "momentum", momentum)
+        self.synchronized = checked(self, "synchronized", synchronized)
         self._set_affine_options(
             epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer
         )
@@ -185,6 +191,24 @@ class BatchNormalization(_Normalization):
             m2 = (m2_w + rows * (mean_w - mean) ** 2).sum(axis=0)
         return mean, m2 * (1.0 / (rows * self._r))
 
+    def _synchronized_moments(self, x2: Any) -> tuple[Any, Any]:
+        """The mean and biased variance over every rank's rows, from one all-reduce of
+        [sum d, sum d^2, count] with d = x - moving_mean: the same shift on every rank (the moving
+        statistics stay equal), close to the mean, so E[d^2] - E[d]^2 loses little to cancellation."""
+        xp = xp_of(x2)
+        shift = self.params["moving_mean"]
+        d = x2 - self._tile(shift)
+        s1 = self._fold(d.sum(axis=0)).astype(xp.float64)
+        s2 = self._fold((d * d).sum(axis=0)).astype(xp.float64)
+        count = xp.full(1, x2.shape[0] * self._r, dtype=xp.float64)
+        total = self.comm.allreduce_stats(xp.concatenate([s1, s2, count]))
+        c = s1.shape[0]
+        rows = total[-1]
+        m1 = total[:c] / rows
+        var = xp.maximum(total[c : 2 * c] / rows - m1 * m1, 0.0)
+        self._count = float(rows)
+        return (shift + m1).astype(x2.dtype), var.astype(x2.dtype)
+
     def _gradient_sums(self, dy2: Any, x2: Any, mean: Any) -> tuple[Any, Any]:
         """Per-channel sum(dy) and sum(dy * (x - mean)), in one pass over blocks of dy and x."""
         xp = xp_of(x2)
@@ -204,7 +228,10 @@ class BatchNormalization(_Normalization):
         x2 = self._to_2d(x)
         self._batch_stats = training = bool(training) and self.trainable
         p = self.params
-        if training:
+        synced = training and self.synchronized and self.comm is not None
+        if synced:
+            mean, var = self._synchronized_moments(x2)
+        elif training:
             mean, var = self._mean_and_variance(x2)
             for key, batch in (("moving_mean", mean), ("moving_variance", var)):
                 p[key] *= self.momentum
@@ -225,6 +252,7 @@ class BatchNormalization(_Normalization):
 
         self._each_block(x2, normalize)
         self._x2, self._mean, self._inv, self._a = x2, mean, inv, a
+        self._synced = synced
         return self._from_2d(y2, x.shape)
 
     def backward(self, dy):
@@ -234,6 +262,7 @@ class BatchNormalization(_Normalization):
         # dbeta = sum(dy), dgamma_hat = sum(dy * xhat) per channel, xhat = (x - mean) * inv
         dbeta, dot = self._gradient_sums(dy2, x2, mean)
         dgamma_hat = dot * inv
+        m = dy2.shape[0] * self._r
         if "gamma" in self.grads:
             self.grads["gamma"][...] = dgamma_hat
         if "beta" in self.grads:
@@ -243,8 +272,13 @@ class BatchNormalization(_Normalization):
         a_t = self._tile(a)
         if not self._batch_stats:
             return self._from_2d(dy2 * a_t, dy.shape)
+        if self._synced:
+            # The weights' gradients above stay this rank's (the model's gradient all-reduce sums
+            # them); the input gradient needs the sums and count over the global batch.
+            c = dbeta.shape[0]
+            total = self.comm.allreduce_stats(xp.concatenate([dbeta, dot]).astype(xp.float64))
+            dbeta, dgamma_hat, m = total[:c].astype(dy.dtype), (total[c:] * inv).astype(dy.dtype), self._count
         # dx = a * (dy - mean(dy) - xhat * mean(dy * xhat)) = dy * a + (x - mean) * b + c
-        m = dy2.shape[0] * self._r
         b_t = self._tile(a * inv * dgamma_hat * (-1.0 / m))
         c_t = self._tile(dbeta * (a * (-1.0 / m)))
         mean_t = self._tile(mean)
@@ -267,6 +301,7 @@ class BatchNormalization(_Normalization):
             "axis": self.axis,
             "momentum": self.momentum,
             **self._affine_config(),
+            "synchronized": self.synchronized,
             "moving_mean_initializer": self.moving_mean_initializer.spec(),
             "moving_variance_initializer": self.moving_variance_initializer.spec(),
         }
