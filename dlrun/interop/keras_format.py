@@ -79,9 +79,9 @@ TABLE: tuple[LayerMap, ...] = (
     LayerMap(
         "BatchNormalization",
         "BatchNormalization",
-        ("axis", "momentum", *_AFFINE, "moving_mean_initializer", "moving_variance_initializer"),
+        ("axis", "momentum", *_AFFINE, "moving_mean_initializer", "moving_variance_initializer", "synchronized"),
         ("gamma", "beta", "moving_mean", "moving_variance"),
-        {**_AFFINE_FIXED, "synchronized": False, "renorm": False, "renorm_clipping": None, "renorm_momentum": ANY},
+        {**_AFFINE_FIXED, "renorm": False, "renorm_clipping": None, "renorm_momentum": ANY},
     ),
     LayerMap(
         "LayerNormalization",
