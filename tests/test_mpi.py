@@ -8,6 +8,7 @@ gradients on one process, sharding arithmetic, launcher detection, the config er
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -330,13 +331,18 @@ LONG = {
 @needs_mpi
 def test_interrupted_run_resumes_exactly_on_two_processes_and_on_one(tmp_path):
     _, reference = _train(tmp_path, LONG, 2, "ref")  # the uninterrupted run, on as many processes
-    config, runs = _write(tmp_path, LONG, "long.yaml"), tmp_path / "runs_int"
-    proc = _start(config, runs, uuid.uuid4().hex)
+    config, runs, tag = _write(tmp_path, LONG, "long.yaml"), tmp_path / "runs_int", uuid.uuid4().hex
+    proc = _start(config, runs, tag)
     run_dir = _wait_for_checkpoint(runs, "long", proc)
     time.sleep(0.3)  # into the next epoch: the stop then saves an unfinished one
     proc.send_signal(signal.SIGINT)
     started = time.monotonic()
-    _, err = proc.communicate(timeout=30)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:  # a hung job must fail this test, not live on beside the rest of the suite
+        for pid in [*_rank_pids(tag).values(), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     assert time.monotonic() - started < 30
     assert proc.returncode == 130, err[-2000:]
     assert err.count("stopped by SIGINT") == 1  # rank 0 alone says it

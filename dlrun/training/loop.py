@@ -148,8 +148,7 @@ class Trainer:
             self._begin_callbacks()
             while self.epoch < self.epochs and not self.stop_training:
                 self._run_epoch()
-                self._agree_on_stopping()
-                if self.interrupt is not None:
+                if self._agree_on_stopping():
                     self._stop_on_interrupt()
         except TrainingInterrupted:
             self._end_listener()
@@ -214,10 +213,10 @@ class Trainer:
                 for cb in self.callbacks:
                     cb.on_batch_end(b, loss)
                 self.listener.on_batch_end(b, n_batches, seen, lambda s=sums, k=seen: means(self.backend, s, k, names))
-                self._agree_on_stopping()
+                agreed = self._agree_on_stopping()
                 if self.stop_training:
                     break
-                if self.interrupt is not None and b + 1 < n_batches:
+                if agreed and b + 1 < n_batches:
                     self._stop_on_interrupt()
         finally:
             close = getattr(batches, "close", None)  # stop a prefetching thread early
@@ -251,13 +250,16 @@ class Trainer:
         finally:
             opt.learning_rate = rate
 
-    def _agree_on_stopping(self) -> None:
+    def _agree_on_stopping(self) -> int:
         """Every rank stops after the same batch: a signal or a callback's stop on any rank counts
-        for all (one small all-reduce), or the others would wait for it in the next one."""
+        for all (one small all-reduce), or the others would wait for it in the next one. Returns the
+        agreed signal (0: none). Decide on it, never on `self.interrupt`: a signal that lands on one
+        rank just after the all-reduce must wait for the next one, or that rank stops alone."""
         signum, stop = self.comm.agree((self.interrupt or 0, int(self.stop_training)))
         if signum and self.interrupt is None:
             self.interrupt = signum
         self.stop_training = bool(stop)
+        return int(signum)
 
     def _share_model_state(self) -> None:
         """Local BatchNormalization leaves each rank its own moving statistics; at the end of each
