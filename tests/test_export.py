@@ -398,7 +398,8 @@ def test_predict_output_is_the_forward_pass_in_batches_and_the_onnx_export_match
     """The 'checking exports' use case end to end through the command line."""
     setup = _setup("seed_cnn")
     path = _save(tmp_path / "cnn.npz", setup)
-    n = evaluation.INFERENCE_BATCH + 76  # more than one inference batch
+    batch = evaluation.inference_batch(setup.model)
+    n = batch + 76  # more than one inference batch
     x = _inputs(setup.model, n)
     np.savez(tmp_path / "x.npz", x=x)
     seen: list[int] = []
@@ -406,7 +407,7 @@ def test_predict_output_is_the_forward_pass_in_batches_and_the_onnx_export_match
     monkeypatch.setattr(Model, "forward", lambda self, xb, *a, **k: seen.append(len(xb)) or forward(self, xb, *a, **k))
     res = runner.invoke(app, ["predict", str(path), "-i", str(tmp_path / "x.npz"), "--output", str(tmp_path / "o.npy")])
     assert res.exit_code == 0, res.output
-    assert seen == [evaluation.INFERENCE_BATCH, 76]
+    assert seen == [batch, 76]
     assert res.output.count("\n") >= n and res.output.startswith("0: ")  # the top-k view, as before
     out = np.load(tmp_path / "o.npy")
     monkeypatch.setattr(Model, "forward", forward)

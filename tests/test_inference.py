@@ -3,6 +3,8 @@ training, the loss reads logits only per call, and scoring a checkpoint needs no
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import build_model, numeric_grad
@@ -15,6 +17,8 @@ from dlrun.graph.layers.conv import Conv2D
 from dlrun.graph.layers.core import Dense
 from dlrun.training.evaluation import Evaluator, loss_on_logits
 from dlrun.training.loop import Trainer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 # (layers, input shape, loss): outputs whose final activation the loss absorbs in training
 CASES = {
@@ -170,3 +174,19 @@ def test_the_evaluator_scores_without_an_optimizer():
     expected = -np.log(probs[np.arange(8), data.val.y]).mean()
     assert scores["loss"] == pytest.approx(expected, rel=1e-10)
     assert scores["accuracy"] == pytest.approx(np.mean(probs.argmax(axis=1) == data.val.y))
+
+
+def test_inference_batches_keep_the_widest_layer_output_within_the_cpu_budget():
+    """Batches of 1024 for the MLP; the seed CNN's 28x28x32 outputs cut them to 128 (a batch of 1024
+    would stream 100 MB per layer through memory); the same scores whatever the batch."""
+    from dlrun.training import evaluation
+
+    mlp = api.prepare(CONFIGS / "fashion_mnist_mlp.yaml", device="cpu").model
+    cnn = api.prepare(CONFIGS / "fashion_mnist_cnn.yaml", device="cpu").model
+    assert evaluation.inference_batch(mlp) == evaluation.INFERENCE_BATCH == 1024
+    assert evaluation.inference_batch(cnn) == 128
+    assert 128 * 28 * 28 * 32 <= evaluation.CPU_INFERENCE_VALUES < 256 * 28 * 28 * 32
+    x = np.random.default_rng(0).random((300, 28, 28, 1), dtype=np.float32)
+    np.testing.assert_allclose(
+        evaluation.predict_outputs(cnn, x), evaluation.predict_outputs(cnn, x, batch_size=1024), rtol=1e-5, atol=1e-7
+    )

@@ -23,7 +23,7 @@ from dlrun.data.registry import DATASETS
 from dlrun.errors import DlrunError, UsageError
 from dlrun.graph import summary as summaries
 from dlrun.graph.model import Model
-from dlrun.training.evaluation import INFERENCE_BATCH
+from dlrun.training.evaluation import inference_batch
 
 ENV = "DLRUN_MEMORY_LIMIT"
 #: Refuse above this share of the available memory: the interpreter, the libraries and temporaries
@@ -78,13 +78,12 @@ def training_need(model: Model, optimizer: Any, batch_size: int, data_cfg: dict[
     size = summaries.value_bytes(model)
     trainable, frozen = model.param_counts()
     slots = len(optimizer.slot_names)
-    # The validation pass runs batches of INFERENCE_BATCH, and layers keep their outputs then too.
+    # The validation pass runs inference batches, and layers keep their outputs then too.
+    eval_batch = inference_batch(model)
     train_bytes = summaries.training_activation_values(model) * batch_size * size
-    eval_bytes = summaries.activation_values(model) * INFERENCE_BATCH * size
+    eval_bytes = summaries.activation_values(model) * eval_batch * size
     kind, batch, activations = (
-        ("training", batch_size, train_bytes)
-        if train_bytes >= eval_bytes
-        else ("evaluation", INFERENCE_BATCH, eval_bytes)
+        ("training", batch_size, train_bytes) if train_bytes >= eval_bytes else ("evaluation", eval_batch, eval_bytes)
     )
     return Need(
         parameters=(2 * (trainable + frozen) + trainable) * size,
@@ -103,8 +102,8 @@ def inference_need(model: Model, data_cfg: dict[str, Any] | None = None) -> Need
     return Need(
         parameters=2 * (trainable + frozen) * size,  # the checkpoint's arrays and the model's
         optimizer=0,
-        activations=summaries.activation_values(model) * INFERENCE_BATCH * size,
-        batch=INFERENCE_BATCH,
+        activations=summaries.activation_values(model) * inference_batch(model) * size,
+        batch=inference_batch(model),
         batch_kind="evaluation",
         data=dataset_bytes(data_cfg or {}),
     )
