@@ -287,3 +287,19 @@ def test_gpu_branch_with_a_stand_in_array_module():
     assert set(calls) == {("record", "dlrun-prefetch"), ("wait", "MainThread")}
     assert len(calls) == 14
     wait_no_threads()
+
+
+def test_prefetch_null_makes_batches_ahead_only_where_it_pays():
+    """data.prefetch: null (the default) prefetches augmented training batches, never plain CPU
+    batches (a second Python thread would take the interpreter lock from the training step);
+    a number is obeyed as written."""
+    from dlrun.data.dataset import AUTO_PREFETCH, Dataset
+
+    aug = augment.augmenter([{"RandomFlip": {"mode": "horizontal"}}], 0, (4, 4, 1))
+    s = Split(np.zeros((8, 4, 4, 1), np.uint8), np.zeros(8, np.int64))
+    auto = Dataset("t", s, None, None, (4, 4, 1), 2, augmenter=aug, prefetch=None)
+    assert auto.batches(s, 4, CPU, training=True).prefetch == AUTO_PREFETCH
+    assert auto.batches(s, 4, CPU, training=False).prefetch == 0
+    plain = Dataset("t", s, None, None, (4, 4, 1), 2, prefetch=None)
+    assert plain.batches(s, 4, CPU, training=True).prefetch == 0
+    assert Dataset("t", s, None, None, (4, 4, 1), 2, prefetch=3).batches(s, 4, CPU).prefetch == 3

@@ -146,7 +146,13 @@ SCHEMA: dict[str, Any] = {
             "image augmentation of training batches, Keras names: "
             "[{RandomFlip: {mode: horizontal}}, {RandomCrop: {padding: 4}}, ...]",
         ),
-        "prefetch": Key((int,), 2, NON_NEGATIVE, "batches prepared ahead in a background thread (0: none)"),
+        "prefetch": Key(
+            (int,),
+            None,
+            NON_NEGATIVE,
+            "batches prepared ahead in a background thread (0: none; null: 2 when augmenting or on a GPU, else 0)",
+            nullable=True,
+        ),
         # ... and each dataset's own keys (DatasetKeys.keys())
     },
     "model": {
