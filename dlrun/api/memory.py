@@ -99,11 +99,12 @@ def inference_need(model: Model, data_cfg: dict[str, Any] | None = None) -> Need
     """What scoring or predicting with `model` needs: its weights and one evaluation batch."""
     size = summaries.value_bytes(model)
     trainable, frozen = model.param_counts()
+    batch = inference_batch(model)
     return Need(
         parameters=2 * (trainable + frozen) * size,  # the checkpoint's arrays and the model's
         optimizer=0,
-        activations=summaries.activation_values(model) * inference_batch(model) * size,
-        batch=inference_batch(model),
+        activations=summaries.activation_values(model) * batch * size,
+        batch=batch,
         batch_kind="evaluation",
         data=dataset_bytes(data_cfg or {}),
     )
