@@ -398,6 +398,14 @@ def main() -> None:
         if not available[framework]:
             notes.append(f"{framework} skipped: {python} cannot import {module} (pass --{framework}-python)")
     results: dict[str, Any] = {"epochs": args.epochs, "rounds": args.rounds, "idle": {}, "busy": {}, "breakdown": {}}
+    from dlrun.engine.threads import blas_libraries
+
+    # The kernels OpenBLAS runs set dlrun's matmul speed (PyTorch brings its own): say which.
+    results["blas"] = blas_libraries()
+    for lib in results["blas"]:
+        pinned = os.environ.get("OPENBLAS_CORETYPE") if lib["library"] == "openblas" else None
+        pin = f" (OPENBLAS_CORETYPE={pinned} is set here)" if pinned else ""
+        notes.append(f"dlrun's BLAS: {lib['library']} {lib['version']} with {lib['kernels']} kernels{pin}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.cifar_path is None and "cifar_cnn128" in args.models:

@@ -113,10 +113,11 @@ def test_conv_output_shape_matches_keras(n, k, s, d, padding):
         ((4, 4), (3, 3), "same", (1, 1)),
     ],
 )
-def test_conv_forward_matches_direct_convolution(kernel, strides, padding, dilation, rng):
-    layer = make(Conv2D(4, kernel, strides=strides, padding=padding, dilation_rate=dilation), (7, 8, 3))
+@pytest.mark.parametrize("channels", [1, 2, 3])  # im2col copies one and two channels its own ways
+def test_conv_forward_matches_direct_convolution(kernel, strides, padding, dilation, channels, rng):
+    layer = make(Conv2D(4, kernel, strides=strides, padding=padding, dilation_rate=dilation), (7, 8, channels))
     layer.params["bias"][...] = rng.normal(size=4)
-    x = rng.normal(size=(2, 7, 8, 3))
+    x = rng.normal(size=(2, 7, 8, channels))
     expected = reference_conv(x, layer.params["kernel"], layer.params["bias"], strides, padding, dilation)
     np.testing.assert_allclose(layer.forward(x, True), expected, rtol=1e-10, atol=1e-12)
 

@@ -250,6 +250,8 @@ def test_manifest_records_what_reproduces_the_run(tmp_path):
     m = json.loads((result.run_dir / "manifest.json").read_text())
     assert m["seed"] == 3 and m["overrides"] == ["training.batch_size=16"]
     assert m["versions"]["numpy"] == np.__version__ and m["versions"]["python"] and m["versions"]["dlrun"]
+    # The BLAS kernels change results in the last bits, so the manifest says which ran.
+    assert m["versions"]["blas"] and all(lib["library"] and lib["kernels"] for lib in m["versions"]["blas"])
     assert m["backend"] == "cpu" and m["device"].startswith("cpu")
     assert m["dataset"]["files"] == {str(data.resolve()): hashlib.sha256(data.read_bytes()).hexdigest()}
     assert m["config_file"] == str(path.resolve()) and m["git_commit"] == commit and isinstance(m["argv"], list)

@@ -82,12 +82,22 @@ def im2col(
     out_hw: tuple[int, int],
     out: Any = None,
 ) -> Any:
-    """The windows of padded `x` copied into a contiguous (N*OH*OW, KH*KW*C) matrix."""
+    """The windows of padded `x` as a (N*OH*OW, KH*KW*C) matrix: C-contiguous, or for one channel
+    on the CPU the transpose of a C-contiguous (KH*KW, N*OH*OW) one (`out` holds it either way)."""
     xp = xp_of(x)
     n, c = x.shape[0], x.shape[3]
+    if c == 1 and xp.__name__ == "numpy":
+        # Kernel position-major, each position is one copy of whole image rows into contiguous
+        # memory: 3x faster than writing every 25th value (LeNet-5's first layer), and BLAS reads
+        # the transposed view as it is.
+        shape_t = (kernel[0], kernel[1], n, out_hw[0], out_hw[1])
+        cols_t = xp.empty(shape_t, dtype=x.dtype) if out is None else out.reshape(shape_t)
+        for i, j, rows, cols in window_slices(kernel, strides, dilation, out_hw):
+            cols_t[i, j] = x[:, rows, cols, 0]
+        return cols_t.reshape(kernel[0] * kernel[1], -1).T
     shape = (n, out_hw[0], out_hw[1], kernel[0], kernel[1], c)
     out = xp.empty(shape, dtype=x.dtype) if out is None else out.reshape(shape)
-    if c <= 2 and xp.__name__ == "numpy":
+    if c == 2 and xp.__name__ == "numpy":
         # Few channels: one strided slice per kernel position copies whole image rows at a time.
         for i, j, rows, cols in window_slices(kernel, strides, dilation, out_hw):
             out[:, :, :, i, j, :] = x[:, rows, cols, :]

@@ -1,8 +1,9 @@
 """manifest.json: what it takes to reproduce a run.
 
-The seed; the versions of dlrun, Python, NumPy (and CuPy when used); the backend and device; the
-dataset files' SHA-256; the command line and `--set` overrides; the config file and the git commit
-of the repository holding it (when there is one). A resumed run adds an entry to `resumes`.
+The seed; the versions of dlrun, Python, NumPy, its BLAS and the kernels that BLAS chose (and CuPy
+when used); the backend and device; the dataset files' SHA-256; the command line and `--set`
+overrides; the config file and the git commit of the repository holding it (when there is one).
+A resumed run adds an entry to `resumes`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from dlrun import __version__
 from dlrun.atomic import write_json
+from dlrun.engine.threads import blas_libraries
 
 MANIFEST = "manifest.json"
 
@@ -66,6 +68,7 @@ def git_commit(config_file: str | None) -> str | None:
 
 def versions(backend: Any) -> dict[str, Any]:
     out = {"dlrun": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    out["blas"] = blas_libraries()  # its kernels change the speed and the last bits of results
     if getattr(backend, "is_gpu", False):
         out["cupy"] = getattr(backend.xp, "__version__", None)
     return out
