@@ -406,6 +406,14 @@ def main() -> None:
         pinned = os.environ.get("OPENBLAS_CORETYPE") if lib["library"] == "openblas" else None
         pin = f" (OPENBLAS_CORETYPE={pinned} is set here)" if pinned else ""
         notes.append(f"dlrun's BLAS: {lib['library']} {lib['version']} with {lib['kernels']} kernels{pin}")
+    from dlrun.engine.compiled import numba_version
+
+    results["numba"] = numba_version()
+    notes.append(
+        f"dlrun's compiled kernels: numba {results['numba']}"
+        if results["numba"]
+        else "dlrun's compiled kernels: none (NumPy alone: numba not installed, or DLRUN_NUMBA=0)"
+    )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.cifar_path is None and "cifar_cnn128" in args.models:

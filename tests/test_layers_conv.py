@@ -10,8 +10,8 @@ import pytest
 from conftest import assert_grad_close, make, numeric_grad
 
 from dlrun import api
+from dlrun.engine import compiled, workspace
 from dlrun.engine import threads as ops
-from dlrun.engine import workspace
 from dlrun.engine.backend import Backend
 from dlrun.graph.layer import LAYERS, ShapeError
 from dlrun.graph.layers.conv import Conv2D
@@ -259,6 +259,27 @@ def test_pooling_values_and_gradients(cls, kind, pool, strides, padding, rng):
     assert layer.output_shape == expected.shape[1:]
     np.testing.assert_allclose(layer.forward(x, True), expected, atol=1e-12)
     assert grad_check(layer, [x], rng) == []
+
+
+@pytest.mark.parametrize("cls", [MaxPooling2D, AveragePooling2D])
+@pytest.mark.parametrize("pool,padding,size", [(2, "valid", 8), (2, "same", 6), (3, "valid", 9), (2, "valid", 7)])
+def test_pooling_compiled_kernels_give_the_bits_of_the_numpy_passes(cls, pool, padding, size, monkeypatch):
+    """numba runs tiling windows in one pass; values, ties and the routed gradient must be the
+    NumPy passes' to the bit (with ties, NaNs and signed zeros in the input)."""
+    kernels = pytest.importorskip("dlrun.engine.numba_kernels")
+    rng = np.random.default_rng(4)
+    x = np.round(rng.normal(size=(5, size, size, 3)), 1).astype(np.float32)  # ties and -0.0
+    x[0, 0, 0, 0], x[1, 2, 3, 1] = np.nan, -np.inf
+
+    def run(fused: object) -> tuple[np.ndarray, np.ndarray]:
+        monkeypatch.setattr(compiled, "kernels", lambda: fused)
+        layer = make(cls(pool_size=pool, padding=padding), (size, size, 3), backend=Backend(np))
+        y = layer.forward(x, True)
+        dy = np.random.default_rng(5).normal(size=y.shape).astype(np.float32)
+        return y, layer.backward(dy)
+
+    for fused, plain in zip(run(kernels), run(None)):
+        np.testing.assert_array_equal(fused.view(np.uint32), plain.view(np.uint32))
 
 
 def test_pooling_defaults_and_aliases():

@@ -9,6 +9,7 @@ import pytest
 from conftest import F64, assert_grad_close, make, numeric_grad
 
 from dlrun import api
+from dlrun.engine import compiled
 from dlrun.engine import workspace as ops
 from dlrun.engine.backend import Backend
 from dlrun.graph.layer import LAYERS
@@ -82,6 +83,31 @@ def test_batch_norm_gradients_over_many_blocks(rng, monkeypatch):
     layer = make(BatchNormalization(), (4, 3, 2))
     randomize(layer, rng)
     grad_check(layer, [rng.normal(size=(6, 4, 3, 2))], rng)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_batch_norm_compiled_kernels_give_the_bits_of_the_numpy_passes(axis, training, monkeypatch):
+    """numba fuses the element-wise passes; outputs, gradients and moving statistics must not
+    depend on whether it is installed."""
+    kernels = pytest.importorskip("dlrun.engine.numba_kernels")
+    monkeypatch.setattr(ops, "CACHE_VALUES", 1 << 12)  # many blocks
+    rng = np.random.default_rng(2)
+    x = (rng.normal(size=(16, 6, 6, 12)) * 3 + 1).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+
+    def run(fused: object) -> list[np.ndarray]:
+        monkeypatch.setattr(compiled, "kernels", lambda: fused)
+        layer = make(BatchNormalization(axis=axis), (6, 6, 12), backend=Backend(np))
+        randomize(layer, np.random.default_rng(3))
+        y = layer.forward(x, training=training)
+        assert y.dtype == np.float32  # the dtype training runs in
+        dx = layer.backward(dy)
+        return [y, dx, *(np.array(g) for g in layer.grads.values()), *(np.array(p) for p in layer.params.values())]
+
+    for fused, plain in zip(run(kernels), run(None)):
+        assert fused.dtype == plain.dtype
+        np.testing.assert_array_equal(fused, plain)
 
 
 def test_batch_norm_statistics_over_many_blocks_are_exact_in_float32(monkeypatch):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dlrun.engine import optimizers
+from dlrun.engine import compiled, optimizers
 from dlrun.engine.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 
 W0 = np.array([0.5, -1.2, 2.0, 0.0, -0.3, 1.1])
@@ -359,3 +359,32 @@ def test_slots_of_weights_without_gradient_never_turn_subnormal_and_weights_are_
     assert subnormal_plain > 0  # the case is real: without flushing, slots do go subnormal
     assert subnormal_flushed == 0
     np.testing.assert_array_equal(w_flushed, w_plain)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_compiled_adam_gives_the_bits_of_the_numpy_passes(name, dtype, monkeypatch):
+    """The numba kernel fuses Adam's twelve NumPy passes: a run's weights and moments must not
+    depend on whether numba is installed."""
+    kernels = pytest.importorskip("dlrun.engine.numba_kernels")
+    calls = []
+
+    class Counted:
+        def adam(self, *args):
+            calls.append(1)
+            kernels.adam(*args)
+
+    def train(fused: object) -> tuple[np.ndarray, dict]:
+        monkeypatch.setattr(compiled, "kernels", lambda: fused)
+        rng = np.random.default_rng(0)
+        opt, w = optimizers.get({"type": name, "learning_rate": 0.01}), rng.normal(size=5000).astype(dtype)
+        opt.build(w, [slice(0, 3000), slice(3000, 5000)])
+        for _ in range(40):  # past FLUSH_EVERY, so the flushes run on both paths
+            opt.apply(w, (rng.normal(size=5000) * 0.1).astype(dtype))
+        return w, opt.slots
+
+    (w_numpy, slots_numpy), (w_fused, slots_fused) = train(None), train(Counted())
+    assert len(calls) > 40  # the kernel ran (the build's warm-up call and every step)
+    np.testing.assert_array_equal(w_fused, w_numpy)
+    for slot in slots_numpy:
+        np.testing.assert_array_equal(slots_fused[slot], slots_numpy[slot])

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from dlrun import api
 from dlrun.cli import app
+from dlrun.engine import compiled
 from dlrun.errors import CheckpointError, TrainingInterrupted
 from dlrun.runs import checkpoint as ckpt_mod
 from dlrun.training.loop import SilentListener
@@ -252,6 +253,7 @@ def test_manifest_records_what_reproduces_the_run(tmp_path):
     assert m["versions"]["numpy"] == np.__version__ and m["versions"]["python"] and m["versions"]["dlrun"]
     # The BLAS kernels change results in the last bits, so the manifest says which ran.
     assert m["versions"]["blas"] and all(lib["library"] and lib["kernels"] for lib in m["versions"]["blas"])
+    assert m["versions"].get("numba") == compiled.numba_version()  # set when its kernels ran
     assert m["backend"] == "cpu" and m["device"].startswith("cpu")
     assert m["dataset"]["files"] == {str(data.resolve()): hashlib.sha256(data.read_bytes()).hexdigest()}
     assert m["config_file"] == str(path.resolve()) and m["git_commit"] == commit and isinstance(m["argv"], list)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dlrun.checks import FRACTION, NON_NEGATIVE, POSITIVE, checked, declare, nullable
+from dlrun.engine import compiled
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel, workers
 from dlrun.registry import Registry, build_from_spec
@@ -321,6 +322,17 @@ class Adam(Optimizer):
             "amsgrad": self.amsgrad,
         }
 
+    def build(self, params: Any, segments: list[slice]) -> None:
+        super().build(params, segments)
+        fused = self._fused(params)
+        if fused is not None:  # compiled (or loaded from numba's cache) now, not in the first step
+            tiny, zero = np.zeros(1, dtype=params.dtype), params.dtype.type(0)
+            fused.adam(tiny, tiny, tiny.copy(), tiny.copy(), zero, zero, zero, zero)
+
+    def _fused(self, w: Any) -> Any:
+        """The compiled kernels when they can run this update (NumPy arrays, no AMSGrad), else None."""
+        return compiled.kernels() if xp_of(w).__name__ == "numpy" and not self.amsgrad else None
+
     def _update(self, w, g, slots, tmp, lr):
         xp = xp_of(w)
         # The bias correction in the weights' dtype, as Keras computes it: in float32,
@@ -332,6 +344,10 @@ class Adam(Optimizer):
         t = f(self.iterations)
         alpha = f(lr) * np.sqrt(f(1) - f(self.beta_2) ** t) / (f(1) - f(self.beta_1) ** t)
         m, v = slots["momentum"], slots["velocity"]
+        fused = self._fused(w)
+        if fused is not None:  # the passes below fused into one loop, the same bits
+            fused.adam(w, g, m, v, f(1 - self.beta_1), f(1 - self.beta_2), f(self.epsilon), alpha)
+            return
         xp.subtract(g, m, out=tmp)
         tmp *= 1 - self.beta_1
         m += tmp  # m = b1 m + (1 - b1) g

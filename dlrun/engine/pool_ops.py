@@ -1,12 +1,13 @@
 """Pooling kernels, channels-last, written against `xp`: separable (along the width, then the
-height), one strided slice per window position, so they run on NumPy and CuPy alike."""
+height), one strided slice per window position, so they run on NumPy and CuPy alike. With numba
+(dlrun.engine.compiled), 2x2 windows that tile the image take one fused pass on the CPU."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-from dlrun.engine import workspace
+from dlrun.engine import compiled, workspace
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel
 
@@ -86,16 +87,30 @@ def _sample_parts(x: Any, n: int, fn: Callable[[int, int, int], Any]) -> list[An
     return parallel(xp, n, fn, step=max(1, workspace.CACHE_VALUES // 2 // per_sample))
 
 
+def _fused_2x2(x: Any, pool: tuple[int, int], strides: tuple[int, int], out_hw: tuple[int, int]) -> Any:
+    """numba's kernels when 2x2 windows tile the (N, H, W, C) NumPy image `x` (the common
+    pooling, which they run in one pass with the NumPy passes' results), else None."""
+    tiles = pool == strides == (2, 2) and x.shape[1] == 2 * out_hw[0] and x.shape[2] == 2 * out_hw[1]
+    return compiled.kernels() if tiles and xp_of(x).__name__ == "numpy" else None
+
+
 def max_pool(x: Any, pool: tuple[int, int], strides: tuple[int, int], out_hw: tuple[int, int]) -> tuple[Any, Any]:
     """Max over each window of a padded (N, H, W, C) image; returns (output, what backward needs).
 
     Separable: maxima along the width, then along the height. The gradient goes to the first
-    maximum of each window in row-major order, as TensorFlow."""
+    maximum of each window in row-major order, as TensorFlow. 2x2 tiles take one fused pass with
+    numba (the same values and masks)."""
     xp = xp_of(x)
     n = x.shape[0]
     out = xp.empty((n, *out_hw, x.shape[3]), dtype=x.dtype)
+    fused = _fused_2x2(x, pool, strides, out_hw)
 
     def work(first: int, last: int, worker: int) -> tuple[Any, ...]:
+        if fused is not None:
+            m, c = last - first, x.shape[3]
+            arg_w, arg_h = xp.empty((m, x.shape[1], out_hw[1], c), bool), xp.empty((m, *out_hw, c), bool)
+            fused.max_pool_2x2(x[first:last], out[first:last], arg_w, arg_h)
+            return first, last, arg_w, arg_h, arg_w.shape
         row_max, arg_w = _max_1d(x[first:last], 2, pool[1], strides[1], out_hw[1])
         _, arg_h = _max_1d(row_max, 1, pool[0], strides[0], out_hw[0], out=out[first:last])
         return first, last, arg_w, arg_h, row_max.shape
@@ -105,10 +120,16 @@ def max_pool(x: Any, pool: tuple[int, int], strides: tuple[int, int], out_hw: tu
 
 def max_pool_backward(dy: Any, saved: Any, pool: tuple[int, int], strides: tuple[int, int]) -> Any:
     parts, in_shape = saved
-    dx = xp_of(dy).empty(in_shape, dtype=dy.dtype)
+    xp = xp_of(dy)
+    dx = xp.empty(in_shape, dtype=dy.dtype)
+    fused = _fused_2x2(dx, pool, strides, dy.shape[1:3])
+    levels = xp.asarray([0, 1], dtype=dy.dtype)
 
     def work(a: int, b: int, worker: int) -> None:  # the forward's sample ranges, one per worker
         for first, stop, arg_w, arg_h, mid_shape in parts[a:b]:
+            if fused is not None:
+                fused.max_pool_2x2_backward(dy[first:stop], arg_w, arg_h, levels, dx[first:stop])
+                continue
             d_mid = _max_1d_backward(dy[first:stop], arg_h, mid_shape, 1, pool[0], strides[0])
             _max_1d_backward(d_mid, arg_w, (stop - first, *in_shape[1:]), 2, pool[1], strides[1], out=dx[first:stop])
 
@@ -150,14 +171,26 @@ def _sum_1d(x: Any, axis: int, k: int, stride: int, out_len: int, out: Any = Non
     return out
 
 
+def _counts_2d(xp: Any, counts: Any, out_hw: tuple[int, ...], dtype: Any) -> Any:
+    """`counts` (a window area, or window_counts' (OH, OW, 1)) as an (OH, OW) array of `dtype`."""
+    table = xp.asarray(counts, dtype=dtype)
+    table = table[..., 0] if table.ndim == 3 else table
+    return xp.ascontiguousarray(xp.broadcast_to(table, tuple(out_hw)))
+
+
 def avg_pool(x: Any, pool: tuple[int, int], strides: tuple[int, int], out_hw: tuple[int, int], counts: Any) -> Any:
     """Window means of a zero-padded image; `counts` is the window area or `window_counts`."""
     xp = xp_of(x)
     n = x.shape[0]
     out = xp.empty((n, *out_hw, x.shape[3]), dtype=x.dtype)
+    fused = _fused_2x2(x, pool, strides, out_hw)
+    counts2 = _counts_2d(xp, counts, out_hw, x.dtype) if fused is not None else None
 
     def work(first: int, last: int, worker: int) -> None:
         part = out[first:last]
+        if fused is not None:
+            fused.avg_pool_2x2(x[first:last], counts2, part)
+            return
         _sum_1d(_sum_1d(x[first:last], 2, pool[1], strides[1], out_hw[1]), 1, pool[0], strides[0], out_hw[0], part)
         part /= counts
 
@@ -170,8 +203,13 @@ def avg_pool_backward(
 ) -> Any:
     xp = xp_of(dy)
     dx = xp.empty(padded_shape, dtype=dy.dtype)
+    fused = _fused_2x2(dx, pool, strides, dy.shape[1:3])
+    counts2 = _counts_2d(xp, counts, dy.shape[1:3], dy.dtype) if fused is not None else None
 
     def work(first: int, last: int, worker: int) -> None:
+        if fused is not None:
+            fused.avg_pool_2x2_backward(dy[first:last], counts2, dx[first:last])
+            return
         share = dy[first:last] / counts
         m = last - first
         mid_shape = (m, padded_shape[1], dy.shape[2], dy.shape[3])

@@ -1,7 +1,7 @@
 """manifest.json: what it takes to reproduce a run.
 
-The seed; the versions of dlrun, Python, NumPy, its BLAS and the kernels that BLAS chose (and CuPy
-when used); the backend and device; the dataset files' SHA-256; the command line and `--set`
+The seed; the versions of dlrun, Python, NumPy, its BLAS and the kernels that BLAS chose (and numba or
+CuPy when used); the backend and device; the dataset files' SHA-256; the command line and `--set`
 overrides; the config file and the git commit of the repository holding it (when there is one).
 A resumed run adds an entry to `resumes`.
 """
@@ -21,6 +21,7 @@ import numpy as np
 
 from dlrun import __version__
 from dlrun.atomic import write_json
+from dlrun.engine.compiled import numba_version
 from dlrun.engine.threads import blas_libraries
 
 MANIFEST = "manifest.json"
@@ -71,6 +72,8 @@ def versions(backend: Any) -> dict[str, Any]:
     out["blas"] = blas_libraries()  # its kernels change the speed and the last bits of results
     if getattr(backend, "is_gpu", False):
         out["cupy"] = getattr(backend.xp, "__version__", None)
+    elif numba_version() is not None:  # the compiled kernels ran (the same bits as NumPy's, faster)
+        out["numba"] = numba_version()
     return out
 
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dlrun.checks import BOOL, INT, NUMBER, POSITIVE, Bounds, checked, declare
-from dlrun.engine import initializers, regularizers, workspace
+from dlrun.engine import compiled, initializers, regularizers, workspace
 from dlrun.engine.backend import xp_of
 from dlrun.engine.threads import parallel
 from dlrun.engine.workspace import Workspace, column_sums
@@ -163,6 +163,11 @@ class BatchNormalization(_Normalization):
         step = max(1, workspace.CACHE_VALUES // 2 // x2.shape[1]) if xp.__name__ == "numpy" else n
         return parallel(xp, n, lambda first, last, worker: fn(slice(first, last), worker), step=step)
 
+    @staticmethod
+    def _fused(x2: Any) -> Any:
+        """numba's kernels for the element-wise passes over NumPy blocks (the same bits), or None."""
+        return compiled.kernels() if xp_of(x2).__name__ == "numpy" else None
+
     def _scratch(self, worker: int, like: Any) -> Any:
         return self._ws.worker(worker).rows("block", like.shape[0], like.shape[1:], like.dtype, xp_of(like))
 
@@ -170,14 +175,18 @@ class BatchNormalization(_Normalization):
         """Per-channel mean and biased variance in one pass over x: each block's column sums and
         centred sum of squares while the block is in cache, combined exactly (Chan et al.'s
         pairwise update) instead of the less accurate E[x^2] - mean^2."""
-        xp = xp_of(x2)
+        xp, fused = xp_of(x2), self._fused(x2)
 
         def block(rows: slice, worker: int) -> tuple[int, Any, Any]:
             xb = x2[rows]
             ws = self._ws.worker(worker)
             mean_b = column_sums(xb, ws) * (1.0 / xb.shape[0])
-            centred = xp.subtract(xb, mean_b, out=self._scratch(worker, xb))
-            centred *= centred
+            centred = self._scratch(worker, xb)
+            if fused is not None:
+                fused.centred_square(xb, mean_b, centred)
+            else:
+                xp.subtract(xb, mean_b, out=centred)
+                centred *= centred
             return xb.shape[0], mean_b, column_sums(centred, ws)
 
         counts, means, squares = zip(*self._each_block(x2, block))
@@ -211,13 +220,17 @@ class BatchNormalization(_Normalization):
 
     def _gradient_sums(self, dy2: Any, x2: Any, mean: Any) -> tuple[Any, Any]:
         """Per-channel sum(dy) and sum(dy * (x - mean)), in one pass over blocks of dy and x."""
-        xp = xp_of(x2)
+        xp, fused = xp_of(x2), self._fused(x2)
         mean_t = self._tile(mean)
 
         def block(rows: slice, worker: int) -> tuple[Any, Any]:
             ws = self._ws.worker(worker)
-            prod = xp.subtract(x2[rows], mean_t, out=self._scratch(worker, x2[rows]))
-            prod *= dy2[rows]
+            prod = self._scratch(worker, x2[rows])
+            if fused is not None:
+                fused.centred_product(x2[rows], mean_t, dy2[rows], prod)
+            else:
+                xp.subtract(x2[rows], mean_t, out=prod)
+                prod *= dy2[rows]
             return column_sums(dy2[rows], ws), column_sums(prod, ws)
 
         dy_sums, dot_sums = zip(*self._each_block(x2, block))
@@ -246,7 +259,12 @@ class BatchNormalization(_Normalization):
         a_t, shift_t = self._tile(a), self._tile(shift)
         y2 = xp.empty_like(x2)
 
+        fused = self._fused(x2)
+
         def normalize(rows: slice, worker: int) -> None:  # y = x * a + (beta - mean * a)
+            if fused is not None:
+                fused.scale_shift(x2[rows], a_t, shift_t, y2[rows])
+                return
             xp.multiply(x2[rows], a_t, out=y2[rows])
             y2[rows] += shift_t
 
@@ -284,8 +302,13 @@ class BatchNormalization(_Normalization):
         mean_t = self._tile(mean)
         dx2 = xp.empty_like(dy2)
 
+        fused = self._fused(dy2)
+
         def input_grad(rows: slice, worker: int) -> None:
             out = dx2[rows]
+            if fused is not None:
+                fused.batchnorm_input_grad(dy2[rows], x2[rows], a_t, mean_t, b_t, c_t, out)
+                return
             xp.multiply(dy2[rows], a_t, out=out)
             t = xp.subtract(x2[rows], mean_t, out=self._scratch(worker, out))
             t *= b_t
