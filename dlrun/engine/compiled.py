@@ -3,8 +3,8 @@
 NumPy runs Adam's update as twelve passes over the parameters, each its own C loop and call; for
 the seed MLP's 79,510 weights the twelve cost 91 us per step, one fused loop 14 us (measured on a
 Zen 5 core), a third of that MLP's epoch. Each kernel computes in the order and dtype of the NumPy
-code it stands for, so a run's results are the same bits with or without numba
-(tests/test_optimizers.py compares them).
+code it stands for, so a run's results are the same bits with or without numba (tests compare
+them: test_optimizers, test_layers_norm_merge, test_layers_conv).
 
 Imported on first use, never at start-up: `kernels()` is None without numba, on a GPU's arrays
 (callers check), or when DLRUN_NUMBA=0 asks for NumPy alone. Kernels are single-threaded and

@@ -123,7 +123,7 @@ def max_pool_backward(dy: Any, saved: Any, pool: tuple[int, int], strides: tuple
     xp = xp_of(dy)
     dx = xp.empty(in_shape, dtype=dy.dtype)
     fused = _fused_2x2(dx, pool, strides, dy.shape[1:3])
-    levels = xp.asarray([0, 1], dtype=dy.dtype)
+    levels = xp.asarray([0, 1], dtype=dy.dtype) if fused is not None else None
 
     def work(a: int, b: int, worker: int) -> None:  # the forward's sample ranges, one per worker
         for first, stop, arg_w, arg_h, mid_shape in parts[a:b]:

@@ -72,8 +72,8 @@ def versions(backend: Any) -> dict[str, Any]:
     out["blas"] = blas_libraries()  # its kernels change the speed and the last bits of results
     if getattr(backend, "is_gpu", False):
         out["cupy"] = getattr(backend.xp, "__version__", None)
-    elif numba_version() is not None:  # the compiled kernels ran (the same bits as NumPy's, faster)
-        out["numba"] = numba_version()
+    elif (numba := numba_version()) is not None:  # its kernels ran (the same bits as NumPy's, faster)
+        out["numba"] = numba
     return out
 
 
