@@ -35,6 +35,17 @@ def test_summary_table_is_keras_shaped():
     assert " Total params: 79,510 (310.59 KB)" in res.output
 
 
+def test_train_passes_on_a_note_about_slow_blas_kernels(tmp_path, synth_config, monkeypatch):
+    from dlrun.api import training
+
+    monkeypatch.setattr(training, "forced_kernels_note", lambda: "OPENBLAS_CORETYPE=Haswell makes ...")
+    args = ["train", str(synth_config), "--runs-dir", str(tmp_path), "--progress", "plain"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "note: OPENBLAS_CORETYPE=Haswell makes ..." in res.stderr
+    assert "note:" not in runner.invoke(app, [*args, "-q"]).stderr
+
+
 def test_train_writes_run_folder_and_evaluate_reads_it(tmp_path, synth_config):
     runs = tmp_path / "runs"
     res = runner.invoke(app, ["train", str(synth_config), "--runs-dir", str(runs), "--progress", "plain"])

@@ -14,7 +14,7 @@ from dlrun.engine import compiled, workspace
 from dlrun.engine import threads as ops
 from dlrun.engine.backend import Backend
 from dlrun.graph.layer import LAYERS, ShapeError
-from dlrun.graph.layers.conv import Conv2D
+from dlrun.graph.layers.conv import FLIPPED_MIN_CHANNELS, Conv2D
 from dlrun.graph.layers.pooling import (
     AveragePooling2D,
     GlobalAveragePooling2D,
@@ -146,6 +146,40 @@ def test_conv_gradients(kwargs, rng):
 def test_conv_gradients_over_many_chunks(kwargs, rng, small_chunks):
     layer = make(Conv2D(**kwargs), (5, 4, 3))
     grad_check(layer, [rng.normal(size=(5, 5, 4, 3))], rng)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(padding="same", activation="relu"), dict(padding="valid"), dict(padding="same", dilation_rate=2)],
+    ids=["same", "valid", "dilated"],
+)
+def test_conv_gradients_through_the_flipped_kernel(kwargs, rng):
+    """From FLIPPED_MIN_CHANNELS input channels on, a stride-1 input gradient is the convolution
+    of dz with the flipped kernel (fewer: col2im, which the cases above check)."""
+    c = FLIPPED_MIN_CHANNELS
+    layer = make(Conv2D(2, 3, **kwargs), (5, 4, c))
+    grad_check(layer, [rng.normal(size=(2, 5, 4, c))], rng)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kernel_size=5), dict(kernel_size=3, padding="same"), dict(kernel_size=3, strides=2, padding="same")],
+    ids=["valid", "same", "strided"],
+)
+def test_conv_col2im_kernel_gives_the_bits_of_the_numpy_passes(kwargs, monkeypatch):
+    """numba sums the window gradients back in one loop; the input gradient must be the NumPy
+    slices' to the bit (float32, every pixel's sum taken in the same order)."""
+    kernels = pytest.importorskip("dlrun.engine.numba_kernels")
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, 9, 8, 6)).astype(np.float32)
+
+    def input_grad(fused: object) -> np.ndarray:
+        monkeypatch.setattr(compiled, "kernels", lambda: fused)
+        layer = make(Conv2D(4, **kwargs), (9, 8, 6), backend=Backend(np), seed=1)
+        y = layer.forward(x, True)
+        return layer.backward(np.random.default_rng(7).normal(size=y.shape).astype(np.float32))
+
+    np.testing.assert_array_equal(input_grad(kernels).view(np.uint32), input_grad(None).view(np.uint32))
 
 
 def test_conv_single_channel_input_gradients(rng, small_chunks):
@@ -575,3 +609,23 @@ def test_a_failing_piece_stops_every_thread_and_raises():
     with ops.cpu_threads(2), pytest.raises(RuntimeError, match="piece 3"):
         ops.parallel(np, 100, fn, step=1)
     assert len(seen) < 100
+
+
+@pytest.mark.parametrize(
+    "forced,flags,kernels,says",
+    [
+        ("Haswell", "fpu avx2 avx512f", "Haswell", True),  # the slow case: AVX2 kernels, AVX-512 there
+        ("Haswell", "fpu avx2", "Haswell", False),  # the processor has no AVX-512: nothing lost
+        ("SkylakeX", "fpu avx2 avx512f", "SkylakeX", False),  # forced, but to AVX-512 kernels
+        ("", "fpu avx2 avx512f", "Haswell", False),  # OpenBLAS's own choice is not second-guessed
+    ],
+)
+def test_forced_blas_kernels_get_a_note(forced, flags, kernels, says, tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(ops, "blas_libraries", lambda: [{"library": "openblas", "version": "0", "kernels": kernels}])
+    note = ops.forced_kernels_note({"OPENBLAS_CORETYPE": forced} if forced else {}, str(cpuinfo))
+    assert (note is not None) == says
+    if says:
+        assert "OPENBLAS_CORETYPE=Haswell" in note and "Haswell kernels" in note
+    assert ops.forced_kernels_note({"OPENBLAS_CORETYPE": "Haswell"}, str(tmp_path / "absent")) is None

@@ -20,7 +20,7 @@ from dlrun.config.schema import Config, parse_config
 from dlrun.data.dataset import Dataset, known_class_names, load_dataset
 from dlrun.data.sources import ProgressFn
 from dlrun.engine.random import streams
-from dlrun.engine.threads import cpu_threads
+from dlrun.engine.threads import cpu_threads, forced_kernels_note
 from dlrun.errors import CheckpointError, DlrunError, TrainingInterrupted, UsageError
 from dlrun.graph.summary import summary_text
 from dlrun.interop.weights_file import load_initial_weights
@@ -53,6 +53,8 @@ class RunResult:
     device: str
     #: The model's final weights (host copies), after callbacks such as EarlyStopping's restore.
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Things the user may want to change for speed (sentences), e.g. BLAS kernels forced slower.
+    notes: list[str] = field(default_factory=list)
 
 
 def train(
@@ -392,7 +394,8 @@ def _fit(setup: Setup, data: Dataset, trainer: Trainer, recorder: RunRecorder, r
     _plot_if_possible(run_dir, history)
     for cb in trainer.callbacks:
         cb.on_run_end()
-    return RunResult(run_dir, history, metrics, recorder.best_epoch, setup.backend.describe(), final)
+    notes = [] if setup.backend.is_gpu or (note := forced_kernels_note()) is None else [note]
+    return RunResult(run_dir, history, metrics, recorder.best_epoch, setup.backend.describe(), final, notes)
 
 
 def _scores(trainer: Trainer, data: Dataset) -> dict[str, Any]:

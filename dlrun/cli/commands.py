@@ -122,6 +122,9 @@ def train(
         finally:
             if bar is not None:
                 bar.close()
+        if not quiet:
+            for note in result.notes:
+                print(f"note: {note}", file=sys.stderr)
         if progress == output.ProgressMode.json:  # with -q too: scripts read this line
             print(jsonio.dumps({"event": "end", "run_dir": str(result.run_dir), **_flat_metrics(result.metrics)}))
             return

@@ -135,3 +135,21 @@ def max_pool_2x2_backward(dy, arg_w, arg_h, levels, dx):  # pragma: no cover (co
                     second = d * levels[1 if arg_h[a, i, j, k] else 0]
                     _route_pair(d - second, arg_w[a, 2 * i, j, k], levels, dx, a, 2 * i, j, k)
                     _route_pair(second, arg_w[a, 2 * i + 1, j, k], levels, dx, a, 2 * i + 1, j, k)
+
+
+# -- convolution -----------------------------------------------------------------------------------
+@_jit
+def col2im(cols6, out, sh, sw, dh, dw):  # pragma: no cover (compiled)
+    """out (N, Hp, Wp, C) = the window gradients cols6 (N, OH, OW, KH, KW, C) summed back, kernel
+    position by position from zero as the NumPy col2im adds them (each pixel's sum in that order)."""
+    n, oh, ow, kh, kw, c = cols6.shape
+    out[...] = 0
+    for i in range(kh):
+        for j in range(kw):
+            for b in range(n):
+                for y in range(oh):
+                    for x in range(ow):
+                        row = out[b, y * sh + i * dh, x * sw + j * dw]
+                        src = cols6[b, y, x, i, j]
+                        for k in range(c):
+                            row[k] += src[k]

@@ -25,6 +25,10 @@ from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
 
 #: Activations whose backward reads only their output (see dlrun.engine.activations).
 _OUTPUT_ONLY_GRADIENT = frozenset({"relu", "sigmoid", "tanh", "softmax"})
+#: A stride-1 input gradient is the convolution of dz with the flipped kernel, a product with one
+#: column per input channel: BLAS is slow on fewer columns (LeNet-5's second conv, 6 channels:
+#: 14 GFLOP/s), so there the window gradients dz @ kernel^T are summed back (col2im) instead.
+FLIPPED_MIN_CHANNELS = 16
 
 
 @LAYERS.register("Conv2D", "Convolution2D")
@@ -168,9 +172,10 @@ class Conv2D(Layer):
         kshape = self.params["kernel"].shape
         padded_hw = (h + top + bottom, w + left + right)
         per_sample = oh * ow * kh * kw * c
+        flip = stride1 and c >= FLIPPED_MIN_CHANNELS
         if want_dx:
             dx = xp.empty((n, h, w, c), dtype=dtype)
-            if stride1:
+            if flip:
                 # The input gradient is a stride-1 convolution of dz, padded by k_eff - 1 - pad on each
                 # side, with the kernel flipped and its channel axes swapped.
                 dpads = (ekh - 1 - top, ekh - 1 - bottom, ekw - 1 - left, ekw - 1 - right)
@@ -192,7 +197,7 @@ class Conv2D(Layer):
                 _, src = next(padded_chunks(x[first:last], self._pads, chunk, wws, key="b"))
                 dk = conv_chunk_kernel_grad(src, dz, kshape, self.strides, self.dilation_rate, (oh, ow), wws, key="b")
             if want_dx:
-                if stride1:
+                if flip:
                     dpad_buf = wws.get("dpad", (chunk, *dpad_hw, f), dtype, xp, fill=0.0)
                     dsrc = pad_hw(dz.reshape(m, oh, ow, f), dpads, out=dpad_buf[:m])
                     conv_chunk(
@@ -210,6 +215,7 @@ class Conv2D(Layer):
                         dz, kernel2d.T, out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp)
                     )
                     padded = (m, *padded_hw, c)
+                    unpadded = not any(self._pads)
                     dxpad = col2im(
                         dcols,
                         padded,
@@ -217,9 +223,10 @@ class Conv2D(Layer):
                         self.strides,
                         self.dilation_rate,
                         (oh, ow),
-                        out=wws.rows("dxpad", m, padded[1:], dtype, xp),
+                        out=dx[first:last] if unpadded else wws.rows("dxpad", m, padded[1:], dtype, xp),
                     )
-                    dx[first:last] = crop_hw(dxpad, self._pads)
+                    if not unpadded:
+                        dx[first:last] = crop_hw(dxpad, self._pads)
             return dk, db
 
         parts = parallel(xp, n, work, step=chunk)
