@@ -155,7 +155,8 @@ def test_conv_gradients_over_many_chunks(kwargs, rng, small_chunks):
 )
 def test_conv_gradients_through_the_flipped_kernel(kwargs, rng):
     """From FLIPPED_MIN_CHANNELS input channels on, a stride-1 input gradient is the convolution
-    of dz with the flipped kernel (fewer: col2im, which the cases above check)."""
+    of dz with the flipped kernel, whatever the padding (fewer: with "same" padding too; with
+    "valid" col2im, which CONV_CASES[1] checks)."""
     c = FLIPPED_MIN_CHANNELS
     layer = make(Conv2D(2, 3, **kwargs), (5, 4, c))
     grad_check(layer, [rng.normal(size=(2, 5, 4, c))], rng)
@@ -163,8 +164,8 @@ def test_conv_gradients_through_the_flipped_kernel(kwargs, rng):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(kernel_size=5), dict(kernel_size=3, padding="same"), dict(kernel_size=3, strides=2, padding="same")],
-    ids=["valid", "same", "strided"],
+    [dict(kernel_size=5), dict(kernel_size=2, dilation_rate=2), dict(kernel_size=3, strides=2, padding="same")],
+    ids=["valid", "dilated", "strided"],
 )
 def test_conv_col2im_kernel_gives_the_bits_of_the_numpy_passes(kwargs, monkeypatch):
     """numba sums the window gradients back in one loop; the input gradient must be the NumPy
