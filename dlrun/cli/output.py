@@ -65,10 +65,11 @@ def guard(fn: Callable[[], Any], debug: bool = False) -> Any:
             if state["debug"] or debug:  # the traceback as well, with the same message and exit code
                 console.print_exception()
             where = f"rank {rank} of {comm.size}: " if comm is not None and comm.size > 1 else ""
-            console.print(f"[bold red]error:[/] {where}{escape(str(exc))}", markup=True, soft_wrap=True)
             snippet = source_snippet(exc.file, exc.line, exc.column)
-            if snippet:
-                console.print(escape(snippet), markup=True, soft_wrap=True, style="dim")
+            # One write: under mpiexec the MPI_Abort below can end the job before a second write of
+            # this rank's reaches the terminal (the snippet went missing so in CI).
+            message = f"[bold red]error:[/] {where}{escape(str(exc))}"
+            console.print(message + (f"\n[dim]{escape(snippet)}[/dim]" if snippet else ""), markup=True, soft_wrap=True)
         if not isinstance(exc, TrainingInterrupted):  # the ranks agreed on that stop; not on others
             end_all_ranks(exc.exit_code)
         raise typer.Exit(exc.exit_code) from None
