@@ -232,12 +232,13 @@ def col2im(
     n, c = padded_shape[0], padded_shape[3]
     cols6 = cols.reshape(n, out_hw[0], out_hw[1], kernel[0], kernel[1], c)
     if out is None:
-        out = xp.empty(padded_shape, dtype=cols.dtype)
+        out = xp.zeros(padded_shape, dtype=cols.dtype)
+    else:
+        out[...] = 0
     fused = compiled.kernels() if xp.__name__ == "numpy" else None
     if fused is not None:  # one loop, the same sums: NumPy's slices of a few channels are slow
         fused.col2im(cols6, out, *strides, *dilation)
         return out
-    out[...] = 0
     for i, j, rows, colsl in window_slices(kernel, strides, dilation, out_hw):
         out[:, rows, colsl, :] += cols6[:, :, :, i, j, :]
     return out

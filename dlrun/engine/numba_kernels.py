@@ -140,10 +140,9 @@ def max_pool_2x2_backward(dy, arg_w, arg_h, levels, dx):  # pragma: no cover (co
 # -- convolution -----------------------------------------------------------------------------------
 @_jit
 def col2im(cols6, out, sh, sw, dh, dw):  # pragma: no cover (compiled)
-    """out (N, Hp, Wp, C) = the window gradients cols6 (N, OH, OW, KH, KW, C) summed back, kernel
-    position by position from zero as the NumPy col2im adds them (each pixel's sum in that order)."""
+    """out (N, Hp, Wp, C), zeros on entry, += the window gradients cols6 (N, OH, OW, KH, KW, C),
+    kernel position by position as the NumPy col2im adds them (each pixel's sum in that order)."""
     n, oh, ow, kh, kw, c = cols6.shape
-    out[...] = 0
     for i in range(kh):
         for j in range(kw):
             for b in range(n):

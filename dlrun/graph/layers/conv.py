@@ -176,6 +176,7 @@ class Conv2D(Layer):
         padded_hw = (h + top + bottom, w + left + right)
         per_sample = oh * ow * kh * kw * c
         flip = stride1 and (c >= FLIPPED_MIN_CHANNELS or h * w <= oh * ow)
+        unpadded = not any(self._pads)  # col2im then writes straight into dx
         if want_dx:
             dx = xp.empty((n, h, w, c), dtype=dtype)
             if flip:
@@ -218,7 +219,6 @@ class Conv2D(Layer):
                         dz, kernel2d.T, out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp)
                     )
                     padded = (m, *padded_hw, c)
-                    unpadded = not any(self._pads)
                     dxpad = col2im(
                         dcols,
                         padded,
