@@ -565,6 +565,29 @@ def test_ops_matmul_matches_numpy(rng):
                 np.testing.assert_allclose(ops.matmul(a, b), a @ b, rtol=1e-5)
 
 
+def test_product_gives_the_bits_of_numpy_matmul(rng):
+    """`product` goes through np.dot (which releases the GIL) instead of np.matmul (which keeps it
+    for small results): it must not change a bit, for the shapes and layouts layers use."""
+    for dtype in (np.float32, np.float64):
+        cases = [
+            (rng.random((20384, 25)).astype(dtype).T, rng.random((20384, 6)).astype(dtype)),  # LeNet kernel grad
+            (rng.random((3, 4)).astype(dtype), rng.random((4, 5)).astype(dtype)),
+            (rng.random((32, 784)).astype(dtype), rng.random((100, 784)).astype(dtype).T),
+            (rng.random(4099).astype(dtype), rng.random((4099, 32)).astype(dtype)),  # column sums
+            (rng.random((64, 9)).astype(dtype), rng.random(9).astype(dtype)),
+        ]
+        for a, b in cases:
+            expected = np.matmul(a, b)
+            np.testing.assert_array_equal(ops.product(a, b), expected)
+            out = np.empty_like(expected)
+            assert ops.product(a, b, out=out) is out
+            np.testing.assert_array_equal(out, expected)
+            if expected.ndim == 2:  # an output np.dot refuses (strided) still gets the product
+                wide = np.zeros((expected.shape[0], 2 * expected.shape[1]), dtype)
+                ops.product(a, b, out=wide[:, ::2])
+                np.testing.assert_array_equal(wide[:, ::2], expected)
+
+
 def test_matmul_pieces_do_not_depend_on_the_thread_count(rng):
     """BLAS picks kernels by shape (and by its own thread count): dlrun's pieces are sized by the
     shapes alone, and BLAS runs one thread per call, so every thread count gives the same bits."""

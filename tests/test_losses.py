@@ -186,6 +186,30 @@ def test_binary_from_logits_equals_probability_form(rng):
     )
 
 
+@pytest.mark.parametrize(
+    "loss, activation, targets",
+    [
+        (SparseCategoricalCrossentropy(from_logits=True), "softmax", lambda r: r.integers(0, 7, size=64)),
+        (CategoricalCrossentropy(from_logits=True), "softmax", lambda r: one_hot(r.integers(0, 7, size=64), 7)),
+        (BinaryCrossentropy(from_logits=True), "sigmoid", lambda r: r.integers(0, 2, size=(64, 7)).astype(np.float32)),
+    ],
+    ids=["sparse", "categorical", "binary"],
+)
+def test_a_loss_on_logits_hands_the_metrics_the_activations_bits(loss, activation, targets, rng):
+    """The training step's metrics read the probabilities the loss computed on the way instead of
+    applying the output activation again: they must be what the activation gives, to the bit."""
+    from dlrun.engine.activations import get as activation_of
+
+    z = rng.normal(0, 4, size=(64, 7)).astype(np.float32)
+    y = targets(rng)
+    value, grad, probs = loss.value_grad_and_probabilities(z, y)
+    np.testing.assert_array_equal(probs, activation_of(activation).forward(z))
+    np.testing.assert_array_equal(grad, loss.value_and_grad(z, y)[1])
+    assert value == loss.value(z, y) and probs.dtype == np.float32
+    # A loss on probabilities computes none.
+    assert type(loss)().value_grad_and_probabilities(probs, y)[2] is None
+
+
 def test_targets_of_shape_n_against_predictions_n_by_1(rng):
     pred = rng.uniform(0.1, 0.9, size=(5, 1))
     y = np.array([0, 1, 1, 0, 1])

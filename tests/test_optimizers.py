@@ -319,7 +319,12 @@ def test_big_buffers_updated_in_pieces_match_one_whole_update(case, monkeypatch)
         np.testing.assert_array_equal(pieced_slots[name], whole_slots[name])
 
 
-def test_flush_subnormals_zeroes_what_is_below_2_to_the_minus_100():
+@pytest.mark.parametrize("numba", [False, True], ids=["numpy", "numba"])
+def test_flush_subnormals_zeroes_what_is_below_2_to_the_minus_100(numba, monkeypatch):
+    if numba:
+        pytest.importorskip("dlrun.engine.numba_kernels")
+    else:
+        monkeypatch.setattr(compiled, "kernels", lambda: None)
     flush_subnormals = optimizers.flush_subnormals
     for dtype in (np.float32, np.float64):
         x = np.array([1e-39, -1e-40, 2.0**-101, -(2.0**-100), 1e-29, -3.0, 0.0, np.inf, -np.inf], dtype)
@@ -367,12 +372,16 @@ def test_compiled_adam_gives_the_bits_of_the_numpy_passes(name, dtype, monkeypat
     """The numba kernel fuses Adam's twelve NumPy passes: a run's weights and moments must not
     depend on whether numba is installed."""
     kernels = pytest.importorskip("dlrun.engine.numba_kernels")
-    calls = []
+    calls, flushes = [], []
 
     class Counted:
         def adam(self, *args):
             calls.append(1)
             kernels.adam(*args)
+
+        def flush_below(self, *args):
+            flushes.append(1)
+            kernels.flush_below(*args)
 
     def train(fused: object) -> tuple[np.ndarray, dict]:
         monkeypatch.setattr(compiled, "kernels", lambda: fused)
@@ -385,6 +394,7 @@ def test_compiled_adam_gives_the_bits_of_the_numpy_passes(name, dtype, monkeypat
 
     (w_numpy, slots_numpy), (w_fused, slots_fused) = train(None), train(Counted())
     assert len(calls) > 40  # the kernel ran (the build's warm-up call and every step)
+    assert flushes  # and so did the compiled flush
     np.testing.assert_array_equal(w_fused, w_numpy)
     for slot in slots_numpy:
         np.testing.assert_array_equal(slots_fused[slot], slots_numpy[slot])

@@ -12,7 +12,7 @@ from typing import Any
 
 from dlrun.engine import compiled
 from dlrun.engine.backend import xp_of
-from dlrun.engine.threads import parallel
+from dlrun.engine.threads import parallel, product
 from dlrun.engine.workspace import Workspace, chunk_samples
 
 PADDINGS = ("valid", "same")
@@ -128,7 +128,7 @@ def conv_chunk(
         out_hw,
         out=ws.rows(key + "cols", src.shape[0] * out_hw[0] * out_hw[1], (kh * kw * c,), src.dtype, xp),
     )
-    return xp.matmul(cols, kernel4.reshape(-1, f), out=out)
+    return product(cols, kernel4.reshape(-1, f), out=out)
 
 
 def conv_chunk_kernel_grad(
@@ -152,7 +152,7 @@ def conv_chunk_kernel_grad(
         out_hw,
         out=ws.rows(key + "cols", src.shape[0] * out_hw[0] * out_hw[1], (kh * kw * c,), src.dtype, xp),
     )
-    return (cols.T @ dz).reshape(kernel_shape)
+    return product(cols.T, dz).reshape(kernel_shape)
 
 
 def conv_forward(

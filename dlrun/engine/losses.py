@@ -40,6 +40,12 @@ class Loss:
     def value_and_grad(self, pred: Any, target: Any) -> tuple[Any, Any]:
         raise NotImplementedError
 
+    def value_grad_and_probabilities(self, pred: Any, target: Any) -> tuple[Any, Any, Any]:
+        """`value_and_grad`, plus the probabilities a loss on logits computed from them on the way
+        (the same bits as the output activation's forward), so metrics need not recompute them;
+        None when it computed none."""
+        return (*self.value_and_grad(pred, target), None)
+
     def with_logits(self) -> Loss:
         """This loss taking logits, for fusing with the output activation."""
         clone = type(self)(**{**self.get_config(), "from_logits": True})
@@ -75,13 +81,16 @@ class _CrossEntropy(Loss):
         return target.astype(pred.dtype, copy=False)
 
     def value_and_grad(self, pred, target):
+        return self.value_grad_and_probabilities(pred, target)[:2]
+
+    def value_grad_and_probabilities(self, pred, target):
         xp = xp_of(pred)
         n = pred.shape[0]
         y = self._one_hot_like(target, pred)
         if self.from_logits:
             logp, p = _log_softmax(pred)
             loss = -(y * logp).sum() / n
-            return loss, (p - y) / n
+            return loss, (p - y) / n, p
         # Keras: renormalise to sum 1, clip to [eps, 1 - eps], then -sum(y log p).
         s = pred.sum(axis=-1, keepdims=True)
         q = pred / s
@@ -89,7 +98,7 @@ class _CrossEntropy(Loss):
         loss = -(y * xp.log(qc)).sum() / n
         dq = -y / qc * ((q > EPSILON) & (q < 1 - EPSILON)) / n
         grad = (dq - (dq * q).sum(axis=-1, keepdims=True)) / s
-        return loss, grad
+        return loss, grad, None
 
 
 @LOSSES.register("categorical_crossentropy", "categoricalcrossentropy", "cce")
@@ -103,13 +112,14 @@ class SparseCategoricalCrossentropy(_CrossEntropy):
     keras_name = "sparse_categorical_crossentropy"
     accuracy_kind = "sparse"
     sparse_targets = True
+    _eye: tuple[Any, Any] | None = None  # (namespace, classes, dtype) and that identity matrix
 
     def _one_hot_like(self, target, pred):
         xp = xp_of(pred)
-        labels = target.reshape(-1).astype(xp.int64, copy=False)
-        y = xp.zeros(pred.shape, dtype=pred.dtype)
-        y[xp.arange(pred.shape[0]), labels] = 1
-        return y
+        key = (xp.__name__, pred.shape[-1], pred.dtype.str)
+        if self._eye is None or self._eye[0] != key:  # rows of the identity, picked per label
+            self._eye = (key, xp.eye(pred.shape[-1], dtype=pred.dtype))
+        return self._eye[1].take(target.reshape(-1).astype(xp.int64, copy=False), axis=0)
 
 
 @LOSSES.register("binary_crossentropy", "bce")
@@ -118,18 +128,22 @@ class BinaryCrossentropy(Loss):
     fuses_with = "sigmoid"
 
     def value_and_grad(self, pred, target):
+        return self.value_grad_and_probabilities(pred, target)[:2]
+
+    def value_grad_and_probabilities(self, pred, target):
         xp = xp_of(pred)
         y = _as_pred_shape(target, pred)
         # Mean over the last axis, then over the batch: the same as the mean of all elements.
         count = pred.size
         if self.from_logits:
             loss = (xp.maximum(pred, 0) - pred * y + xp.log1p(xp.exp(-xp.abs(pred)))).sum() / count
-            return loss, (Sigmoid().forward(pred) - y) / count
+            p = Sigmoid().forward(pred)
+            return loss, (p - y) / count, p
         pc = xp.clip(pred, EPSILON, 1 - EPSILON)
         loss = -(y * xp.log(pc) + (1 - y) * xp.log(1 - pc)).sum() / count
         inside = (pred > EPSILON) & (pred < 1 - EPSILON)
         grad = (pc - y) / (pc * (1 - pc)) * inside / count
-        return loss, grad
+        return loss, grad, None
 
 
 class _Regression(Loss):

@@ -26,6 +26,15 @@ def adam(w, g, m, v, one_minus_b1, one_minus_b2, epsilon, alpha):  # pragma: no 
         w[i] -= mi / (np.sqrt(vi) + epsilon) * alpha
 
 
+@_jit
+def flush_below(bits, exponent, smallest):  # pragma: no cover (compiled)
+    """Zero the values whose exponent bits (bits & exponent) are below `smallest`, in place, on
+    the integer view of a float array: the masks of optimizers.flush_subnormals, in one pass."""
+    for i in range(bits.shape[0]):
+        if bits[i] & exponent < smallest:
+            bits[i] = 0
+
+
 # -- BatchNormalization over a (rows, width) block, per-column vectors of that width ---------------
 @_jit
 def scale_shift(x, a, shift, out):  # pragma: no cover (compiled)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlrun.engine.backend import xp_of
+from dlrun.engine.threads import product
 
 #: Values (float32: 2 MB) of windows copied per chunk on the CPU: the chunk stays in the L2/L3 cache.
 CACHE_VALUES = 1 << 19
@@ -76,4 +77,4 @@ def column_sums(x2d: Any, ws: Workspace | None = None) -> Any:
         return x2d.sum(axis=0)
     m = x2d.shape[0]
     ones = ws.ones(m, x2d.dtype, xp) if ws is not None else xp.ones(m, dtype=x2d.dtype)
-    return ones @ x2d
+    return product(ones, x2d)

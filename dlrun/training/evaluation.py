@@ -106,11 +106,13 @@ class Evaluator:
         """The model's output as the loss reads it: the logits when `fused`."""
         return self.model.forward(x, training, logits=self.fused)
 
-    def add_metric_sums(self, sums: Any, out: Any, y: Any) -> None:
-        """Add each metric's batch sum, on probabilities, into `sums[1:]` (device scalars)."""
+    def add_metric_sums(self, sums: Any, out: Any, y: Any, probs: Any = None) -> None:
+        """Add each metric's batch sum, on probabilities, into `sums[1:]` (device scalars).
+        `probs`: the probabilities of `out` if the loss computed them already."""
         if not self.metrics:
             return
-        probs = self.model.activate_output(out) if self.fused else out
+        if probs is None:
+            probs = self.model.activate_output(out) if self.fused else out
         for i, m in enumerate(self.metrics, start=1):
             sums[i] += m.batch_sum(probs, y)
 
@@ -122,8 +124,9 @@ class Evaluator:
         part = split.take(slice(n * rank // ranks, n * (rank + 1) // ranks))
         for xb, yb in self.data.batches(part, self.batch_size, backend, self.targets).epoch():
             out = self.output(xb, training=False)
-            sums[0] += self.loss.value(out, yb) * xb.shape[0]
-            self.add_metric_sums(sums, out, yb)
+            loss, _, probs = self.loss.value_grad_and_probabilities(out, yb)
+            sums[0] += loss * xb.shape[0]
+            self.add_metric_sums(sums, out, yb, probs)
         sums = self.comm.allreduce_stats(sums)
         logs = means(backend, sums, len(split), self.names)
         reg = self.model.regularization(add_grads=False)

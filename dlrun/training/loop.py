@@ -120,7 +120,7 @@ class Trainer:
         ev = self.evaluator
         n = xb.shape[0]
         out = ev.output(xb, training=True)
-        loss, dout = ev.loss.value_and_grad(out, yb)
+        loss, dout, probs = ev.loss.value_grad_and_probabilities(out, yb)
         if total is not None and total != n:
             dout = dout * dout.dtype.type(n / total)
         self.model.backward(dout)
@@ -129,7 +129,7 @@ class Trainer:
         self._apply_update()
         batch = self.backend.xp.zeros_like(sums)
         batch[0] += loss * n
-        ev.add_metric_sums(batch, out, yb)
+        ev.add_metric_sums(batch, out, yb, probs)
         sums += self.comm.allreduce_stats(batch)
         return loss
 

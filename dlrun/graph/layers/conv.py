@@ -18,7 +18,7 @@ from dlrun.engine.conv_ops import (
     padded_chunks,
     padding_amounts,
 )
-from dlrun.engine.threads import matmul, parallel
+from dlrun.engine.threads import matmul, parallel, product
 from dlrun.engine.workspace import Workspace, chunk_samples, column_sums
 from dlrun.errors import ArgumentError, short
 from dlrun.graph.layer import LAYERS, Layer, image_shape, padding_arg
@@ -215,9 +215,7 @@ class Conv2D(Layer):
                         key="d",
                     )
                 else:
-                    dcols = xp.matmul(
-                        dz, kernel2d.T, out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp)
-                    )
+                    dcols = product(dz, kernel2d.T, out=wws.rows("dcols", m * oh * ow, (kernel2d.shape[0],), dtype, xp))
                     padded = (m, *padded_hw, c)
                     dxpad = col2im(
                         dcols,
