@@ -207,7 +207,7 @@ def product(a: Any, b: Any, out: Any = None) -> Any:
     however long the sum: a 5x5 kernel's gradient over a chunk of LeNet-5's images, (25, 20384) @
     (20384, 6), then blocks the other worker, and two threads computing such products took longer
     than one (measured: speedup 0.96; 1.85 with np.dot). np.dot releases the GIL and makes the same
-    BLAS call: the same bits (tests/test_threads.py)."""
+    BLAS call: the same bits (tests/test_layers_conv.py)."""
     if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
         return a @ b if out is None else xp_of(a).matmul(a, b, out=out)
     if out is None:
