@@ -53,11 +53,12 @@ def flush_subnormals(x: Any, scratch: Any) -> None:
     if kind is None or not isinstance(x, np.ndarray):  # GPUs compute on subnormals at full speed
         return
     int_type, exponent, smallest = kind
-    bits, flag = x.view(int_type), scratch.view(int_type)
+    bits = x.view(int_type)
     fused = compiled.kernels()
-    if fused is not None and bits.ndim == 1:  # one pass instead of three (37 -> 6 us on 79,510 values)
+    if fused is not None and bits.ndim == 1:  # one pass instead of three (37 -> 8 us on 79,510 values)
         fused.flush_below(bits, exponent, smallest)
         return
+    flag = scratch.view(int_type)
     np.bitwise_and(bits, exponent, out=flag)  # the exponent alone: below `smallest` iff |x| < 2**-100
     np.greater_equal(flag, smallest, out=flag)
     np.multiply(bits, flag, out=bits)
