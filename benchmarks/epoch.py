@@ -5,6 +5,11 @@ on JAX, on an idle machine and beside one busy process; then where one dlrun epo
     python benchmarks/epoch.py --models mlp32 cnn128 --rounds 3
     python benchmarks/epoch.py --torch-python ENV/bin/python --keras-python KERASENV/bin/python
     python benchmarks/epoch.py --smoke                          # CI: tiny slices, checks it all runs
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/epoch.py   # the kernels users get
+
+OpenBLAS's kernels set dlrun's matmul speed (PyTorch brings its own). Some images pin them with
+OPENBLAS_CORETYPE (and OPENBLAS_L2_SIZE) for older OpenBLAS builds; the notes say which kernels ran
+and which of those variables were set.
 
 Per-epoch seconds = (time to the end of the last epoch with N epochs - the same with 1 epoch) /
 (N - 1), each a whole process timed from its start to the moment its last epoch's line arrives, so
@@ -356,6 +361,10 @@ def write_cifar_binary(folder: Path, train: int) -> None:
     (folder / "batches.meta.txt").write_text("\n".join(names) + "\n")
 
 
+#: Variables some images set for older OpenBLAS builds; unset, OpenBLAS picks kernels for the processor.
+BLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
 # -- the tables ----------------------------------------------------------------------------------------
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
@@ -370,6 +379,13 @@ def print_epochs(title: str, rows: dict[str, dict[str, float | None]], notes: li
             f"{name:<14}{cells[0]:>10}{cells[1]:>10}{cells[2]:>11}"
             f"{ratio(r.get('torch'), r.get('dlrun')):>12}{ratio(r.get('keras'), r.get('dlrun')):>10}"
         )
+    # Hosts drift between rounds; frameworks take turns within one, so a round's ratio is steadier
+    # than the ratio of medians.
+    for name, r in rows.items():
+        turns = r.get("rounds", {})
+        pairs = list(zip(turns.get("dlrun", []), turns.get("torch", [])))
+        if len(pairs) > 1:
+            print(f"  {name}: per round vs PyTorch " + ", ".join(ratio(t, d) for d, t in pairs))
     for note in notes:
         print(f"  note: {note}")
 
@@ -413,8 +429,8 @@ def main() -> None:
     # The kernels OpenBLAS runs set dlrun's matmul speed (PyTorch brings its own): say which.
     results["blas"] = blas_libraries()
     for lib in results["blas"]:
-        pinned = os.environ.get("OPENBLAS_CORETYPE") if lib["library"] == "openblas" else None
-        pin = f" (OPENBLAS_CORETYPE={pinned} is set here)" if pinned else ""
+        pinned = [f"{var}={os.environ[var]}" for var in BLAS_PINS if var in os.environ and lib["library"] == "openblas"]
+        pin = f" ({', '.join(pinned)} set here)" if pinned else ""
         notes.append(f"dlrun's BLAS: {lib['library']} {lib['version']} with {lib['kernels']} kernels{pin}")
     from dlrun.engine.compiled import numba_version
 

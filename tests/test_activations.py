@@ -144,3 +144,32 @@ def test_lookup_aliases_and_errors():
         activations.get("rellu")
     with pytest.raises(ValueError, match="activation=3"):
         activations.get(3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_relu_gives_the_bits_of_numpy(dtype, rng, monkeypatch):
+    """numba runs ReLU's gradient, and a layer's bias plus ReLU, in one pass each: the values,
+    signed zeros and NaNs must be those of the NumPy passes."""
+    kernels = pytest.importorskip("dlrun.engine.numba_kernels")
+    from dlrun.engine import compiled
+
+    z = rng.standard_normal((37, 12)).astype(dtype)
+    z[0, :6] = [0.0, -0.0, np.nan, np.inf, -np.inf, 1e-45]
+    bias = rng.standard_normal(12).astype(dtype)
+    bias[:6] = [0.0, -0.0, 0.0, 0.0, 0.0, 0.0]  # -0.0 + -0.0 keeps the sign
+    dy = rng.standard_normal((37, 12)).astype(dtype)
+    dy[1, :4] = [np.inf, -np.inf, np.nan, -0.0]
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+
+    def run(fused):
+        monkeypatch.setattr(compiled, "kernels", lambda: fused)
+        zz, same = z.copy(), z.copy()
+        y = activations.relu_with_bias(zz, bias, np.empty_like(zz))
+        in_place = activations.relu_with_bias(same, bias, same)
+        with np.errstate(invalid="ignore"):  # inf * 0 in NumPy's product
+            grad = activations.get("relu").backward(zz, y, dy)
+        return [zz, y, in_place, grad]
+
+    for fused, plain in zip(run(kernels), run(None)):
+        assert fused.dtype == plain.dtype
+        np.testing.assert_array_equal(fused.view(bits), plain.view(bits))

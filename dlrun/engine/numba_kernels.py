@@ -35,6 +35,27 @@ def flush_below(bits, exponent, smallest):  # pragma: no cover (compiled)
             bits[i] = 0
 
 
+# -- ReLU, on C-contiguous arrays seen flat ------------------------------------------------------------
+@_jit
+def relu_grad(y, dy, zero, out):  # pragma: no cover (compiled)
+    """out = dy * (y > 0): dy where the output is positive, else dy * 0 (-0.0 for a negative dy, NaN
+    for NaN, as NumPy's product with the cast mask gives)."""
+    yf, df, of = y.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    for i in range(of.shape[0]):
+        of[i] = df[i] if yf[i] > 0 else df[i] * zero
+
+
+@_jit
+def bias_relu(z, bias, zero, out):  # pragma: no cover (compiled)
+    """z += bias; out = max(z, 0) for a (rows, width) block: np.maximum's result, NaN kept and
+    +0.0 for -0.0 (its second operand). `out` may be `z`."""
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            v = z[i, j] + bias[j]
+            z[i, j] = v
+            out[i, j] = v if (v > zero or v != v) else zero
+
+
 # -- BatchNormalization over a (rows, width) block, per-column vectors of that width ---------------
 @_jit
 def scale_shift(x, a, shift, out):  # pragma: no cover (compiled)

@@ -12,6 +12,7 @@ from typing import Any
 
 from dlrun.checks import BOOL, NON_EMPTY_STR, checked, declare, nullable
 from dlrun.engine import activations, initializers, regularizers
+from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import PADDINGS
 from dlrun.errors import ArgumentError, short
 from dlrun.registry import Registry
@@ -155,9 +156,15 @@ class Layer:
         self.activation = activations.get(activation)
         self.activation_name = None if activation is None else self.activation.name
 
-    def _activate(self, z: Any, logits: bool = False) -> Any:
+    def _activate(self, z: Any, logits: bool = False, bias: Any = None) -> Any:
+        """activation(z + bias), z updated in place by the bias."""
         # Remembered for this call only: its backward then starts after the activation.
         self._z, self._logits = z, logits
+        if bias is not None and not logits and self.activation_name == "relu":
+            self._a = activations.relu_with_bias(z, bias, xp_of(z).empty_like(z))
+            return self._a
+        if bias is not None:
+            z += bias
         self._a = z if logits else self.activation.forward(z)
         return self._a
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dlrun.checks import PAIR_OR_INT, POSITIVE_INT, checked, declare
+from dlrun.engine.activations import relu_with_bias
 from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import (
     col2im,
@@ -114,6 +115,9 @@ class Conv2D(Layer):
         a = z if linear or self.activation_name in _OUTPUT_ONLY_GRADIENT else xp.empty_like(z)
 
         def epilogue(zc: Any, rows: slice) -> None:  # bias and activation while the chunk is in cache
+            if self.use_bias and not linear and self.activation_name == "relu":
+                relu_with_bias(zc, self.params["bias"], a[rows])
+                return
             if self.use_bias:
                 zc += self.params["bias"]
             if linear:

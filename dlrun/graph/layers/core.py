@@ -63,9 +63,7 @@ class Dense(Layer):
     def forward(self, x, training, logits=False):
         self._x = x
         z = matmul(x, self.params["kernel"])
-        if self.use_bias:
-            z += self.params["bias"]
-        return self._activate(z, logits)
+        return self._activate(z, logits, bias=self.params["bias"] if self.use_bias else None)
 
     def backward(self, dy):
         dz = self._activate_backward(dy)
