@@ -147,9 +147,9 @@ def test_lookup_aliases_and_errors():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_compiled_relu_gives_the_bits_of_numpy(dtype, rng, monkeypatch):
-    """numba runs ReLU's gradient, and a layer's bias plus ReLU, in one pass each: the values,
-    signed zeros and NaNs must be those of the NumPy passes."""
+def test_compiled_activation_kernels_give_the_bits_of_numpy(dtype, rng, monkeypatch):
+    """numba runs the gradients of ReLU, tanh and sigmoid, and a layer's bias plus ReLU, in one pass
+    each: the values, signed zeros and NaNs must be those of the NumPy passes."""
     kernels = pytest.importorskip("dlrun.engine.numba_kernels")
     from dlrun.engine import compiled
 
@@ -166,9 +166,14 @@ def test_compiled_relu_gives_the_bits_of_numpy(dtype, rng, monkeypatch):
         zz, same = z.copy(), z.copy()
         y = activations.relu_with_bias(zz, bias, np.empty_like(zz))
         in_place = activations.relu_with_bias(same, bias, same)
-        with np.errstate(invalid="ignore"):  # inf * 0 in NumPy's product
-            grad = activations.get("relu").backward(zz, y, dy)
-        return [zz, y, in_place, grad]
+        squashed = np.tanh(z)  # outputs in (-1, 1) as well as relu's
+        with np.errstate(invalid="ignore"):  # inf * 0 in NumPy's products
+            grads = [
+                activations.get(name).backward(z, out, dy)
+                for name in ("relu", "tanh", "sigmoid")
+                for out in (y, squashed)
+            ]
+        return [zz, y, in_place, *grads]
 
     for fused, plain in zip(run(kernels), run(None)):
         assert fused.dtype == plain.dtype

@@ -29,6 +29,13 @@ def _fused_for(*arrays: Any) -> Any:
     return compiled.kernels()
 
 
+def _run(kernel: Any, y: Any, dy: Any, constant: float) -> Any:
+    """A compiled gradient kernel's result for (y, dy), `constant` in their dtype."""
+    out = xp_of(dy).empty_like(dy)
+    kernel(y, dy, dy.dtype.type(constant), out)
+    return out
+
+
 class Activation:
     name = "linear"
 
@@ -57,9 +64,7 @@ class ReLU(Activation):
     def backward(self, x, y, dy):
         fused = _fused_for(y, dy)
         if fused is not None:  # one pass instead of a mask, its cast and a product: 2.5x faster
-            out = xp_of(dy).empty_like(dy)
-            fused.relu_grad(y, dy, dy.dtype.type(0), out)
-            return out
+            return _run(fused.relu_grad, y, dy, 0)
         return dy * (y > 0)
 
 
@@ -113,6 +118,9 @@ class Sigmoid(Activation):
         return xp.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
     def backward(self, x, y, dy):
+        fused = _fused_for(y, dy)
+        if fused is not None:  # one pass instead of three
+            return _run(fused.sigmoid_grad, y, dy, 1)
         return dy * y * (1 - y)
 
 
@@ -123,6 +131,9 @@ class Tanh(Activation):
         return xp_of(x).tanh(x)
 
     def backward(self, x, y, dy):
+        fused = _fused_for(y, dy)
+        if fused is not None:  # one pass instead of three
+            return _run(fused.tanh_grad, y, dy, 1)
         return dy * (1 - y * y)
 
 

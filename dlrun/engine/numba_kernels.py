@@ -35,7 +35,7 @@ def flush_below(bits, exponent, smallest):  # pragma: no cover (compiled)
             bits[i] = 0
 
 
-# -- ReLU, on C-contiguous arrays seen flat ------------------------------------------------------------
+# -- Activations, on C-contiguous arrays seen flat ---------------------------------------------------------
 @_jit
 def relu_grad(y, dy, zero, out):  # pragma: no cover (compiled)
     """out = dy * (y > 0): dy where the output is positive, else dy * 0 (-0.0 for a negative dy, NaN
@@ -43,6 +43,22 @@ def relu_grad(y, dy, zero, out):  # pragma: no cover (compiled)
     yf, df, of = y.reshape(-1), dy.reshape(-1), out.reshape(-1)
     for i in range(of.shape[0]):
         of[i] = df[i] if yf[i] > 0 else df[i] * zero
+
+
+@_jit
+def tanh_grad(y, dy, one, out):  # pragma: no cover (compiled)
+    """out = dy * (1 - y * y)."""
+    yf, df, of = y.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    for i in range(of.shape[0]):
+        of[i] = df[i] * (one - yf[i] * yf[i])
+
+
+@_jit
+def sigmoid_grad(y, dy, one, out):  # pragma: no cover (compiled)
+    """out = dy * y * (1 - y), multiplied left to right."""
+    yf, df, of = y.reshape(-1), dy.reshape(-1), out.reshape(-1)
+    for i in range(of.shape[0]):
+        of[i] = df[i] * yf[i] * (one - yf[i])
 
 
 @_jit
