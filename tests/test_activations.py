@@ -178,3 +178,14 @@ def test_compiled_activation_kernels_give_the_bits_of_numpy(dtype, rng, monkeypa
     for fused, plain in zip(run(kernels), run(None)):
         assert fused.dtype == plain.dtype
         np.testing.assert_array_equal(fused.view(bits), plain.view(bits))
+
+
+@pytest.mark.parametrize("name", ["relu", "tanh", "sigmoid"])
+def test_half_precision_gradients_take_the_numpy_path(name):
+    """numba compiles no float16 loops: such arrays must still get NumPy's gradient, in float16."""
+    y = np.array([[-0.5, 0.0, 0.25, 0.75]], dtype=np.float16)
+    dy = np.array([[1.0, -2.0, 3.0, -4.0]], dtype=np.float16)
+    grad = activations.get(name).backward(y, y, dy)
+    expected = {"relu": dy * (y > 0), "tanh": dy * (1 - y * y), "sigmoid": dy * y * (1 - y)}[name]
+    assert grad.dtype == np.float16
+    np.testing.assert_array_equal(grad, expected)

@@ -10,19 +10,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from dlrun.engine import compiled
 from dlrun.engine.backend import xp_of
 from dlrun.errors import ArgumentError, short
 from dlrun.registry import Registry
 
 ACTIVATIONS: Registry[Activation] = Registry("activation")
+_COMPILED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _fused_for(*arrays: Any) -> Any:
-    """The compiled kernels when they can take these arrays (NumPy, C-contiguous, one float dtype
-    and shape), else None."""
+    """The compiled kernels when they can take these arrays (NumPy, C-contiguous, one shape and
+    one dtype, float32 or float64: numba has no float16), else None."""
     first = arrays[0]
-    if xp_of(first).__name__ != "numpy" or first.dtype.kind != "f":
+    if xp_of(first).__name__ != "numpy" or first.dtype not in _COMPILED_DTYPES:
         return None
     if not all(a.flags.c_contiguous and a.dtype == first.dtype and a.shape == first.shape for a in arrays):
         return None
