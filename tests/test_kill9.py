@@ -145,9 +145,11 @@ START_FAULTS = [
 CHAIN = [
     ("train", "renamed:last.npz:1"),  # epoch 1 saved, history.json still {}, no best.npz yet
     ("resume", "written:history.json:1"),  # resume's own history rewrite cut short
-    ("resume", "open:last.npz:1"),  # epoch 2 done, its CSV row and epoch2.npz written, no checkpoint
-    ("resume", "renamed:best.npz:1"),  # epoch 2 saved, history.json one epoch behind
-    ("resume", "written:history.json:2"),  # epoch 3 saved: training has finished
+    ("resume", "open:last.npz:1"),  # epoch 2 done, its CSV row, epoch2.npz and best.npz written, no last.npz
+    ("resume", "written:history.json:2"),  # epoch 2 saved, its history.json write cut short
+    # Epoch 3 (the best) saved, history.json one epoch behind, training finished: best.npz must be
+    # epoch 3's already, as no resume recomputes an epoch after this.
+    ("resume", "renamed:last.npz:1"),
     ("resume", "open:metrics.json:1"),  # the results after training
     ("resume", "written:history.png:1"),
 ]

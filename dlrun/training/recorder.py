@@ -16,9 +16,12 @@ class RunRecorder(Callback):
     """Writes the last/best checkpoints and history.json after every epoch.
 
     "Best" follows `monitor` (val_loss when there is a validation split, else loss), higher is better
-    where the name says so (`direction`), else lower. Order within an epoch's end: the best value is updated first (so
-    last.npz carries it), then last.npz, then best.npz, then history.json: a kill at any moment
-    leaves a last.npz from which `--resume` recomputes whatever came after it, identically.
+    where the name says so (`direction`), else lower. Order within an epoch's end: the best value is
+    updated first (so last.npz carries it), then best.npz, then last.npz, then history.json: a kill at
+    any moment leaves a last.npz from which `--resume` recomputes whatever came after it,
+    identically. best.npz goes first because a resume rewrites it only when a recomputed epoch is
+    better: written after last.npz, a kill between the two would leave a best.npz older than the
+    best epoch that last.npz records, for good.
     It must be the last callback, so its checkpoint holds every other callback's end-of-epoch state.
     """
 
@@ -49,9 +52,9 @@ class RunRecorder(Callback):
         )
         if better:
             self.best, self.best_epoch = value, epoch + 1
-        self.save_checkpoint(self.checkpoints / "last.npz")
         if better:
             self.save_checkpoint(self.checkpoints / "best.npz")
+        self.save_checkpoint(self.checkpoints / "last.npz")
         write_json(self.run_dir / "history.json", self.trainer.history)
 
     def on_interrupt(self) -> None:
