@@ -198,3 +198,93 @@ def col2im(cols6, out, sh, sw, dh, dw):  # pragma: no cover (compiled)
                         src = cols6[b, y, x, i, j]
                         for k in range(c):
                             row[k] += src[k]
+
+
+# -- Winograd F(2x2, 3x3): the tile transforms of dlrun.engine.winograd, one tile at a time ---------
+@_jit
+def _bt(x0, x1, x2, x3):  # pragma: no cover (compiled)
+    """B^T x for four values along one axis of a 4x4 input tile."""
+    return x0 - x2, x1 + x2, x2 - x1, x1 - x3
+
+
+@_jit
+def _at(x0, x1, x2, x3):  # pragma: no cover (compiled)
+    """A^T x: two outputs from four products, summed left to right."""
+    return (x0 + x1) + x2, (x1 - x2) - x3
+
+
+@_jit
+def _a(x0, x1):  # pragma: no cover (compiled)
+    """A x: a 2-value output-gradient pair spread over four tile positions."""
+    return x0, x0 + x1, x0 - x1, -x1
+
+
+@_jit
+def winograd_input(d, th, tw, v):  # pragma: no cover (compiled)
+    """v (16, m*th*tw, C) = B^T d B for the 4x4 tiles of padded images d (m, >=2th+2, >=2tw+2, C),
+    rows transformed first, then columns, as winograd._input_numpy does."""
+    m, c = d.shape[0], d.shape[3]
+    for n in range(m):
+        for i in range(th):
+            for j in range(tw):
+                t = (n * th + i) * tw + j
+                y, x = 2 * i, 2 * j
+                for k in range(c):
+                    c0 = _bt(d[n, y, x, k], d[n, y + 1, x, k], d[n, y + 2, x, k], d[n, y + 3, x, k])
+                    c1 = _bt(d[n, y, x + 1, k], d[n, y + 1, x + 1, k], d[n, y + 2, x + 1, k], d[n, y + 3, x + 1, k])
+                    c2 = _bt(d[n, y, x + 2, k], d[n, y + 1, x + 2, k], d[n, y + 2, x + 2, k], d[n, y + 3, x + 2, k])
+                    c3 = _bt(d[n, y, x + 3, k], d[n, y + 1, x + 3, k], d[n, y + 2, x + 3, k], d[n, y + 3, x + 3, k])
+                    for a in range(4):
+                        r = _bt(c0[a], c1[a], c2[a], c3[a])
+                        v[4 * a, t, k] = r[0]
+                        v[4 * a + 1, t, k] = r[1]
+                        v[4 * a + 2, t, k] = r[2]
+                        v[4 * a + 3, t, k] = r[3]
+
+
+@_jit
+def winograd_output(mm, th, tw, out):  # pragma: no cover (compiled)
+    """out (m, OH, OW, F) = A^T mm A for the tiles' products mm (16, m*th*tw, F); the pixels of
+    the last tile row or column that lie outside an odd-sized output are dropped."""
+    m, oh, ow, f = out.shape
+    for n in range(m):
+        for i in range(th):
+            for j in range(tw):
+                t = (n * th + i) * tw + j
+                y, x = 2 * i, 2 * j
+                for k in range(f):
+                    s0 = _at(mm[0, t, k], mm[4, t, k], mm[8, t, k], mm[12, t, k])
+                    s1 = _at(mm[1, t, k], mm[5, t, k], mm[9, t, k], mm[13, t, k])
+                    s2 = _at(mm[2, t, k], mm[6, t, k], mm[10, t, k], mm[14, t, k])
+                    s3 = _at(mm[3, t, k], mm[7, t, k], mm[11, t, k], mm[15, t, k])
+                    for p in range(2):
+                        if y + p < oh:
+                            r = _at(s0[p], s1[p], s2[p], s3[p])
+                            out[n, y + p, x, k] = r[0]
+                            if x + 1 < ow:
+                                out[n, y + p, x + 1, k] = r[1]
+
+
+@_jit
+def winograd_output_grad(dz, th, tw, zero, w):  # pragma: no cover (compiled)
+    """w (16, m*th*tw, F) = A dz A^T for the 2x2 output tiles of dz (m, OH, OW, F), `zero` for the
+    pixels beyond an odd-sized output, rows first, as winograd._output_grad_numpy does."""
+    m, oh, ow, f = dz.shape
+    for n in range(m):
+        for i in range(th):
+            for j in range(tw):
+                t = (n * th + i) * tw + j
+                y, x = 2 * i, 2 * j
+                for k in range(f):
+                    d00 = dz[n, y, x, k]
+                    d01 = dz[n, y, x + 1, k] if x + 1 < ow else zero
+                    d10 = dz[n, y + 1, x, k] if y + 1 < oh else zero
+                    d11 = dz[n, y + 1, x + 1, k] if (y + 1 < oh and x + 1 < ow) else zero
+                    c0 = _a(d00, d10)
+                    c1 = _a(d01, d11)
+                    for a in range(4):
+                        r = _a(c0[a], c1[a])
+                        w[4 * a, t, k] = r[0]
+                        w[4 * a + 1, t, k] = r[1]
+                        w[4 * a + 2, t, k] = r[2]
+                        w[4 * a + 3, t, k] = r[3]

@@ -1,10 +1,11 @@
-"""Convolution layers (channels-last): Conv2D as im2col plus one matmul."""
+"""Convolution layers (channels-last): Conv2D as im2col plus one matmul, or Winograd for 3x3 kernels."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from dlrun.checks import PAIR_OR_INT, POSITIVE_INT, checked, declare
+from dlrun.engine import winograd
 from dlrun.engine.activations import relu_with_bias
 from dlrun.engine.backend import xp_of
 from dlrun.engine.conv_ops import (
@@ -130,6 +131,9 @@ class Conv2D(Layer):
         if self._pointwise:
             matmul(x.reshape(-1, x.shape[3]), kernel, out=z)
             epilogue(z, slice(None))
+        elif self._winograd(xp):
+            u = winograd.transform_kernel(self.params["kernel"])
+            winograd.conv_forward(x, self._pads, u, (oh, ow), z, self._ws, key="f", epilogue=epilogue)
         else:
             conv_forward(
                 x,
@@ -145,6 +149,9 @@ class Conv2D(Layer):
             )
         self._z, self._a, self._linear = z, a, linear
         return a.reshape(n, oh, ow, f)
+
+    def _winograd(self, xp: Any) -> bool:
+        return winograd.applies(self.params["kernel"].shape, self.strides, self.dilation_rate, xp)
 
     def backward(self, dy):
         xp = xp_of(dy)
@@ -181,6 +188,7 @@ class Conv2D(Layer):
         per_sample = oh * ow * kh * kw * c
         flip = stride1 and (c >= FLIPPED_MIN_CHANNELS or h * w <= oh * ow)
         unpadded = not any(self._pads)  # col2im then writes straight into dx
+        tiled = self._winograd(xp)
         if want_dx:
             dx = xp.empty((n, h, w, c), dtype=dtype)
             if flip:
@@ -189,8 +197,15 @@ class Conv2D(Layer):
                 dpads = (ekh - 1 - top, ekh - 1 - bottom, ekw - 1 - left, ekw - 1 - right)
                 flipped = xp.ascontiguousarray(self.params["kernel"][::-1, ::-1].transpose(0, 1, 3, 2))
                 dpad_hw = (h + ekh - 1, w + ekw - 1)
-                per_sample = max(per_sample, h * w * kh * kw * f)
-        chunk = chunk_samples(xp, n, per_sample)
+                if tiled:
+                    flipped = winograd.transform_kernel(flipped)
+                else:
+                    per_sample = max(per_sample, h * w * kh * kw * f)
+        chunk = (
+            min(winograd.chunk_samples(n, (oh, ow), c, f), winograd.chunk_samples(n, (h, w), f, c))
+            if tiled
+            else chunk_samples(xp, n, per_sample)
+        )
 
         def work(first: int, last: int, worker: int) -> tuple[Any, Any]:
             """Gradients for samples [first, last): dx rows written in place; this chunk's kernel and
@@ -201,11 +216,18 @@ class Conv2D(Layer):
             dz = dz_of(rows)
             db = column_sums(dz, wws) if dbias is not None else None
             dk = None
-            if kernel_grad:
+            if kernel_grad and tiled:
+                dk = winograd.kernel_grad_chunk(x[first:last], self._pads, dz, (oh, ow), wws, key="b")
+            elif kernel_grad:
                 _, src = next(padded_chunks(x[first:last], self._pads, chunk, wws, key="b"))
                 dk = conv_chunk_kernel_grad(src, dz, kshape, self.strides, self.dilation_rate, (oh, ow), wws, key="b")
             if want_dx:
-                if flip:
+                if tiled:
+                    dz4 = dz.reshape(m, oh, ow, f)
+                    winograd.conv_chunk(
+                        dz4, dpads, flipped, (h, w), dx.reshape(-1, c)[first * h * w : last * h * w], wws, key="d"
+                    )
+                elif flip:
                     dpad_buf = wws.get("dpad", (chunk, *dpad_hw, f), dtype, xp, fill=0.0)
                     dsrc = pad_hw(dz.reshape(m, oh, ow, f), dpads, out=dpad_buf[:m])
                     conv_chunk(
@@ -237,10 +259,13 @@ class Conv2D(Layer):
         parts = parallel(xp, n, work, step=chunk)
         for name, i in (("kernel", 0), ("bias", 1)):
             if name in self.grads:
-                total = self.grads[name]
+                tile_space = tiled and name == "kernel"  # summed as S (16, C, F), transformed once
+                total = parts[0][i].copy() if tile_space else self.grads[name]
                 total[...] = parts[0][i]
                 for part in parts[1:]:
                     total += part[i]
+                if tile_space:
+                    self.grads[name][...] = winograd.kernel_gradient(total, dtype)
         return dx if want_dx else None
 
     def get_config(self):
