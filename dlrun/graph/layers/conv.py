@@ -260,7 +260,7 @@ class Conv2D(Layer):
         for name, i in (("kernel", 0), ("bias", 1)):
             if name in self.grads:
                 tile_space = tiled and name == "kernel"  # summed as S (16, C, F), transformed once
-                total = parts[0][i].copy() if tile_space else self.grads[name]
+                total = xp.empty_like(parts[0][i]) if tile_space else self.grads[name]
                 total[...] = parts[0][i]
                 for part in parts[1:]:
                     total += part[i]
