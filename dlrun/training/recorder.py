@@ -52,7 +52,6 @@ class RunRecorder(Callback):
         )
         if better:
             self.best, self.best_epoch = value, epoch + 1
-        if better:
             self.save_checkpoint(self.checkpoints / "best.npz")
         self.save_checkpoint(self.checkpoints / "last.npz")
         write_json(self.run_dir / "history.json", self.trainer.history)
